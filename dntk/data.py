@@ -1,0 +1,295 @@
+"""Datasets: scikit-learn digits (the default everywhere) and local image folders.
+
+``load(name, split)`` returns a map-style :class:`torch.utils.data.Dataset` of
+``(image, label)`` pairs with ``image`` a float32 tensor ``(C, H, W)`` in ``[0, 1]`` and
+``label`` an ``int``. Pixels are **not** normalised (no mean/std shift): every chapter
+works with raw ``[0, 1]`` pixels, so the network, the tangent features and WMDD all see
+the same inputs. Nothing here ever downloads: image datasets are read from a local root.
+
+``as_tensors(dataset, limit, per_class, seed)`` stacks a (seeded, optionally
+class-balanced) subset into ``X (N, C, H, W)`` float32 and ``y (N,)`` int64.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+log = logging.getLogger("dntk")
+
+__all__ = ["load", "as_tensors", "DATASETS", "DEFAULT_SIZES", "TensorImageDataset", "FolderDataset"]
+
+#: Names accepted by :func:`load` (plus ``"folder:<path>"``).
+DATASETS = ("digits", "imagenette", "imagewoof", "cifar10", "folder:<path>")
+#: Side length images are resized/center-cropped to when ``resize`` is None.
+DEFAULT_SIZES = {"imagenette": 128, "imagewoof": 128, "cifar10": 32, "folder": 64}
+#: Digits split: 1437 train / 360 test, stratified, this seed.
+DIGITS_TEST_SIZE = 360
+DIGITS_SPLIT_SEED = 0
+
+_SPLITS = ("train", "test", "val")
+_ENV_ROOT = "DNTK_DATA"
+
+_IMAGENETTE_CLASSES = {
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
+    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
+    "n03888605": "parachute",
+}
+_IMAGEWOOF_CLASSES = {
+    "n02086240": "Shih-Tzu", "n02087394": "Rhodesian ridgeback", "n02088364": "beagle",
+    "n02089973": "English foxhound", "n02093754": "Border terrier", "n02096294": "Australian terrier",
+    "n02099601": "golden retriever", "n02105641": "Old English sheepdog", "n02111889": "Samoyed",
+    "n02115641": "dingo",
+}
+
+
+class TensorImageDataset(Dataset):
+    """In-memory dataset of images ``(N, C, H, W)`` float32 in [0, 1] and labels ``(N,)`` int64."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], name: str = ""):
+        self.images = images.contiguous()
+        self.targets = targets.to(torch.int64)
+        self.classes = list(classes)
+        self.name = name
+
+    num_classes = property(lambda self: len(self.classes))
+    in_channels = property(lambda self: int(self.images.shape[1]))
+    image_size = property(lambda self: tuple(int(s) for s in self.images.shape[2:]))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.targets[i])
+
+    def __repr__(self) -> str:
+        return (f"TensorImageDataset({self.name!r}, n={len(self)}, classes={self.num_classes}, "
+                f"shape={(self.in_channels, *self.image_size)})")
+
+
+class FolderDataset(Dataset):
+    """Wraps a torchvision dataset (``ImageFolder``, ``CIFAR10``) with the dntk attributes."""
+
+    def __init__(self, base, classes: Sequence[str], in_channels: int, image_size: int, name: str = ""):
+        self.base = base
+        self.classes = list(classes)
+        self.in_channels = int(in_channels)
+        self.image_size = (int(image_size), int(image_size))
+        self.name = name
+        self.targets = torch.as_tensor(np.asarray(base.targets), dtype=torch.int64)
+
+    num_classes = property(lambda self: len(self.classes))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return x, int(y)
+
+    def __repr__(self) -> str:
+        return (f"FolderDataset({self.name!r}, n={len(self)}, classes={self.num_classes}, "
+                f"shape={(self.in_channels, *self.image_size)})")
+
+
+def load(name: str, split: str = "train", root=None, resize=None, grayscale: bool = False) -> Dataset:
+    """Load a dataset split as ``(image (C, H, W) float32 in [0, 1], label int)`` pairs.
+
+    name: ``"digits"`` (scikit-learn 8x8 digits, stratified seeded split 1437 train / 360 test,
+        images ``(1, 8, 8)`` = pixel/16), ``"imagenette"``, ``"imagewoof"`` (``root/train``,
+        ``root/val`` in ImageFolder layout), ``"cifar10"`` (the python version extracted under
+        ``root``, read with ``torchvision.datasets.CIFAR10(root, download=False)``) or
+        ``"folder:<path>"`` (``<path>/<split>/<class>/<image>``).
+    split: ``"train"`` or ``"test"``; ``"val"`` is an alias of ``"test"`` (and vice versa for
+        folders that have a ``val/`` but no ``test/`` directory).
+    root: directory of the image datasets; default ``$DNTK_DATA/<name>``. Unused for digits.
+    resize: side length in pixels. Digits are resized bilinearly (default: 8). Image folders are
+        resized (shorter side) and center-cropped to it (defaults: ``DEFAULT_SIZES``).
+    grayscale: read folder/CIFAR images as one channel instead of RGB.
+
+    Pixels are only scaled to [0, 1] (``ToTensor``), never mean/std normalised. Never downloads.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a string, got {type(name).__name__}; valid names: {', '.join(DATASETS)}.")
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'test' ('val' is an alias of 'test').")
+    if resize is not None and (not isinstance(resize, (int, np.integer)) or isinstance(resize, bool) or resize < 1):
+        raise ValueError(f"resize must be a positive int (side length in pixels) or None, got {resize!r}.")
+    key = name.lower()
+    if key == "digits":
+        return _load_digits(split, resize)
+    if key in ("imagenette", "imagewoof"):
+        return _load_imagenet_subset(key, split, root, resize, grayscale)
+    if key == "cifar10":
+        return _load_cifar10(split, root, resize, grayscale)
+    if key.startswith("folder:"):
+        path = name[len("folder:"):]
+        if not path:
+            raise ValueError("'folder:' needs a path, e.g. load('folder:/data/mydata', 'train').")
+        return _load_folder(Path(path).expanduser(), split, resize, grayscale, name=name)
+    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}.")
+
+
+# --------------------------------------------------------------------------- digits
+_DIGITS_CACHE: dict = {}
+
+
+def _digits_arrays():
+    if "xy" not in _DIGITS_CACHE:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        d = load_digits()
+        X = (d.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8)
+        y = d.target.astype(np.int64)
+        idx_tr, idx_te = train_test_split(
+            np.arange(len(y)), test_size=DIGITS_TEST_SIZE, stratify=y, random_state=DIGITS_SPLIT_SEED)
+        # keep the original sklearn order inside each split (stable, independent of the shuffle)
+        _DIGITS_CACHE["xy"] = (X, y, np.sort(idx_tr), np.sort(idx_te))
+    return _DIGITS_CACHE["xy"]
+
+
+def _load_digits(split: str, resize) -> TensorImageDataset:
+    X, y, idx_tr, idx_te = _digits_arrays()
+    idx = idx_tr if split == "train" else idx_te
+    images = torch.from_numpy(X[idx].copy())
+    if resize is not None and resize != 8:
+        images = F.interpolate(images, size=(int(resize), int(resize)), mode="bilinear",
+                               align_corners=False).clamp_(0.0, 1.0)
+    return TensorImageDataset(images, torch.from_numpy(y[idx].copy()), [str(i) for i in range(10)], name="digits")
+
+
+# --------------------------------------------------------------------------- local image data
+def _transform(size: int, grayscale: bool, crop: bool = True):
+    from torchvision import transforms as T
+
+    steps = [T.Grayscale(1)] if grayscale else []
+    steps += [T.Resize(size), T.CenterCrop(size)] if crop else [T.Resize((size, size))]
+    steps.append(T.ToTensor())
+    return T.Compose(steps)
+
+
+def _resolve_root(name: str, root) -> Path:
+    if root is None:
+        env = os.environ.get(_ENV_ROOT)
+        if not env:
+            raise ValueError(
+                f"dataset {name!r} is read from local files and nothing is downloaded: pass root=<dir> "
+                f"(or set ${_ENV_ROOT} so that ${_ENV_ROOT}/{name} is used). {_LAYOUT[name]}")
+        root = Path(env) / name
+    return Path(root).expanduser()
+
+
+_LAYOUT = {
+    "imagenette": ("Expected layout: <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG, e.g. the "
+                   "extracted imagenette2-160 archive from https://github.com/fastai/imagenette."),
+    "imagewoof": ("Expected layout: <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG, e.g. the "
+                  "extracted imagewoof2-160 archive from https://github.com/fastai/imagenette."),
+    "cifar10": ("Expected layout: <root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}, "
+                "i.e. the extracted cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html."),
+    "folder": "Expected layout: <path>/<split>/<class name>/<image files> (split = train, test or val).",
+}
+
+
+def _split_dir(base: Path, split: str, kind: str) -> Path:
+    candidates = ["train"] if split == "train" else ([split, "val" if split == "test" else "test"])
+    for c in candidates:
+        if (base / c).is_dir():
+            return base / c
+    raise ValueError(f"no {split!r} split under {base}: put the images in {base / candidates[0]}/<class>/. {_LAYOUT[kind]}")
+
+
+def _image_folder(directory: Path, size: int, grayscale: bool, kind: str):
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(directory), transform=_transform(size, grayscale))
+    except (FileNotFoundError, RuntimeError) as e:  # no class folders / no images
+        raise ValueError(f"could not read images from {directory}: {e}. {_LAYOUT[kind]}") from None
+
+
+def _load_imagenet_subset(name: str, split: str, root, resize, grayscale) -> FolderDataset:
+    base = _resolve_root(name, root)
+    if not base.is_dir():
+        raise ValueError(f"{name} root {base} does not exist; put the files there. {_LAYOUT[name]}")
+    size = int(resize or DEFAULT_SIZES[name])
+    ds = _image_folder(_split_dir(base, split, name), size, grayscale, name)
+    names = _IMAGENETTE_CLASSES if name == "imagenette" else _IMAGEWOOF_CLASSES
+    classes = [names.get(c, c) for c in ds.classes]
+    return FolderDataset(ds, classes, 1 if grayscale else 3, size, name=name)
+
+
+def _load_cifar10(split: str, root, resize, grayscale) -> FolderDataset:
+    from torchvision.datasets import CIFAR10
+
+    base = _resolve_root("cifar10", root)
+    if not base.is_dir():
+        raise ValueError(f"cifar10 root {base} does not exist; put the files there. {_LAYOUT['cifar10']}")
+    size = int(resize or DEFAULT_SIZES["cifar10"])
+    tf = _transform(size, grayscale, crop=False)
+    try:
+        ds = CIFAR10(str(base), train=(split == "train"), download=False, transform=tf)
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted" (its download hint does not apply)
+        raise ValueError(f"CIFAR-10 files not found or corrupted under {base}; dntk never downloads: put them in "
+                         f"{base / 'cifar-10-batches-py'}. {_LAYOUT['cifar10']}") from None
+    return FolderDataset(ds, list(ds.classes), 1 if grayscale else 3, size, name="cifar10")
+
+
+def _load_folder(path: Path, split: str, resize, grayscale, name: str) -> FolderDataset:
+    if not path.is_dir():
+        raise ValueError(f"folder {path} does not exist; put the images there. {_LAYOUT['folder']}")
+    size = int(resize or DEFAULT_SIZES["folder"])
+    ds = _image_folder(_split_dir(path, split, "folder"), size, grayscale, "folder")
+    return FolderDataset(ds, list(ds.classes), 1 if grayscale else 3, size, name=name)
+
+
+# --------------------------------------------------------------------------- stacking
+def _targets(dataset) -> torch.Tensor:
+    t = getattr(dataset, "targets", None)
+    if t is not None and len(t) == len(dataset):
+        return torch.as_tensor(np.asarray(t), dtype=torch.int64)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
+
+
+def as_tensors(dataset, limit=None, per_class=None, seed: int = 0):
+    """Stack a dataset into ``X (N, C, H, W)`` float32 and ``y (N,)`` int64.
+
+    per_class: keep a seeded balanced subset, the first ``per_class`` indices of a seeded
+        permutation of each class (all of a class if it has fewer); the kept samples stay in
+        dataset order.
+    limit: then keep the first ``limit`` samples (in dataset order).
+    """
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty.")
+    for arg, v in (("limit", limit), ("per_class", per_class)):
+        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"{arg} must be a positive int or None, got {v!r}.")
+    n = len(dataset)
+    if per_class is not None:
+        y_all = _targets(dataset)
+        g = torch.Generator().manual_seed(int(seed))
+        keep = []
+        for c in torch.unique(y_all).tolist():
+            idx_c = torch.nonzero(y_all == c).flatten()
+            perm = torch.randperm(len(idx_c), generator=g)
+            keep.append(idx_c[perm[: int(per_class)]])
+        idx = torch.sort(torch.cat(keep)).values
+    else:
+        idx = torch.arange(n)
+    if limit is not None:
+        idx = idx[: int(limit)]
+    if isinstance(dataset, TensorImageDataset):
+        return dataset.images[idx].clone(), dataset.targets[idx].clone()
+    xs, ys = [], []
+    for i in idx.tolist():
+        x, y = dataset[i]
+        xs.append(torch.as_tensor(x, dtype=torch.float32))
+        ys.append(int(y))
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
