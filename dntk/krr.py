@@ -1,0 +1,599 @@
+"""Kernel ridge regression on per-class tangent features (SPEC §1, §4.3, §5; paper App A.3, eqs 16–18).
+
+Per class ``c`` with features ``G_c (N, k)`` (rows ``g_c(x_i)``) and targets ``t_c (N,)``:
+
+- dual (eq 16):   ``α_c = (K_c + λI)^{-1} t_c``, ``K_c = G_c G_cᵀ``, ``w_c = G_cᵀ α_c``;
+- primal (eq 17, Woodbury): ``w_c = (G_cᵀ G_c + λI)^{-1} G_cᵀ t_c``;
+- prediction (eq 18): ``f̂_c(x) = g_c(x)ᵀ w_c``.
+
+Both are solved by a float64 Cholesky factorisation in whichever space is smaller. The rank-``r``
+variant keeps the top ``r`` singular triplets of ``G_c = UΣVᵀ``: ``w = V_r Σ_r (Σ_r² + λ)^{-1} U_rᵀ t``.
+The thin SVD is taken through the eigendecomposition of the smaller Gram matrix (``G Gᵀ`` when
+``N ≤ k``, ``GᵀG`` otherwise), which costs ``O(N k min(N, k))`` instead of an SVD of ``G`` itself.
+
+λ defaults to ``λ_c = lam_rel · tr(K_c)/N`` (:func:`default_lam`). ``select="loo"|"gcv"`` picks
+``lam_rel`` per class on a grid in closed form from one eigendecomposition per class
+(:func:`loo_gcv`; Allen's PRESS ``e = (I−H)t / diag(I−H)``, ``H = K(K+λI)^{-1}``).
+
+:meth:`ClassKRR.fit_synthetic` fits on a compressed set (SPEC §4.3: ``w_c = (G_synᵀ G_syn + λI)^{-1}
+G_synᵀ t_syn``) with λ carried over from the uncompressed set. :func:`error_decomposition` measures
+the three terms of Prop B.3 (SPEC §5).
+"""
+from __future__ import annotations
+
+import logging
+import numbers
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger("dntk")
+
+__all__ = ["ClassKRR", "default_lam", "loo_gcv", "ridge_weights", "error_decomposition",
+           "ErrorDecomposer", "ErrorDecomposition", "DEFAULT_LAM_GRID"]
+
+#: Grid of ``lam_rel`` values searched by ``select="loo"|"gcv"`` when ``lam_grid`` is not given.
+DEFAULT_LAM_GRID = tuple(float(v) for v in 10.0 ** np.arange(-8.0, 2.01, 0.5))
+
+_SOLVERS = ("auto", "dual", "primal")
+_SELECT = (None, "loo", "gcv")
+
+
+# ----------------------------------------------------------------------------- input checking
+def _as_tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise TypeError(f"{name} must hold real numbers, got numpy dtype {x.dtype}.")
+        return torch.from_numpy(x)
+    if isinstance(x, (list, tuple)):
+        try:
+            return torch.as_tensor(np.asarray(x, dtype=np.float64))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be a torch tensor or a numpy array of numbers ({e}).") from None
+    raise TypeError(f"{name} must be a torch tensor or a numpy array, got {type(x).__name__}.")
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s); clean or drop those entries before fitting.")
+
+
+def _check_real(x: torch.Tensor, name: str) -> None:
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be a real floating-point array, got dtype {x.dtype}.")
+
+
+def _features3(x, name: str = "features", check_finite: bool = True) -> torch.Tensor:
+    x = _as_tensor(x, name)
+    _check_real(x, name)
+    if x.ndim != 3:
+        raise ValueError(f"{name} must have shape (N, C, k) (points, classes, feature width), "
+                         f"got shape {tuple(x.shape)}.")
+    if min(x.shape) == 0:
+        raise ValueError(f"{name} has an empty dimension, shape {tuple(x.shape)}; need N, C, k ≥ 1.")
+    if check_finite:
+        _check_finite(x, name)
+    return x
+
+
+def _per_class(value, C: int, name: str, device) -> torch.Tensor:
+    """A positive scalar or a length-C sequence -> (C,) float64, all > 0 and finite."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a positive number or a length-{C} array, got a bool.")
+    if isinstance(value, numbers.Real):
+        v = torch.full((C,), float(value), dtype=torch.float64)
+    else:
+        v = _as_tensor(value, name).to(torch.float64).reshape(-1).cpu()
+        if v.numel() == 1:
+            v = v.expand(C).clone()
+        elif v.numel() != C:
+            raise ValueError(f"{name} must be a scalar or have one value per class (C={C}), "
+                             f"got {v.numel()} values.")
+    if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
+        raise ValueError(f"{name} must be finite and > 0 for every class, got {v.tolist()}; "
+                         f"ridge regression needs a positive regulariser.")
+    return v.to(device)
+
+
+def _positive_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r}.")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}.")
+    return value
+
+
+# ----------------------------------------------------------------------------- core solves
+def _gram_eig(G: torch.Tensor):
+    """Thin SVD ``G = UΣVᵀ`` of ``G (n, k)`` float64 through the eigendecomposition of its smaller Gram matrix.
+
+    Returns ``s2 = σ²`` (q,) descending and clamped at 0, ``B = UΣ (n, q)`` (so ``K = GGᵀ = BBᵀ``), and the
+    eigenvector basis with its side: ``U`` (``"left"``, n ≤ k) or ``V`` (``"right"``, n > k).
+    """
+    n, k = G.shape
+    if n <= k:
+        s2, U = torch.linalg.eigh(G @ G.T)
+        s2, U = s2.flip(0).clamp_min(0), U.flip(1)
+        return s2, U * s2.sqrt(), U, "left"
+    s2, V = torch.linalg.eigh(G.T @ G)
+    s2, V = s2.flip(0).clamp_min(0), V.flip(1)
+    return s2, G @ V, V, "right"
+
+
+def _cholesky(A: torch.Tensor, what: str) -> torch.Tensor:
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) != 0:
+        raise ValueError(f"Cholesky of the {what} failed (matrix not positive definite in float64); "
+                         f"increase λ (lam or lam_rel).")
+    return L
+
+
+def ridge_weights(G, t, lam: float, solver: str = "auto", rank: int | None = None) -> torch.Tensor:
+    """Ridge weights ``w (k,)`` float64 for one class (SPEC §1, eqs 16–17).
+
+    ``G (n, k)``, ``t (n,)``, ``λ > 0``. ``solver``: ``"dual"`` (Cholesky of ``GGᵀ + λI``, n×n),
+    ``"primal"`` (Cholesky of ``GᵀG + λI``, k×k, Woodbury) or ``"auto"`` (dual when n ≤ k).
+    ``rank``: keep the top-``rank`` singular directions (spectral cut-off); ``rank ≥ min(n, k)`` is
+    the full solve. No input checking (see :class:`ClassKRR`).
+    """
+    G = _as_tensor(G, "G").to(torch.float64)
+    t = _as_tensor(t, "t").to(device=G.device, dtype=torch.float64).reshape(-1)
+    n, k = G.shape
+    if rank is not None and rank < min(n, k):
+        s2, _, basis, side = _gram_eig(G)
+        # left (U_r): w = Gᵀ U_r (Σ_r² + λ)^{-1} U_rᵀ t = V_r Σ_r (Σ_r² + λ)^{-1} U_rᵀ t;  right (V_r): the same
+        return _weights_from_eig(G, t, lam, s2[:rank], basis[:, :rank], side)
+    if solver == "auto":
+        solver = "dual" if n <= k else "primal"
+    if solver == "dual":
+        A = G @ G.T
+        A.diagonal().add_(lam)
+        L = _cholesky(A, "dual system K + λI")
+        alpha = torch.cholesky_solve(t[:, None], L)[:, 0]
+        return G.T @ alpha
+    A = G.T @ G
+    A.diagonal().add_(lam)
+    L = _cholesky(A, "primal system GᵀG + λI")
+    return torch.cholesky_solve((G.T @ t)[:, None], L)[:, 0]
+
+
+def _weights_from_eig(G, t, lam, s2, basis, side):
+    """Ridge weights from the thin SVD of :func:`_gram_eig` (the same solve as eq 16/17)."""
+    if side == "left":
+        return G.T @ (basis @ ((basis.T @ t) / (s2 + lam)))
+    return basis @ ((basis.T @ (G.T @ t)) / (s2 + lam))
+
+
+def _loo_gcv_eig(t, lams, s2, B):
+    n = t.shape[0]
+    D = 1.0 / (s2[None, :] + lams[:, None])         # (L, q)
+    Bt = B.T @ t                                    # (q,)
+    fitted = (D * Bt[None, :]) @ B.T                # (L, N) = H t
+    diagH = D @ (B * B).T                           # (L, N)
+    resid = t[None, :] - fitted
+    one_minus = 1.0 - diagH
+    tiny = torch.finfo(torch.float64).eps
+    loo = torch.where(one_minus > tiny, resid / one_minus.clamp_min(tiny),
+                      torch.full_like(resid, float("inf")))
+    dof = 1.0 - diagH.sum(1) / n
+    gcv = torch.where(dof > tiny, (resid ** 2).mean(1) / dof.clamp_min(tiny) ** 2,
+                      torch.full_like(dof, float("inf")))
+    return loo, gcv
+
+
+def loo_gcv(G, t, lams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form leave-one-out residuals and GCV scores of ridge regression over a grid of λ.
+
+    ``G (N, k)``, ``t (N,)``, ``lams (L,)`` absolute ridge values. With ``H_λ = G(GᵀG + λI)^{-1}Gᵀ
+    = K(K + λI)^{-1}`` (one eigendecomposition of the smaller Gram matrix serves every λ):
+
+    - LOO (Allen's PRESS): ``e_i = [(I − H)t]_i / (1 − H_ii)``, equal to ``t_i`` minus the prediction of
+      the model refitted without point ``i``;
+    - GCV: ``(1/N)‖(I − H)t‖² / (1 − tr(H)/N)²``.
+
+    Returns ``(loo (L, N), gcv (L,))`` float64. SPEC §1.
+    """
+    G = _as_tensor(G, "G").to(torch.float64)
+    t = _as_tensor(t, "t").to(device=G.device, dtype=torch.float64).reshape(-1)
+    lams = _as_tensor(lams, "lams").to(device=G.device, dtype=torch.float64).reshape(-1)
+    s2, B, _, _ = _gram_eig(G)                     # K = B Bᵀ, B = UΣ
+    return _loo_gcv_eig(t, lams, s2, B)
+
+
+def default_lam(features, lam_rel: float = 1e-3) -> torch.Tensor:
+    """Per-class ridge ``λ_c = lam_rel · tr(K_c)/N = lam_rel · ‖G_c‖_F²/N`` (SPEC §1), shape ``(C,)`` float64.
+
+    ``features``: ``(N, C, k)``, or a list of ``C`` arrays ``(N_c, k)``. Compute it on the uncompressed
+    set and pass it to :meth:`ClassKRR.fit_synthetic` so compression keeps the regularisation (SPEC §4.3).
+    """
+    lam_rel = _positive_float(lam_rel, "lam_rel")
+    if isinstance(features, (list, tuple)):
+        out = []
+        for c, g in enumerate(features):
+            g = _as_tensor(g, f"features[{c}]")
+            if g.ndim != 2 or g.shape[0] == 0:
+                raise ValueError(f"features[{c}] must have shape (N_c, k) with N_c ≥ 1, got {tuple(g.shape)}.")
+            _check_finite(g, f"features[{c}]")
+            out.append(lam_rel * g.to(torch.float64).pow(2).sum() / g.shape[0])
+        lam = torch.stack(out)
+    else:
+        F = _features3(features)
+        N, C, _ = F.shape
+        lam = torch.stack([F[:, c, :].to(torch.float64).pow(2).sum() for c in range(C)]) * (lam_rel / N)
+    if bool((lam <= 0).any()):
+        zero = [int(c) for c in torch.nonzero(lam <= 0).reshape(-1)]
+        raise ValueError(f"class(es) {zero} have all-zero features (tr K_c = 0), so λ = lam_rel·tr(K_c)/N is 0; "
+                         f"pass an explicit lam.")
+    return lam
+
+
+# ----------------------------------------------------------------------------- the estimator
+class ClassKRR:
+    """Per-class kernel ridge regression on tangent features (SPEC §1; paper eqs 16–18).
+
+    Parameters
+    ----------
+    lam : None, float or (C,) array
+        Ridge λ (absolute). ``None``: ``λ_c = lam_rel · tr(K_c)/N`` per class.
+    lam_rel : float
+        Relative ridge used when ``lam`` is None (and without ``select``).
+    rank : int or None
+        Keep the top-``rank`` singular directions of each ``G_c`` (spectral cut-off, Sec 5.2).
+    center : bool
+        Fit ``t − mean(t)`` per class and add the mean back at prediction.
+    solver : "auto" | "dual" | "primal"
+        Dual ``N×N`` or primal ``k×k`` Cholesky; ``"auto"`` takes the smaller.
+    select : None | "loo" | "gcv"
+        Choose ``lam_rel`` per class on ``lam_grid`` by closed-form leave-one-out or GCV.
+    lam_grid : sequence of float
+        ``lam_rel`` candidates for ``select`` (default :data:`DEFAULT_LAM_GRID`, 1e-8 … 1e2).
+
+    Fitted attributes: ``weights_ (C, k)``, ``intercept_ (C,)``, ``lam_ (C,)``, ``lam_rel_ (C,)``
+    (λ relative to ``tr(K_c)/N``; NaN after :meth:`fit_synthetic`), ``solver_`` (``"dual"``, ``"primal"``,
+    ``"svd"`` for a rank cut-off, ``"eigh"`` with ``select`` — the eigendecomposition that scored the grid
+    also gives the final weights —, ``"synthetic"``), ``n_features_in_``,
+    ``n_classes_``, ``n_samples_fit_``; with ``select``: ``lam_grid_ (L,)``, ``cv_scores_ (C, L)``
+    (mean squared LOO residual or GCV) and ``loo_residuals_ (N, C)`` at the chosen λ. All float64 tensors.
+    """
+
+    def __init__(self, lam=None, lam_rel: float = 1e-3, rank: int | None = None, center: bool = False,
+                 solver: str = "auto", select: str | None = None, lam_grid: Sequence[float] | None = None):
+        self.lam = lam
+        self.lam_rel = lam_rel
+        self.rank = rank
+        self.center = center
+        self.solver = solver
+        self.select = select
+        self.lam_grid = lam_grid
+        self._check_params()
+
+    def __repr__(self) -> str:
+        keys = ("lam", "lam_rel", "rank", "center", "solver", "select")
+        return "ClassKRR(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in keys) + ")"
+
+    # -- parameters
+    def _check_params(self) -> None:
+        if self.solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}.")
+        if self.select not in _SELECT:
+            raise ValueError(f"select must be one of {_SELECT}, got {self.select!r}.")
+        _positive_float(self.lam_rel, "lam_rel")
+        if self.rank is not None:
+            if isinstance(self.rank, bool) or not isinstance(self.rank, numbers.Integral) or self.rank < 1:
+                raise ValueError(f"rank must be a positive integer or None, got {self.rank!r}.")
+        if not isinstance(self.center, (bool, np.bool_)):
+            raise TypeError(f"center must be True or False, got {self.center!r}.")
+        if self.lam is not None and not isinstance(self.lam, bool) and isinstance(self.lam, numbers.Real):
+            _positive_float(self.lam, "lam")
+        if self.select is not None:
+            if self.lam is not None:
+                raise ValueError("give either lam (a fixed λ) or select='loo'/'gcv' (λ chosen on lam_grid), not both.")
+            if self.rank is not None:
+                raise ValueError("select='loo'/'gcv' is closed-form only for the full-rank solve; use rank=None, "
+                                 "or pick λ for the rank-r model by an explicit validation loop.")
+        if self.lam_grid is not None:
+            grid = np.asarray(self.lam_grid, dtype=np.float64).reshape(-1)
+            if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+                raise ValueError(f"lam_grid must be a non-empty list of finite values > 0, got {self.lam_grid!r}.")
+
+    # -- fitting
+    def fit(self, features, targets) -> "ClassKRR":
+        """Fit on ``features (N, C, k)`` and ``targets (N, C)`` (e.g. the network's logits)."""
+        self._check_params()
+        F = _features3(features, check_finite=False)     # checked per class below, without an extra pass
+        N, C, k = F.shape
+        T = _as_tensor(targets, "targets")
+        _check_real(T, "targets")
+        if T.ndim != 2 or T.shape[0] != N or T.shape[1] != C:
+            raise ValueError(f"targets must have shape (N, C) = ({N}, {C}) to match features {tuple(F.shape)}, "
+                             f"got {tuple(T.shape)}.")
+        _check_finite(T, "targets")
+        dev = F.device
+        T = T.to(device=dev, dtype=torch.float64)
+        intercept = T.mean(0) if self.center else torch.zeros(C, dtype=torch.float64, device=dev)
+        T = T - intercept
+        fixed = None if self.lam is None else _per_class(self.lam, C, "lam", dev)
+        if self.select is not None:
+            grid = torch.tensor(self.lam_grid if self.lam_grid is not None else DEFAULT_LAM_GRID,
+                                dtype=torch.float64, device=dev).reshape(-1)
+            scores = torch.empty(C, grid.numel(), dtype=torch.float64, device=dev)
+            loo_res = torch.empty(N, C, dtype=torch.float64, device=dev)
+
+        W = torch.empty(C, k, dtype=torch.float64, device=dev)
+        lam = torch.empty(C, dtype=torch.float64, device=dev)
+        scale = torch.empty(C, dtype=torch.float64, device=dev)
+        for c in range(C):
+            G = F[:, c, :].to(torch.float64)                 # one float64 copy per class
+            sq = torch.dot(G.reshape(-1), G.reshape(-1))     # tr(K_c); non-finite iff G holds NaN/inf
+            if not bool(torch.isfinite(sq)):
+                _check_finite(F, "features")
+                raise ValueError("features hold values too large to square in float64; rescale them.")
+            scale[c] = sq / N
+            if fixed is None and float(sq) <= 0:
+                raise ValueError(f"class {c} has all-zero features (tr K_c = 0), so λ = lam_rel·tr(K_c)/N is 0; "
+                                 f"pass an explicit lam.")
+            if self.select is not None:       # one eigendecomposition per class: the grid and the final fit
+                s2, B, basis, side = _gram_eig(G)
+                loo, gcv = _loo_gcv_eig(T[:, c], grid * scale[c], s2, B)
+                scores[c] = (loo ** 2).mean(1) if self.select == "loo" else gcv
+                best = int(torch.argmin(scores[c]))
+                lam[c] = grid[best] * scale[c]
+                loo_res[:, c] = loo[best]
+                W[c] = _weights_from_eig(G, T[:, c], float(lam[c]), s2, basis, side)
+            else:
+                lam[c] = fixed[c] if fixed is not None else self.lam_rel * scale[c]
+                W[c] = ridge_weights(G, T[:, c], float(lam[c]), self.solver, self.rank)
+            del G
+
+        if self.select is not None:
+            solver = "eigh"
+            self.lam_grid_, self.cv_scores_, self.loo_residuals_ = grid, scores, loo_res
+        else:
+            solver = ("svd" if self.rank is not None and self.rank < min(N, k)
+                      else self.solver if self.solver != "auto" else ("dual" if N <= k else "primal"))
+            for name in ("lam_grid_", "cv_scores_", "loo_residuals_"):
+                self.__dict__.pop(name, None)
+        self.weights_, self.intercept_, self.lam_ = W, intercept, lam
+        self.lam_rel_ = torch.where(scale > 0, lam / scale, torch.full_like(lam, float("nan")))
+        self.solver_, self.n_features_in_, self.n_classes_, self.n_samples_fit_ = solver, k, C, N
+        return self
+
+    def fit_synthetic(self, features, targets, lam=None, intercept=None) -> "ClassKRR":
+        """Fit on a compressed (synthetic) set, one per class (SPEC §4.3).
+
+        ``features``: list of ``C`` arrays ``G_syn,c (m_c, k)`` (or one ``(C, m, k)`` array);
+        ``targets``: list of ``C`` arrays ``t_syn,c (m_c,)`` (or ``(C, m)``); ``lam``: per-class λ ``(C,)``
+        or a scalar, normally :func:`default_lam` of the *uncompressed* features (falls back to the
+        constructor's ``lam``). Solves ``w_c = (G_synᵀ G_syn + λ_c I)^{-1} G_synᵀ t_syn``.
+        ``intercept (C,)``: added back at prediction (the mean removed from the uncompressed targets).
+        """
+        self._check_params()
+        if self.select is not None:
+            raise ValueError("fit_synthetic takes λ from the uncompressed set; select='loo'/'gcv' is not available "
+                             "here (choose λ with fit on the uncompressed features, then pass lam_).")
+        if self.center:
+            raise ValueError("center=True cannot be applied to synthetic targets t_syn = Vᵀt (their mean is not the "
+                             "targets' mean); centre the uncompressed targets before distilling and pass their "
+                             "mean as intercept=.")
+        feats = self._class_list(features, "features", 2)
+        targs = self._class_list(targets, "targets", 1)
+        C = len(feats)
+        if len(targs) != C:
+            raise ValueError(f"features has {C} classes but targets has {len(targs)}; give one entry per class.")
+        k = int(feats[0].shape[1])
+        for c in range(C):
+            if feats[c].shape[0] == 0:
+                raise ValueError(f"class {c} has no synthetic gradients (features[{c}] has 0 rows); "
+                                 f"every class needs at least one.")
+            if feats[c].shape[1] != k:
+                raise ValueError(f"features[{c}] has width {feats[c].shape[1]} but features[0] has {k}; "
+                                 f"all classes must use the same projection.")
+            if targs[c].shape[0] != feats[c].shape[0]:
+                raise ValueError(f"targets[{c}] has {targs[c].shape[0]} entries but features[{c}] has "
+                                 f"{feats[c].shape[0]} rows.")
+        dev = feats[0].device
+        if lam is None:
+            lam = self.lam
+        if lam is None:
+            raise ValueError("fit_synthetic needs λ from the uncompressed set: pass lam=default_lam(features_full, "
+                             "lam_rel) (SPEC §4.3) or construct ClassKRR(lam=...).")
+        lam = _per_class(lam, C, "lam", dev)
+        if intercept is None:
+            b = torch.zeros(C, dtype=torch.float64, device=dev)
+        else:
+            b = _as_tensor(intercept, "intercept").to(device=dev, dtype=torch.float64).reshape(-1)
+            if b.numel() != C:
+                raise ValueError(f"intercept must have one value per class (C={C}), got {b.numel()}.")
+            _check_finite(b, "intercept")
+        W = torch.empty(C, k, dtype=torch.float64, device=dev)
+        for c in range(C):
+            W[c] = ridge_weights(feats[c].to(device=dev, dtype=torch.float64),
+                                 targs[c].to(device=dev), float(lam[c]), self.solver, self.rank)
+        self.weights_, self.intercept_, self.lam_ = W, b, lam
+        self.lam_rel_ = torch.full((C,), float("nan"), dtype=torch.float64, device=dev)
+        self.solver_ = "synthetic"
+        self.n_features_in_, self.n_classes_ = k, C
+        self.n_samples_fit_ = tuple(int(f.shape[0]) for f in feats)
+        for name in ("lam_grid_", "cv_scores_", "loo_residuals_"):
+            self.__dict__.pop(name, None)
+        return self
+
+    @staticmethod
+    def _class_list(x, name: str, ndim: int) -> list[torch.Tensor]:
+        if isinstance(x, (list, tuple)):
+            items = [_as_tensor(v, f"{name}[{c}]") for c, v in enumerate(x)]
+        else:
+            x = _as_tensor(x, name)
+            if x.ndim != ndim + 1:
+                raise ValueError(f"{name} must be a list of C arrays of {ndim} dimension(s) or one array with "
+                                 f"{ndim + 1} dimensions (classes first), got shape {tuple(x.shape)}.")
+            items = list(x)
+        if not items:
+            raise ValueError(f"{name} is empty; give one entry per class.")
+        for c, v in enumerate(items):
+            _check_real(v, f"{name}[{c}]")
+            if ndim == 1:
+                if v.ndim == 2 and v.shape[1] == 1:
+                    v = items[c] = v.reshape(-1)
+            if v.ndim != ndim:
+                shape = "(m_c, k)" if ndim == 2 else "(m_c,)"
+                raise ValueError(f"{name}[{c}] must have shape {shape}, got {tuple(v.shape)}.")
+            _check_finite(v, f"{name}[{c}]")
+        return items
+
+    # -- prediction
+    def predict(self, features):
+        """Predictions ``(M, C)`` float64 from test features ``(M, C, k)`` (eq 18). numpy in → numpy out."""
+        if not hasattr(self, "weights_"):
+            raise ValueError("this ClassKRR is not fitted yet; call fit(features, targets) or fit_synthetic(...) first.")
+        was_numpy = isinstance(features, np.ndarray)
+        F = _features3(features, check_finite=False)
+        M, C, k = F.shape
+        if C != self.n_classes_ or k != self.n_features_in_:
+            raise ValueError(f"features have C={C} classes and width k={k}, but the model was fitted with "
+                             f"C={self.n_classes_}, k={self.n_features_in_}; use the same model and projector.")
+        W = self.weights_.to(F.device)
+        out = torch.empty(M, C, dtype=torch.float64, device=F.device)
+        for c in range(C):
+            out[:, c] = F[:, c, :].to(torch.float64) @ W[c]
+        if not bool(torch.isfinite(out).all()):      # NaN/inf in a feature row always reaches its output
+            _check_finite(F, "features")
+            raise ValueError("predictions overflowed float64; rescale the features.")
+        out += self.intercept_.to(F.device)
+        return out.cpu().numpy() if was_numpy else out
+
+
+# ----------------------------------------------------------------------------- Prop B.3 (SPEC §5)
+@dataclass(frozen=True)
+class ErrorDecomposition:
+    """The three terms of Prop B.3 at the evaluation points, float64.
+
+    ``total = target − f_hat = approximation + bias + variance`` with ``approximation = f − f*``
+    (nonlinearity), ``bias = f* − f_λ`` (regularisation), ``variance = f_λ − f̂`` (finite sample).
+    ``target``, ``f_star``, ``f_lam`` are ``(n_eval, C)``; ``f_hat`` (and so ``variance``, ``total``) is
+    ``(n_eval, C)`` for one training set or ``(D, n_eval, C)`` for ``D`` draws of it.
+    """
+
+    target: torch.Tensor
+    f_star: torch.Tensor
+    f_lam: torch.Tensor
+    f_hat: torch.Tensor
+    lam_pop: torch.Tensor
+
+    @property
+    def approximation(self) -> torch.Tensor:
+        return self.target - self.f_star
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.f_star - self.f_lam
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.f_lam - self.f_hat
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.target - self.f_hat
+
+    def mean_squares(self) -> dict[str, float]:
+        """Mean over points, classes (and training draws) of each term squared, plus the total error."""
+        return {name: float(getattr(self, name).pow(2).mean())
+                for name in ("approximation", "bias", "variance", "total")}
+
+
+class ErrorDecomposer:
+    """Prop B.3 on a fixed pool: factorise once, then :meth:`decompose` for any training draw and λ (SPEC §5).
+
+    A pool ``(n, C, k)`` of gradient features with targets ``(n, C)`` stands in for the population.
+    One thin SVD per class ``G_c = UΣVᵀ`` (float64) gives
+
+    - ``f*``: least squares on the pool, ``w* = VΣ^+Uᵀt = Σ_pop^+ E[g f]`` (singular values below
+      ``max(n, k)·eps·σ_max`` dropped, as ``numpy.linalg.lstsq``);
+    - ``f_λ``: population ridge ``w_λ = (Σ_pop + λ_pop I)^{-1} E[g f]`` with ``Σ_pop = GᵀG/n``, i.e. KRR on
+      the pool with ``λ = n·λ_pop``: ``w_λ = V Σ(Σ² + nλ_pop)^{-1} Uᵀt``;
+
+    and :meth:`decompose` adds ``f̂``, the same ridge estimated from ``N`` pool points,
+    ``(Σ̂ + λ_pop I)^{-1}Gᵀt/N`` — KRR on those points with ``λ = N·λ_pop``.
+
+    ``eval_index`` (default: the whole pool) picks where the terms are evaluated. ``center``: subtract the
+    pool (population) mean of the targets first, as App B assumes.
+    """
+
+    def __init__(self, pool_features, pool_targets, eval_index=None, center: bool = True):
+        F = _features3(pool_features, "pool_features")
+        n, C, k = F.shape
+        T = _as_tensor(pool_targets, "pool_targets")
+        _check_real(T, "pool_targets")
+        if T.ndim != 2 or tuple(T.shape) != (n, C):
+            raise ValueError(f"pool_targets must have shape (n, C) = ({n}, {C}) to match pool_features, "
+                             f"got {tuple(T.shape)}.")
+        _check_finite(T, "pool_targets")
+        dev = F.device
+        T = T.to(device=dev, dtype=torch.float64)
+        if center:
+            T = T - T.mean(0)
+        self.features, self.targets, self.n, self.n_classes = F, T, n, C
+        self.eval_index = (torch.arange(n, device=dev) if eval_index is None
+                           else self._index(eval_index, "eval_index", 1).reshape(-1))
+        ev = self.eval_index
+        eps = torch.finfo(torch.float64).eps
+        self.f_star = torch.empty(ev.numel(), C, dtype=torch.float64, device=dev)
+        self._svd = []
+        for c in range(C):
+            G = F[:, c, :].to(torch.float64)
+            U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+            Ut = U.T @ T[:, c]
+            keep = S > max(n, k) * eps * S[0]
+            w_star = Vh[keep].T @ (Ut[keep] / S[keep])
+            self.f_star[:, c] = G[ev] @ w_star
+            self._svd.append((S, Vh, Ut, G[ev]))
+
+    def _index(self, ix, name, max_dim):
+        ix = torch.as_tensor(np.asarray(ix)) if isinstance(ix, (list, tuple, range)) else _as_tensor(ix, name)
+        if ix.is_floating_point() or ix.numel() == 0 or ix.ndim > max_dim:
+            shape = "(N,) or (D, N)" if max_dim == 2 else "(n_eval,)"
+            raise ValueError(f"{name} must be a non-empty integer index array of shape {shape} into the pool.")
+        ix = ix.to(torch.int64)
+        if bool((ix < 0).any()) or bool((ix >= self.n).any()):
+            raise ValueError(f"{name} has indices outside [0, {self.n}).")
+        return ix.to(self.features.device)
+
+    def decompose(self, train_index, lam_pop) -> ErrorDecomposition:
+        """The three terms for training set(s) ``train_index`` — ``(N,)``, or ``(D, N)`` for ``D`` random
+        draws (the variance term is then averaged over them by :meth:`ErrorDecomposition.mean_squares`) —
+        and population ridge ``lam_pop`` (scalar or ``(C,)``)."""
+        tr = self._index(train_index, "train_index", 2)
+        single = tr.ndim <= 1
+        tr = tr.reshape(1, -1) if single else tr
+        C, n = self.n_classes, self.n
+        lam_pop = _per_class(lam_pop, C, "lam_pop", self.features.device)
+        D, N = tr.shape
+        f_lam = torch.empty_like(self.f_star)
+        f_hat = torch.empty(D, *self.f_star.shape, dtype=torch.float64, device=self.f_star.device)
+        for c in range(C):
+            S, Vh, Ut, Gev = self._svd[c]
+            lam = float(lam_pop[c])
+            f_lam[:, c] = Gev @ (Vh.T @ (Ut * S / (S * S + n * lam)))
+            G = self.features[:, c, :]
+            for d in range(D):
+                rows = tr[d]
+                f_hat[d, :, c] = Gev @ ridge_weights(G[rows].to(torch.float64), self.targets[rows, c], N * lam)
+        return ErrorDecomposition(target=self.targets[self.eval_index], f_star=self.f_star, f_lam=f_lam,
+                                  f_hat=f_hat[0] if single else f_hat, lam_pop=lam_pop)
+
+
+def error_decomposition(pool_features, pool_targets, train_index, lam_pop, eval_index=None,
+                        center: bool = True) -> ErrorDecomposition:
+    """Prop B.3's decomposition ``f − f̂ = (f − f*) + (f* − f_λ) + (f_λ − f̂)`` (SPEC §5), in one call.
+
+    Shapes and meaning as in :class:`ErrorDecomposer` (use that class to reuse the pool's factorisation
+    across several training draws and λ values).
+    """
+    return ErrorDecomposer(pool_features, pool_targets, eval_index, center).decompose(train_index, lam_pop)

@@ -1,0 +1,133 @@
+"""Tests for the command line (dntk.cli, python -m dntk)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dntk.cli as cli
+import dntk.pipeline as P
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _err_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1] if err else ""
+
+
+def test_info_json(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    import torch
+
+    assert d["versions"]["torch"] == torch.__version__
+    assert d["threads"]["torch_threads"] == torch.get_num_threads()
+    assert "cuda_available" in d["device"]
+
+
+def test_run_reports_config_errors_in_one_line(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "missing.yaml")]) == 2
+    line = _err_line(capsys)
+    assert line.startswith("dntk: error: config file") and line.endswith("does not exist")
+    f = tmp_path / "c.yaml"
+    f.write_text("krr:\n  lamda: 1\n")
+    assert cli.main(["run", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dntk: error: ") and "unknown key krr.lamda" in err[0]
+    f.write_text("name: x\n")
+    assert cli.main(["run", str(f), "--set", "krr.lam_rel=abc"]) == 2
+    assert "krr.lam_rel must be float, got 'abc'" in _err_line(capsys)
+    f.write_text("data:\n  name: imagewoof\n  root: /no/such/dir\n")
+    assert cli.main(["run", str(f)]) == 2
+    line = _err_line(capsys)
+    assert "data.root" in line and "does not exist" in line
+
+
+def test_run_passes_overrides_to_the_pipeline(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    class Fake:
+        path = tmp_path / "result.json"
+
+        def table(self):
+            return "TABLE"
+
+    def fake_run(cfg):
+        seen["cfg"] = cfg
+        return Fake()
+
+    monkeypatch.setattr(P, "run", fake_run)
+    f = tmp_path / "c.yaml"
+    f.write_text("name: x\nkrr:\n  lam_rel: 1e-3\n")
+    assert cli.main(["run", str(f), "--set", "krr.lam_rel=1e-2", "--set", "projection.k=64", "-q"]) == 0
+    cfg = seen["cfg"]
+    assert cfg.krr.lam_rel == 1e-2 and cfg.projection.k == 64 and cfg.progress is False
+    assert "TABLE" in capsys.readouterr().out
+
+
+def test_ledger_command_on_imagenette_params(capsys):
+    path = ROOT / "params" / "imagenette-resnet18.yaml"
+    if not path.is_file():
+        pytest.skip("params/imagenette-resnet18.yaml not written yet")
+    assert cli.main(["ledger", str(path), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["summary"]["build_vs_full_ntk"] >= 1e4
+    assert d["sizes"]["N"] == 9469
+
+
+def test_notebook_parameters_and_resolution(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("n_train: 100\nlam_rel: 1e-3\n")
+    params = cli.notebook_parameters(f, [("n_train", "200"), ("name", "abc"), ("flag", "true")])
+    assert params == {"n_train": 200, "lam_rel": 1e-3, "name": "abc", "flag": True}
+    with pytest.raises(cli.CLIError, match="does not exist"):
+        cli.notebook_parameters(tmp_path / "none.yaml")
+    with pytest.raises(cli.CLIError, match="no notebook 'zz_nothing'"):
+        cli._resolve_notebook("zz_nothing", ROOT)
+
+
+NB = '''# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation: {extension: .py, format_name: percent}
+#   kernelspec: {display_name: Python 3, language: python, name: python3}
+# ---
+
+# %% tags=["parameters"]
+n = 2
+
+# %%
+assert n == 5, n
+print("n is", n)
+'''
+
+
+def test_notebook_runs_through_papermill_with_parameters(tmp_path, capsys):
+    src = tmp_path / "01_tiny.py"
+    src.write_text(NB)
+    out = tmp_path / "runs"
+    rc = cli.main(["notebook", str(src), "-p", "n", "5", "--out", str(out), "--timeout", "120", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    nb = json.loads((out / "01_tiny.ipynb").read_text())
+    texts = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+    assert "n is 5" in texts
+    # a failing assertion is reported in one line with the cell and the error
+    rc = cli.main(["notebook", str(src), "--out", str(out), "--timeout", "120", "-q"])
+    line = _err_line(capsys)
+    assert rc == 2 and "AssertionError" in line and "see " in line
+    # an unknown parameter is refused before execution
+    rc = cli.main(["notebook", str(src), "-p", "m", "1", "--out", str(out)])
+    line = _err_line(capsys)
+    assert rc == 2 and "has no parameter(s) m" in line
+
+
+def test_python_dash_m_dntk():
+    out = subprocess.run([sys.executable, "-m", "dntk", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for cmd in ("run", "ledger", "notebook", "book", "info"):
+        assert cmd in out.stdout
+    out = subprocess.run([sys.executable, "-m", "dntk", "run"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "config" in out.stderr

@@ -1,0 +1,202 @@
+"""dntk.projection and the projected fast path of dntk.tangent (SPEC §4.2).
+
+References: explicit matrices (``R`` assembled from the projector, scipy's Hadamard matrix, ``torch.kron``),
+exact ``torch.func`` Jacobians, and closed-form moments over many seeds.
+"""
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch import nn
+
+from dntk import projection, tangent
+
+KINDS = list(projection.KINDS)
+
+
+def small_cnn(seed=0, C=3):
+    torch.manual_seed(seed)
+    m = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, C),
+    )
+    with torch.no_grad():
+        for b in (m[1], m[4]):
+            b.running_mean.uniform_(-0.5, 0.5)
+            b.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def X(n=5, seed=0):
+    return torch.rand(n, 1, 6, 6, generator=torch.Generator().manual_seed(seed))
+
+
+def test_fwht_equals_hadamard_matrix():
+    for L in (1, 2, 8, 64, 2048):
+        x = torch.randn(3, L, dtype=torch.float64)
+        H = torch.from_numpy(scipy.linalg.hadamard(L).astype(np.float64))
+        torch.testing.assert_close(projection.fwht(x), x @ H)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_projected_fast_path_equals_exact_jacobian_times_R(kind):
+    model, x = small_cnn(), X()
+    proj = projection.make(kind, 32, seed=3, tile_rows=7)  # tiles straddle layer chunks
+    Gp = tangent.class_gradients(model, x, projector=proj, batch_size=2)
+    assert Gp.shape == (5, 3, 32) and Gp.dtype == torch.float32
+    J = tangent.class_gradients(model, x, method="exact")
+    R = proj.matrix()
+    assert R.shape == (tangent.num_params(model), 32)
+    torch.testing.assert_close(Gp, J @ R, rtol=1e-4, atol=1e-5)
+    # the exact method with the same projector gives the same numbers
+    torch.testing.assert_close(tangent.class_gradients(model, x, projector=proj, method="exact"), Gp, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_identical_for_any_batch_size_or_memory_budget(kind):
+    model, x = small_cnn(), X(7)
+    ref = tangent.class_gradients(model, x, projector=projection.make(kind, 24, seed=1), batch_size=7)
+    for bs, mb in ((1, None), (3, None), (4, 4096)):  # 4 KiB budget forces tiny row/channel chunks
+        got = tangent.class_gradients(model, x, projector=projection.make(kind, 24, seed=1), batch_size=bs, max_bytes=mb)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    # project(): any split of the rows gives the same answer, and the same seed the same R
+    J = tangent.class_gradients(model, x).reshape(21, -1)
+    p = projection.make(kind, 24, seed=1).bind(tangent.param_layout(model))
+    whole = p.project(J)
+    torch.testing.assert_close(torch.cat([p.project(J[:5]), p.project(J[5:])]), whole, rtol=1e-5, atol=1e-6)
+    q = projection.make(kind, 24, seed=1).bind(tangent.param_layout(model))
+    torch.testing.assert_close(q.project(J), whole)
+    r = projection.make(kind, 24, seed=2).bind(tangent.param_layout(model))
+    assert not torch.allclose(r.project(J), whole)
+
+
+def _layout(kind):
+    # kronecker needs a 2-D block to be Kronecker-structured; a vector block is projected densely
+    return [(8, 16)] if kind == "kronecker" else 128
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unbiased_inner_products_over_seeds(kind):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(128, generator=g)
+    b = 0.6 * a + torch.randn(128, generator=g)
+    b[:10] *= 5  # some coordinates dominate, as in real gradients
+    exact = float(a @ b)
+    S = 200
+    est = []
+    for s in range(S):
+        p = projection.make(kind, 16, seed=s).bind(_layout(kind))
+        pa, pb = p.project(torch.stack([a, b]))
+        est.append(float(pa @ pb))
+    est = np.array(est)
+    se = est.std(ddof=1) / math.sqrt(S)
+    assert abs(est.mean() - exact) < 4 * se, (kind, est.mean(), exact, se)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_distortion_shrinks_with_k(kind):
+    """Relative Gram error ~ k^-1/2 (kronecker: ~ k^-1/4, since each factor has only √k columns)."""
+    g = torch.Generator().manual_seed(1)
+    P = 1024 if kind == "orthonormal" else 4096  # orthonormal: a QR per seed
+    V = torch.randn(6, P, generator=g) * torch.linspace(0.2, 3.0, P) ** 2
+    K = V.double() @ V.double().T
+    layout = [(64, 64)] if kind == "kronecker" else P
+    seeds = 6 if kind == "orthonormal" else 12
+    ks = [16, 64, 256]
+    errs = []
+    for k in ks:
+        e = []
+        for s in range(seeds):
+            W = projection.make(kind, k, seed=s).bind(layout).project(V).double()
+            e.append(float(torch.linalg.norm(W @ W.T - K) / torch.linalg.norm(K)))
+        errs.append(np.mean(e))
+    slope = np.polyfit(np.log(ks), np.log(errs), 1)[0]
+    expect = -0.25 if kind == "kronecker" else -0.5
+    assert abs(slope - expect) < 0.15, (kind, errs, slope)
+
+
+def test_kronecker_equals_explicit_kron_of_factors():
+    torch.manual_seed(0)
+    for model, x in (
+        (nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), torch.randn(4, 3, 4)),
+        (nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)), torch.randn(4, 2, 5, 5)),
+    ):
+        proj = projection.make("kronecker", 12, seed=5, k_out=3, k_in=4)
+        Gp = tangent.class_gradients(model, x, projector=proj)
+        J = tangent.class_gradients(model, x, method="exact")
+        N, C, _ = J.shape
+        ref = torch.zeros(N, C, 12)
+        for i, blk in enumerate(tangent.param_layout(model)):
+            Jb = J[:, :, blk.offset : blk.offset + blk.size].reshape(N * C, -1)
+            if len(blk.shape) >= 2:
+                Ro, Ri = proj.factors(i)
+                assert Ro.shape == (blk.shape[0], 3) and Ri.shape == (blk.size // blk.shape[0], 4)
+                ref += (Jb @ torch.kron(Ro, Ri)).reshape(N, C, 12)  # (R_out ⊗ R_in)ᵀ vec(∇W)
+            else:
+                ref += (Jb @ proj.rows(i, 0, blk.size)).reshape(N, C, 12)
+        torch.testing.assert_close(Gp, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_srht_equals_its_definition():
+    P, k = 100, 20
+    p = projection.make("srht", k, seed=4).bind(P)
+    x = torch.randn(3, P, dtype=torch.float64)
+    Pp = 128
+    R = p.matrix().double()  # (P, k)
+    # R = √(P'/k) · (S H D)ᵀ restricted to the first P rows, with H normalised: columns are ±1/√k
+    assert torch.allclose(R.abs(), torch.full_like(R, 1 / math.sqrt(k)))
+    H = torch.from_numpy(scipy.linalg.hadamard(Pp).astype(np.float64))
+    signs, idx = p._srht_state()
+    ref = (math.sqrt(Pp / k) * (torch.diag(signs.double()) @ H / math.sqrt(Pp))[:, idx])[:P]
+    torch.testing.assert_close(R, ref, rtol=1e-6, atol=1e-7)
+    assert len(set(idx.tolist())) == k  # k distinct coordinates
+
+
+def test_orthonormal_columns_and_sparse_values():
+    p = projection.make("orthonormal", 16, seed=0).bind(200)
+    R = p.matrix().double()
+    torch.testing.assert_close(R.T @ R, (200 / 16) * torch.eye(16, dtype=torch.float64), rtol=1e-5, atol=1e-4)
+    s = projection.make("sparse", 64, seed=0, density=0.1).bind(3000)
+    R = s.matrix()
+    nz = R[R != 0]
+    torch.testing.assert_close(nz.abs(), torch.full_like(nz, 1 / math.sqrt(64 * 0.1)))
+    assert abs(nz.numel() / R.numel() - 0.1) < 0.005
+    assert projection.make("sparse", 8).bind(10000).density == pytest.approx(0.01)
+
+
+def test_out_memmap_with_projector(tmp_path):
+    model, x = small_cnn(), X(6)
+    proj = projection.make("gaussian", 16, seed=0)
+    ref = tangent.class_gradients(model, x, projector=proj)
+    mm = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=(6, 3, 16))
+    tangent.class_gradients(model, x, projector=proj, out=mm, batch_size=4)
+    np.testing.assert_allclose(np.load(tmp_path / "f.npy").astype(np.float32), ref.numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="unknown projector kind"):
+        projection.make("fourier", 8)
+    for k in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            projection.make("gaussian", k)
+    with pytest.raises(ValueError, match="k <= P"):
+        projection.make("orthonormal", 50).bind(20)
+    with pytest.raises(ValueError, match="max_entries"):
+        projection.make("orthonormal", 64, max_entries=1000).bind(100)
+    with pytest.raises(ValueError, match="unknown option"):
+        projection.make("gaussian", 8, density=0.1)
+    with pytest.raises(ValueError, match="k_out"):
+        projection.make("kronecker", 12, k_out=5)
+    p = projection.make("gaussian", 8)
+    tangent.class_gradients(small_cnn(), X(2), projector=p)
+    with pytest.raises(ValueError, match="tied to one model size"):
+        tangent.class_gradients(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), X(2), projector=p)
+    with pytest.raises(ValueError, match="width"):
+        p.project(torch.zeros(2, 7))
+    with pytest.raises(TypeError, match="dntk.projection.make"):
+        tangent.class_gradients(small_cnn(), X(2), projector="gaussian")
+    with pytest.raises(ValueError, match="out has shape"):
+        tangent.class_gradients(small_cnn(), X(2), projector=projection.make("gaussian", 8), out=torch.zeros(2, 3, 9))

@@ -1,0 +1,150 @@
+"""dntk.tangent: per-class logit Jacobians against independent references (autograd loops, finite differences)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dntk import tangent
+
+
+def mlp(seed=0, d_in=6, C=4):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d_in, 7), nn.Tanh(), nn.Linear(7, C))
+
+
+def small_cnn(seed=0, C=3):
+    torch.manual_seed(seed)
+    m = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 5, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, C),
+    )
+    # non-trivial running statistics so eval-mode BatchNorm is not the identity
+    with torch.no_grad():
+        for b in (m[1], m[4]):
+            b.running_mean.uniform_(-0.5, 0.5)
+            b.running_var.uniform_(0.5, 2.0)
+            b.weight.uniform_(0.5, 1.5)
+            b.bias.uniform_(-0.2, 0.2)
+    return m
+
+
+def loop_reference(model, x):
+    """Plain loop: one torch.autograd.grad per sample and class (eval mode, trainable params only)."""
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for i in range(x.shape[0]):
+        out = model(x[i : i + 1])[0]
+        per_class = []
+        for c in range(out.shape[0]):
+            g = torch.autograd.grad(out[c], params, retain_graph=True)
+            per_class.append(torch.cat([t.reshape(-1) for t in g]))
+        rows.append(torch.stack(per_class))
+    return torch.stack(rows)
+
+
+CASES = {
+    "mlp": (mlp, lambda g: torch.randn(5, 2, 3, generator=g)),
+    "cnn": (small_cnn, lambda g: torch.rand(5, 1, 6, 6, generator=g)),
+}
+
+
+@pytest.mark.parametrize("method", ["exact", "fast"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_class_gradients_equal_autograd_loop(case, method):
+    build, data = CASES[case]
+    model = build()
+    x = data(torch.Generator().manual_seed(1))
+    ref = loop_reference(model, x)
+    G = tangent.class_gradients(model, x, method=method, batch_size=2)
+    assert G.shape == ref.shape == (x.shape[0], ref.shape[1], tangent.num_params(model))
+    assert G.dtype == torch.float32
+    torch.testing.assert_close(G, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["exact", "fast"])
+def test_finite_difference_float64(method):
+    model = small_cnn(seed=3).double().eval()
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    G = tangent.class_gradients(model, x, method=method)
+    assert G.dtype == torch.float64
+    flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    rng = np.random.default_rng(0)
+    h = 1e-6
+    for j in rng.choice(flat.numel(), 8, replace=False):
+        fd = []
+        for sgn in (1, -1):
+            v = flat.clone()
+            v[j] += sgn * h
+            torch.nn.utils.vector_to_parameters(v, model.parameters())
+            with torch.no_grad():
+                fd.append(model(x))
+        torch.nn.utils.vector_to_parameters(flat, model.parameters())
+        torch.testing.assert_close(G[:, :, j], (fd[0] - fd[1]) / (2 * h), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["exact", "fast"])
+def test_frozen_params_excluded_and_mode_restored(method):
+    model = small_cnn()
+    model[0].weight.requires_grad_(False)
+    model.train()
+    x = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    P = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert tangent.num_params(model) == P
+    G = tangent.class_gradients(model, x, method=method)
+    assert G.shape == (4, 3, P)
+    assert model.training and model[1].training  # restored
+    torch.testing.assert_close(G, loop_reference(model, x), rtol=1e-4, atol=1e-5)
+    # the layout lists exactly the trainable tensors, contiguous from 0 to P
+    lay = tangent.param_layout(model)
+    assert lay[0].offset == 0 and lay[-1].offset + lay[-1].size == P
+    assert "0.weight" not in [b.name for b in lay]
+
+
+def test_batch_size_invariance_and_memmap_out(tmp_path):
+    model = small_cnn()
+    x = torch.rand(7, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    full = tangent.class_gradients(model, x, batch_size=7)
+    for bs in (1, 3):
+        torch.testing.assert_close(tangent.class_gradients(model, x, batch_size=bs), full, rtol=1e-5, atol=1e-6)
+    mm = np.lib.format.open_memmap(tmp_path / "g.npy", mode="w+", dtype=np.float32, shape=tuple(full.shape))
+    res = tangent.class_gradients(model, x.numpy().astype(np.float64), out=mm, batch_size=2)
+    assert res is mm
+    np.testing.assert_allclose(np.load(tmp_path / "g.npy"), full.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_logits_match_eval_forward():
+    model = small_cnn().train()
+    x = torch.rand(9, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    out = tangent.logits(model, x, batch_size=4)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x))
+
+
+def test_dataset_input():
+    model = mlp()
+    x = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
+    ds = torch.utils.data.TensorDataset(x, torch.zeros(5, dtype=torch.long))
+    torch.testing.assert_close(tangent.class_gradients(model, ds, batch_size=2), tangent.class_gradients(model, x))
+
+
+def test_bad_inputs():
+    model = small_cnn()
+    x = torch.rand(4, 1, 6, 6)
+    with pytest.raises(TypeError, match="nn.Module"):
+        tangent.class_gradients(lambda z: z, x)
+    with pytest.raises(TypeError, match="floating-point"):
+        tangent.class_gradients(model, (x * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="could not be evaluated"):
+        tangent.class_gradients(model, torch.rand(4, 3, 6, 6))  # wrong channel count
+    with pytest.raises(ValueError, match="out has shape"):
+        tangent.class_gradients(model, x, out=np.zeros((4, 3, 5), np.float32))
+    with pytest.raises(ValueError, match="method"):
+        tangent.class_gradients(model, x, method="magic")
+    with pytest.raises(ValueError, match="batch_size"):
+        tangent.class_gradients(model, x, batch_size=0)
+    with pytest.raises(ValueError, match="NaN"):
+        tangent.class_gradients(model, x * float("nan"))

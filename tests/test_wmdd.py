@@ -1,0 +1,307 @@
+"""Tests for dntk.wmdd (SPEC §4.1) against independent references: POT called directly, class means,
+mean/var computed on the whole class at once, brute-force Voronoi cells."""
+import json
+import os
+
+import numpy as np
+import ot
+import pytest
+import torch
+from torch import nn
+
+from dntk import wmdd
+
+C, N_PER, H = 3, 16, 8
+
+
+class TinyBN(nn.Module):
+    """A small BN convnet with the dntk Classifier interface (.features, .head)."""
+
+    def __init__(self, num_classes=C, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class TinyMLP(nn.Module):
+    def __init__(self, num_classes=C, bn=True):
+        super().__init__()
+        torch.manual_seed(0)
+        layers = [nn.Linear(H * H, 16)] + ([nn.BatchNorm1d(16)] if bn else []) + [nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _data(seed=0, n_per=N_PER):
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(C, 1, H, H, generator=g)
+    X = (protos.repeat_interleave(n_per, 0) + 0.3 * torch.randn(C * n_per, 1, H, H, generator=g)).clamp(0, 1)
+    y = torch.arange(C).repeat_interleave(n_per)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def teacher_data():
+    X, y = _data()
+    model = TinyBN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(40):  # a few steps so the BN running statistics and weights are non-trivial
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    model.eval()
+    return model, X, y
+
+
+# ---------------------------------------------------------------------------------------------- barycenter
+def test_barycenter_equals_direct_pot_call():
+    rng = np.random.default_rng(1)
+    F_ = rng.normal(size=(40, 5))
+    bc = wmdd.barycenter(F_, 4, seed=[7, 2])
+    assert len(set(bc.init.tolist())) == 4
+    ref = ot.lp.free_support_barycenter([F_], [np.full(40, 1 / 40)], F_[bc.init].copy(), b=np.full(4, 0.25))
+    np.testing.assert_allclose(bc.atoms, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(bc.weights, 0.25)
+    # same seed, same initialisation; another seed, another one
+    assert np.array_equal(wmdd.barycenter(F_, 4, seed=[7, 2]).init, bc.init)
+    assert not np.array_equal(wmdd.barycenter(F_, 4, seed=[8, 2]).init, bc.init)
+
+
+def test_barycenter_ipc1_is_class_mean():
+    F_ = np.random.default_rng(2).normal(size=(25, 6))
+    np.testing.assert_allclose(wmdd.barycenter(F_, 1).atoms[0], F_.mean(0), rtol=0, atol=1e-12)
+
+
+def test_weighted_barycenter_is_voronoi_fixed_point():
+    rng = np.random.default_rng(3)
+    F_ = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(10, 2)) + 6])
+    bc = wmdd.barycenter(F_, 2, seed=0, weighted=True)
+    assert abs(bc.weights.sum() - 1) < 1e-12
+    assign = ((F_[:, None] - bc.atoms[None]) ** 2).sum(-1).argmin(1)  # brute-force Voronoi cells
+    np.testing.assert_allclose(bc.weights, np.bincount(assign, minlength=2) / len(F_))
+    for j in range(2):
+        np.testing.assert_allclose(bc.atoms[j], F_[assign == j].mean(0), atol=1e-9)
+    assert sorted(np.round(bc.weights, 6)) == [0.25, 0.75]
+
+
+def test_distill_atoms_use_penultimate_features(teacher_data):
+    model, X, y = teacher_data
+    for ipc in (1, 3):
+        res = wmdd.distill(model, (X, y), ipc, iterations=0, seed=5)
+        for c in range(C):
+            with torch.no_grad():
+                feats = model.features(X[y == c]).double().numpy()  # direct, no hook
+            if ipc == 1:
+                np.testing.assert_allclose(res.atoms[c, 0].numpy(), feats.mean(0), rtol=1e-5, atol=1e-6)
+            else:
+                bc = wmdd.barycenter(feats, ipc, seed=[5, c])
+                ref = ot.lp.free_support_barycenter([feats], [ot.unif(len(feats))], feats[bc.init].copy(),
+                                                    b=ot.unif(ipc))
+                np.testing.assert_allclose(res.atoms[c].numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- BN statistics
+def test_class_bn_statistics_exact_for_any_batch_size(teacher_data):
+    model, X, y = teacher_data
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    ref = {}
+    hooks = [b.register_forward_pre_hook(lambda mod, inp, i=i: ref.__setitem__(i, inp[0].double()))
+             for i, b in enumerate(bns)]
+    direct = []
+    with torch.no_grad():
+        for c in range(C):
+            model(X[y == c])  # the whole class in one batch
+            direct.append([(ref[i].mean(dim=(0, 2, 3)), ref[i].var(dim=(0, 2, 3), unbiased=False))
+                           for i in range(len(bns))])
+    for h in hooks:
+        h.remove()
+    for bs in (5, 1000):
+        stats = wmdd.class_bn_statistics(model, X, y, batch_size=bs)
+        assert len(stats) == len(bns)
+        for l, (mean, var) in enumerate(stats):
+            assert mean.shape == (C, bns[l].num_features) and mean.dtype == torch.float64
+            for c in range(C):
+                torch.testing.assert_close(mean[c], direct[c][l][0], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(var[c], direct[c][l][1], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- synthesis
+def test_each_loss_term_decreases(teacher_data):
+    model, X, y = teacher_data
+    res = wmdd.distill(model, (X, y), 2, iterations=40, lr=0.05, init="noise", augment_images=False, r_bn=1.0)
+    for term in ("ce", "feature", "bn", "total"):
+        h = np.asarray(res.history[term])
+        assert h.shape == (40,)
+        assert h[-5:].mean() < 0.8 * h[:5].mean(), (term, h[:5], h[-5:])
+    # clipping keeps pixels in the data range
+    assert res.images.min() >= X.min() and res.images.max() <= X.max()
+
+
+def test_result_shapes_and_labels(teacher_data):
+    model, X, y = teacher_data
+    res = wmdd.distill(model, (X, y), 2, iterations=3, seed=1)
+    assert res.images.shape == (C * 2, 1, H, H) and res.images.dtype == torch.float32
+    assert res.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert res.soft_labels.shape == (C * 2, C)
+    torch.testing.assert_close(res.soft_labels, model(res.images).detach())
+    assert res.weights.shape == (C, 2) and res.atoms.shape == (C, 2, 8)
+    torch.testing.assert_close(res.weights.sum(1), torch.ones(C, dtype=torch.float64))
+    assert res.settings["ipc"] == 2 and res.settings["betas"] == [0.5, 0.9]
+    with pytest.raises(dataclasses_frozen_error()):
+        res.images = None
+    # real initialisation with zero iterations returns real samples of the right classes
+    res0 = wmdd.distill(model, (X, y), 2, iterations=0, seed=1)
+    for row, idx in enumerate(sum(res0.settings["init_indices"], [])):
+        assert torch.equal(res0.images[row], X[idx]) and int(y[idx]) == int(res0.labels[row])
+
+
+def dataclasses_frozen_error():
+    import dataclasses
+    return dataclasses.FrozenInstanceError
+
+
+def test_reproducible_for_a_seed(teacher_data):
+    model, X, y = teacher_data
+    kw = dict(iterations=10, seed=3, init="noise")
+    a = wmdd.distill(model, (X, y), 2, **kw)
+    b = wmdd.distill(model, (X, y), 2, **kw)
+    assert torch.equal(a.images, b.images) and torch.equal(a.soft_labels, b.soft_labels)
+    assert a.history == b.history
+    c = wmdd.distill(model, (X, y), 2, **{**kw, "seed": 4})
+    assert not torch.equal(a.images, c.images)
+    # chunking the classes changes the augmentation draws but not the objective's form
+    d = wmdd.distill(model, (X, y), 2, **kw, class_batch=1)
+    assert d.images.shape == a.images.shape
+
+
+def test_map_style_dataset_equals_tensors(teacher_data):
+    model, X, y = teacher_data
+    ds = torch.utils.data.TensorDataset(X, y)
+    a = wmdd.distill(model, ds, 1, iterations=2)
+    b = wmdd.distill(model, (X, y), 1, iterations=2)
+    assert torch.equal(a.images, b.images)
+
+
+def test_augment_identity_and_flip():
+    x = torch.rand(4, 1, H, H)
+    g = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(wmdd.augment(x, g, crop_scale=(1, 1), ratio=(1, 1), flip=False), x)
+    out = wmdd.augment(x, g, crop_scale=(1, 1), ratio=(1, 1), flip=True)
+    for i in range(4):
+        assert torch.allclose(out[i], x[i], atol=1e-6) or torch.allclose(out[i], x[i].flip(-1), atol=1e-6)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        wmdd.augment(torch.rand(4, 64), g)
+
+
+# ---------------------------------------------------------------------------------------------- student
+def test_train_student_fits_soft_labels(teacher_data):
+    model, X, y = teacher_data
+    res = wmdd.distill(model, (X, y), 3, iterations=20, seed=0)
+    student = TinyBN(seed=9)
+    hist = wmdd.train_student(student, res, epochs=60, lr=1e-2, temperature=2.0, augment_images=False)
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert not student.training
+    with torch.no_grad():
+        agree = (student(res.images).argmax(1) == res.soft_labels.argmax(1)).float().mean()
+    assert agree >= 0.8
+    # relabelling by the teacher on augmented batches also trains
+    hist2 = wmdd.train_student(TinyBN(seed=9), res, epochs=5, teacher=model)
+    assert len(hist2["loss"]) == 5 and np.isfinite(hist2["loss"]).all()
+
+
+# ---------------------------------------------------------------------------------------------- persistence
+def test_save_load_round_trip(tmp_path, teacher_data):
+    model, X, y = teacher_data
+    res = wmdd.distill(model, (X, y), 2, iterations=4, weighted=True)
+    p = wmdd.save(res, tmp_path / "set")
+    back = wmdd.load(p)
+    for k in ("images", "labels", "soft_labels", "weights", "atoms"):
+        a, b = getattr(res, k), getattr(back, k)
+        assert a.dtype == b.dtype and torch.equal(a, b), k
+    assert back.settings == json.loads(json.dumps(res.settings)) and back.settings == res.settings
+    assert back.history == res.history
+    with pytest.raises(ValueError, match="not a saved distilled set"):
+        wmdd.load(tmp_path / "nothing")
+
+
+def test_interrupted_save_leaves_no_partial_set(tmp_path, teacher_data, monkeypatch):
+    model, X, y = teacher_data
+    res = wmdd.distill(model, (X, y), 1, iterations=1)
+    target = tmp_path / "set"
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wmdd.json, "dump", boom)  # tensors written, then interrupted
+    with pytest.raises(KeyboardInterrupt):
+        wmdd.save(res, target)
+    assert not target.exists() and os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    wmdd.save(res, target)
+    monkeypatch.setattr(wmdd.json, "dump", boom)
+    with pytest.raises(KeyboardInterrupt):  # a failed overwrite keeps the old set intact
+        wmdd.save(res, target)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["set"] and torch.equal(wmdd.load(target).images, res.images)
+
+
+def test_cache_dir_reuses_and_interrupted_run_writes_nothing(tmp_path, teacher_data, monkeypatch):
+    model, X, y = teacher_data
+    a = wmdd.distill(model, (X, y), 1, iterations=3, cache_dir=tmp_path)
+    assert len(os.listdir(tmp_path)) == 1
+
+    def fail(*args, **kw):
+        raise AssertionError("recomputed although a cached set exists")
+
+    monkeypatch.setattr(wmdd, "_distill", fail)
+    b = wmdd.distill(model, (X, y), 1, iterations=3, cache_dir=tmp_path)
+    assert torch.equal(a.images, b.images)
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt  # mid-synthesis
+
+    monkeypatch.setattr(wmdd, "_distill", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        wmdd.distill(model, (X, y), 1, iterations=4, cache_dir=tmp_path)
+    assert len(os.listdir(tmp_path)) == 1
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_bad_inputs(teacher_data):
+    model, X, y = teacher_data
+    no_bn = nn.Sequential()
+    no_bn.features = nn.Sequential(nn.Flatten(), nn.Linear(H * H, 4), nn.ReLU())
+    no_bn.head = nn.Linear(4, C)
+    no_bn.forward = lambda x: no_bn.head(no_bn.features(x))
+    with pytest.raises(ValueError, match="r_bn=0"):
+        wmdd.distill(no_bn, (X, y), 1, iterations=1)
+    assert wmdd.distill(no_bn, (X, y), 1, iterations=2, r_bn=0).images.shape == (C, 1, H, H)
+    with pytest.raises(ValueError, match="exceeds"):
+        wmdd.distill(model, (X, y), N_PER + 1, iterations=1)
+    keep = y != 1
+    with pytest.raises(ValueError, match=r"\[1\] have no samples"):
+        wmdd.distill(model, (X[keep], y[keep]), 1, iterations=1)
+    with pytest.raises(ValueError, match="ipc"):
+        wmdd.distill(model, (X, y), 0)
+    with pytest.raises(ValueError, match="init"):
+        wmdd.distill(model, (X, y), 1, init="zeros")
+    # flat inputs: augmentation impossible; without it BatchNorm1d matching works
+    Xf = X.reshape(len(X), -1)
+    mlp = TinyMLP().eval()
+    with pytest.raises(ValueError, match="not images"):
+        wmdd.distill(mlp, (Xf, y), 1, iterations=1)
+    res = wmdd.distill(mlp, (Xf, y), 2, iterations=5, augment_images=False)
+    assert res.images.shape == (C * 2, H * H)
+    with pytest.raises(ValueError, match="exceeds"):
+        wmdd.barycenter(np.zeros((3, 2)), 4)
