@@ -6,13 +6,12 @@ projected class gradients ``G̃_c`` into ``m_c`` *synthetic* gradients per class
 local eigenvectors of the cluster blocks ``K̃_c[S_j, S_j]`` and the global eigenvectors of ``K̃_c``
 that no cluster explains (the *gaps*). Two exact paths:
 
-- ``"dense"`` — the reference: ``eigh`` of the ``N×N`` class kernel and of each cluster block,
-  modified Gram–Schmidt (with re-orthogonalisation) on the explicit ``N``-vectors.
+- ``"dense"`` — the reference: ``eigh`` of the ``N×N`` class kernel and of each cluster block, then
+  Gram–Schmidt (classical, applied twice) on the candidate ``N``-vectors one at a time.
 - ``"matrix_free"`` — never forms an ``N×N`` matrix: eigenpairs of ``G Gᵀ`` from the ``k×k`` Gram
-  ``Gᵀ G`` (the thin SVD ``G = U Σ Wᵀ``, ``U = G W Σ⁻¹``, cost ``O(N k²)``); the Gram–Schmidt of
-  step 6 runs on the small Gram matrix of the candidates (a Cholesky with rejection, then one
-  CholeskyQR pass), because every candidate inner product is a block of ``UᵀU`` or
-  ``U^{(j)ᵀ} U[S_j]``.
+  ``Gᵀ G`` (the thin SVD ``G = U Σ Wᵀ``, ``U = G W Σ⁻¹``, cost ``O(N k²)``; a cluster with
+  ``|S_j| ≤ k`` uses its own ``|S_j|×|S_j|`` block, the smaller side), and the same Gram–Schmidt run on
+  ``N×64`` blocks of candidates (``O(N·n·m)`` for ``n`` candidates and ``m`` kept).
 
 ``select(method, features_c (N, k), budget)`` gives the baselines of SPEC §4.3 at the same budget:
 ``random``, ``leverage`` (top-m ridge leverage scores), ``leverage_sampled``, ``fps`` (greedy
@@ -60,7 +59,7 @@ class ClassSynthesis:
     indices ``i < r`` with ``A_i < γ``. source: ``(m, 2)`` int64, per column ``(cluster j, eigen
     index)`` for a local vector and ``(-1, i)`` for a gap; source_eigval: ``(m,)`` the eigenvalue each
     column was ordered by (non-increasing). n_local / n_gap: kept columns of each kind; n_candidates:
-    candidates before step 6 (all of them, or as many as were examined until the budget was met).
+    candidates entering step 6 (``Σ_j r_j + |gaps|``).
     trace: ``tr(K̃_c) = ‖G̃_c‖_F²`` of the uncompressed class kernel (for λ, SPEC §4.3); n: N.
     """
 
@@ -274,59 +273,63 @@ def _rank(eig: _Eig, tau: float) -> int:
     return min(_truncation_rank(eig.lam, tau), eig.rank)
 
 
-def _mgs(vectors: list, tol: float, budget: int | None, n: int):
-    """Modified Gram–Schmidt (twice) over unit ``(n,)`` vectors in the given order; drop residuals < tol.
+def _gram_schmidt(vectors, tol: float, budget: int | None, n: int):
+    """Gram–Schmidt with re-orthogonalisation (CGS2) over unit ``(n,)`` vectors, in the given order.
 
-    Returns ``(Q (n, m), kept positions, examined count)``.
+    A vector whose residual norm after projecting out the kept ones is below ``tol`` is dropped; stop
+    once ``budget`` are kept. Returns ``(Q (n, m), kept positions)``. (Twice-applied
+    classical GS is orthogonal to working precision, like MGS with re-orthogonalisation.)
     """
-    cap = len(vectors) if budget is None else min(budget, len(vectors))
+    cap = min(n, len(vectors) if budget is None else min(budget, len(vectors)))
     Q = torch.empty(n, cap, dtype=torch.float64)
-    kept, examined = [], 0
+    kept = []
     for pos, v in enumerate(vectors):
-        if len(kept) >= cap:
+        if len(kept) >= cap:        # budget met, or the kept vectors span R^n: nothing else survives
             break
-        examined += 1
         w = v.clone()
+        Qk = Q[:, : len(kept)]
         for _ in range(2):
-            for q in range(len(kept)):
-                w -= (Q[:, q] @ w) * Q[:, q]
+            w -= Qk @ (Qk.T @ w)
         nrm = float(w.norm())
         if nrm < tol:
             continue
         Q[:, len(kept)] = w / nrm
         kept.append(pos)
-    return Q[:, : len(kept)], kept, examined
+    return Q[:, : len(kept)], kept
 
 
-def _gram_schmidt_from_gram(gram: torch.Tensor, tol: float, budget: int | None):
-    """Step 6 on the candidates' Gram matrix ``(n, n)``: Cholesky with rejection.
+def _block_gram_schmidt(get_block, n_cand: int, n: int, tol: float, budget: int | None, block: int = 64):
+    """Step 6 in blocks of candidates, the same decisions as :func:`_gram_schmidt`.
 
-    Column ``j`` survives iff its residual after projecting out the kept earlier columns,
-    ``√(g_jj − ‖R⁻ᵀ g_{kept,j}‖²)``, is at least ``tol`` — exactly the test of Gram–Schmidt.
-    Returns ``(kept positions, R (m, m) upper triangular with W_kept = Q R, examined count)``.
+    ``get_block(start, stop)`` materialises candidates ``start..stop-1`` as ``(n, b)`` (never ``n×n``).
+    Each block is projected against the kept basis twice (BLAS3), then its vectors go through CGS2
+    one by one against the vectors kept from the same block. Returns ``(Q (n, m), kept positions)``.
     """
-    n = gram.shape[0]
-    cap = n if budget is None else min(budget, n)
-    R = torch.zeros(cap, cap, dtype=torch.float64)
-    kept, examined = [], 0
-    for j in range(n):
-        if len(kept) >= cap:
+    cap = min(n, n_cand if budget is None else min(budget, n_cand))
+    Q = torch.empty(n, cap, dtype=torch.float64)
+    kept, m = [], 0
+    for start in range(0, n_cand, block):
+        if m >= cap:
             break
-        examined += 1
-        p = len(kept)
-        if p:
-            x = torch.linalg.solve_triangular(R[:p, :p].T, gram[kept, j].unsqueeze(1), upper=False).squeeze(1)
-            res2 = float(gram[j, j] - x @ x)
-        else:
-            x, res2 = None, float(gram[j, j])
-        if res2 < tol * tol:
-            continue
-        if p:
-            R[:p, p] = x
-        R[p, p] = res2 ** 0.5
-        kept.append(j)
-    m = len(kept)
-    return kept, R[:m, :m], examined
+        W = get_block(start, min(n_cand, start + block))
+        Qm = Q[:, :m]
+        for _ in range(2):
+            W -= Qm @ (Qm.T @ W)
+        m0 = m
+        for i in range(W.shape[1]):
+            if m >= cap:
+                break
+            w = W[:, i].clone()
+            Qb = Q[:, m0:m]
+            for _ in range(2):
+                w -= Qb @ (Qb.T @ w)
+            nrm = float(w.norm())
+            if nrm < tol:
+                continue
+            Q[:, m] = w / nrm
+            kept.append(start + i)
+            m += 1
+    return Q[:, :m], kept
 
 
 # ----------------------------------------------------------------------------- one class
@@ -352,9 +355,6 @@ class _ClassSpectra:
             self.Uloc.append(Uj)
             self.rj_max.append(rj)
             self.C.append(Uj.T @ self.U[idx])                       # (rj, r_max): U^{(j)ᵀ} u_i[S_j]
-        if not dense:
-            self.UtU = self.U.T @ self.U
-            self.LtL = [Uj.T @ Uj for Uj in self.Uloc]
 
     def synthesize(self, t: torch.Tensor, tau: float, gamma: float, budget, tol: float) -> ClassSynthesis:
         n, M = self.n, len(self.groups)
@@ -371,68 +371,29 @@ class _ClassSpectra:
         cands += [(_GAP, -1, int(i), float(lam[i])) for i in gaps]
         order = sorted(range(len(cands)), key=lambda a: (-cands[a][3], cands[a][0], cands[a][1], cands[a][2]))
         cands = [cands[a] for a in order]
-        if self.dense:
-            vecs = []
-            for kind, j, l, _ in cands:
-                if kind == _LOCAL:
-                    v = torch.zeros(n, dtype=torch.float64)
-                    v[self.groups[j]] = self.Uloc[j][:, l]
-                else:
-                    v = self.U[:, l]
-                vecs.append(v)
-            V, kept, examined = _mgs(vecs, tol, budget, n)
+        if self.dense:      # the reference: one explicit vector at a time
+            V, kept = _gram_schmidt([self._candidates(cands, p, p + 1)[:, 0] for p in range(len(cands))],
+                                    tol, budget, n)
         else:
-            kept, V, examined = self._orthonormalise(cands, tol, budget)
+            V, kept = _block_gram_schmidt(lambda a, b: self._candidates(cands, a, b), len(cands), n, tol, budget)
         kc = [cands[p] for p in kept]
         source = torch.tensor([[j, l] for kind, j, l, _ in kc], dtype=torch.int64).reshape(-1, 2)
-        G_syn = V.T @ self.G
-        t_syn = V.T @ t
         return ClassSynthesis(
-            G_syn=G_syn, t_syn=t_syn, V=V, r=r, r_j=torch.tensor(rj, dtype=torch.int64),
+            G_syn=V.T @ self.G, t_syn=V.T @ t, V=V, r=r, r_j=torch.tensor(rj, dtype=torch.int64),
             eigvals=lam.clone(), A=A, gaps=gaps, source=source,
             source_eigval=torch.tensor([e for *_, e in kc], dtype=torch.float64),
             n_local=sum(1 for c in kc if c[0] == _LOCAL), n_gap=sum(1 for c in kc if c[0] == _GAP),
-            n_candidates=examined, trace=float((self.G ** 2).sum()), n=n)
+            n_candidates=len(cands), trace=float((self.G ** 2).sum()), n=n)
 
-    def _orthonormalise(self, cands, tol, budget):
-        """Matrix-free step 6: Gram of the candidates from the small blocks, Cholesky with rejection."""
-        nc = len(cands)
-        gram = torch.zeros(nc, nc, dtype=torch.float64)
-        kinds = torch.tensor([c[0] for c in cands]) if nc else torch.zeros(0, dtype=torch.int64)
-        clus = torch.tensor([c[1] for c in cands]) if nc else torch.zeros(0, dtype=torch.int64)
-        eidx = torch.tensor([c[2] for c in cands]) if nc else torch.zeros(0, dtype=torch.int64)
-        gpos = torch.nonzero(kinds == _GAP).flatten()
-        gi = eidx[gpos]
-        gram[gpos.unsqueeze(1), gpos] = self.UtU[gi.unsqueeze(1), gi]
-        for j in range(len(self.groups)):
-            lpos = torch.nonzero((kinds == _LOCAL) & (clus == j)).flatten()
-            if lpos.numel() == 0:
-                continue
-            li = eidx[lpos]
-            gram[lpos.unsqueeze(1), lpos] = self.LtL[j][li.unsqueeze(1), li]
-            if gpos.numel():
-                blk = self.C[j][li.unsqueeze(1), gi]                   # (n_lj, n_g)
-                gram[lpos.unsqueeze(1), gpos] = blk
-                gram[gpos.unsqueeze(1), lpos] = blk.T
-        kept, R, examined = _gram_schmidt_from_gram(gram, tol, budget)
-        m = len(kept)
-        if m == 0:
-            return kept, torch.zeros(self.n, 0, dtype=torch.float64), examined
-        Rinv = torch.linalg.solve_triangular(R, torch.eye(m, dtype=torch.float64), upper=True)
-        kept_t = torch.tensor(kept)
-        V = torch.zeros(self.n, m, dtype=torch.float64)
-        kk, kc, ke = kinds[kept_t], clus[kept_t], eidx[kept_t]
-        g_sel = torch.nonzero(kk == _GAP).flatten()
-        if g_sel.numel():
-            V += self.U[:, ke[g_sel]] @ Rinv[g_sel]
-        for j, idx in enumerate(self.groups):
-            l_sel = torch.nonzero((kk == _LOCAL) & (kc == j)).flatten()
-            if l_sel.numel():
-                V[idx] += self.Uloc[j][:, ke[l_sel]] @ Rinv[l_sel]
-        # One CholeskyQR pass removes the round-off of the Gram route (V keeps its triangular structure).
-        L = torch.linalg.cholesky(V.T @ V)
-        V = torch.linalg.solve_triangular(L, V.T, upper=False).T
-        return kept, V, examined
+    def _candidates(self, cands, start: int, stop: int) -> torch.Tensor:
+        """Candidates ``start..stop-1`` as explicit ``(N, b)`` vectors (local ones zero-padded, step 3)."""
+        W = torch.zeros(self.n, stop - start, dtype=torch.float64)
+        for col, (kind, j, l, _) in enumerate(cands[start:stop]):
+            if kind == _LOCAL:
+                W[self.groups[j], col] = self.Uloc[j][:, l]
+            else:
+                W[:, col] = self.U[:, l]
+        return W
 
 
 # ----------------------------------------------------------------------------- Algorithm 1

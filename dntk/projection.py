@@ -114,6 +114,13 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     return y.reshape(*lead, L)
 
 
+def _orthonormal_columns(A: torch.Tensor) -> torch.Tensor:
+    """Haar-distributed orthonormal columns from a Gaussian ``A`` (tall): ``A L⁻ᵀ`` with ``L = chol(AᵀA)``
+    (Gram–Schmidt by Cholesky: the Q of ``A = QR`` with positive ``diag(R)``, via BLAS-3 products)."""
+    L = torch.linalg.cholesky(A.T @ A)
+    return torch.linalg.solve_triangular(L, A.T, upper=False).T
+
+
 _H_CACHE: dict = {}
 
 
@@ -144,7 +151,7 @@ def make(kind: str, dim: int, seed: int = 0, **options) -> "Projector":
     allowed = {"tile_rows", "cache_bytes"} | {
         "orthonormal": {"max_entries"},
         "sparse": {"density"},
-        "kronecker": {"k_out", "k_in"},
+        "kronecker": {"k_out", "k_in", "factors"},
     }.get(kind, set())
     bad = set(options) - allowed
     if bad:
@@ -161,7 +168,7 @@ class Projector:
     """
 
     def __init__(self, kind, dim, seed, tile_rows=None, cache_bytes=256 << 20, max_entries=1 << 25,
-                 density=None, k_out=None, k_in=None):
+                 density=None, k_out=None, k_in=None, factors="orthogonal"):
         self.kind, self.dim, self.seed = kind, dim, seed
         self.mode = {"srht": "full", "kronecker": "kron"}.get(kind, "rows")
         self.dense_rows = kind in ("orthonormal", "gaussian", "rademacher")
@@ -183,6 +190,9 @@ class Projector:
             if int(k_out) < 1 or int(k_in) < 1 or int(k_out) * int(k_in) != dim:
                 raise ValueError(f"kronecker needs k_out * k_in == dim = {dim}, got k_out={k_out}, k_in={k_in}.")
             self.k_out, self.k_in = int(k_out), int(k_in)
+            if factors not in ("orthogonal", "gaussian"):
+                raise ValueError(f"factors must be 'orthogonal' or 'gaussian', got {factors!r}.")
+            self.kron_factors = factors
         self.blocks = None
         self.P = None
         self.device = torch.device("cpu")
@@ -347,13 +357,25 @@ class Projector:
         key = (b, "kron")
         if key not in self._cache:
             d_out, d_in = blk.shape[0], blk.size // blk.shape[0]
-            Ro = torch.randn(d_out, self.k_out, generator=_generator(self.seed, _KIND_ID["kronecker"], b, 0, 1))
-            Ri = torch.randn(d_in, self.k_in, generator=_generator(self.seed, _KIND_ID["kronecker"], b, 0, 2))
-            self._cache[key] = (
-                Ro.mul_(1 / math.sqrt(self.k_out)).to(self.device),
-                Ri.mul_(1 / math.sqrt(self.k_in)).to(self.device),
-            )
+            self._cache[key] = (self._factor(d_out, self.k_out, b, 1), self._factor(d_in, self.k_in, b, 2))
         return self._cache[key]
+
+    def _factor(self, d, kk, b, stream):
+        """One factor ``F`` ``(d, kk)`` with ``E[F Fᵀ] = I``: Gaussian ``N(0, 1/kk)``, or (default) orthogonal —
+        ``√(d/kk)·Q`` with Haar orthonormal columns when ``d ≥ kk``, orthonormal rows (``F Fᵀ = I``) when ``d < kk``."""
+        g = _generator(self.seed, _KIND_ID["kronecker"], b, 0, stream)
+        if self.kron_factors == "gaussian":
+            return torch.randn(d, kk, generator=g).mul_(1 / math.sqrt(kk)).to(self.device)
+        A = torch.randn(max(d, kk), min(d, kk), generator=g, dtype=torch.float64)
+        Q = _orthonormal_columns(A)
+        F_ = Q * math.sqrt(d / kk) if d >= kk else Q.T
+        return F_.to(torch.float32).to(self.device)
+
+    def vector_block(self, b):
+        """Kronecker: the dense ``(size, k)`` block of ``R`` for a 1-D parameter ``b`` (biases, norm affines):
+        Gaussian ``N(0, 1/k)`` rows, generated tile by tile like the ``gaussian`` kind."""
+        blk = self.blocks[b]
+        return self.rows(b, 0, blk.size)
 
     def kron_dense(self, b: int, G: torch.Tensor) -> torch.Tensor:
         """Kronecker projection of full per-sample gradients of block ``b``: ``G`` ``(n, size)`` → ``(n, k)``."""
@@ -362,7 +384,7 @@ class Projector:
             Ro, Ri = self.factors(b)
             W = G.reshape(G.shape[0], Ro.shape[0], Ri.shape[0])
             return (Ro.T @ W @ Ri).reshape(G.shape[0], self.dim)
-        return G @ self.rows(b, 0, blk.size)
+        return self.rows_matmul(b, 0, G)
 
     # ------------------------------------------------------------------ srht
     def _srht_state(self):

@@ -736,9 +736,8 @@ class _RowsSink:
             Dc = D[:, :, o0:o1]
             if shared:
                 R = self.proj.rows(bi, o0 * d_in, o1 * d_in).reshape(n_o, d_in, k)
-                M = At @ R.permute(1, 0, 2).reshape(d_in, n_o * k)  # (b·T, n_o·k)
-                M = M.reshape(b, T, n_o, k).permute(0, 2, 1, 3).reshape(b, n_o * T, k)
-                self.acc += torch.bmm(Dc.reshape(b, C, n_o * T), M)
+                M = (At @ R.permute(1, 0, 2).reshape(d_in, n_o * k)).reshape(b, T * n_o, k)  # rows (t, o)
+                self.acc += torch.bmm(Dc.permute(0, 1, 3, 2).reshape(b, C, T * n_o), M)
             else:
                 G = torch.bmm(Dc.reshape(b, C * n_o, T), A.transpose(1, 2))  # (b, C·n_o, d_in)
                 self.acc += self.proj.rows_matmul(bi, o0 * d_in, G.reshape(b * C, n_o * d_in)).reshape(self.acc.shape)

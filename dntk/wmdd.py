@@ -53,6 +53,7 @@ __all__ = [
     "class_bn_statistics",
     "augment",
     "distill",
+    "real_subset",
     "train_student",
     "save",
     "load",
@@ -674,12 +675,49 @@ def _synthesize(teacher, x0, labels, atoms, bn_means, bn_vars, n_cls, ipc, s, bn
     return hist
 
 
+def real_subset(teacher: nn.Module, dataset, indices, *, batch_size: int = 256,
+                feature_module: nn.Module | None = None, device: str | torch.device = "cpu",
+                method: str = "real_subset") -> DistilledSet:
+    """A set of real samples in the ``DistilledSet`` format (the baselines of a distillation: random or
+    k-center real subsets of the same size). ``indices`` (C·ipc,) class-major, ``ipc`` per class; soft
+    labels are the teacher's logits, weights uniform, ``atoms`` the chosen samples' own features."""
+    X, y = _dataset_tensors(dataset)
+    idx = torch.as_tensor(np.asarray(indices), dtype=torch.long).flatten()
+    if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= X.shape[0]:
+        raise ValueError(f"indices must be non-empty and lie in 0..{X.shape[0] - 1}.")
+    dev = torch.device(device)
+    teacher.to(dev)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            soft = torch.cat([teacher(xb.to(dev)).float().cpu() for xb in _batches(X[idx], batch_size)])
+        feats = penultimate_features(teacher, X[idx], batch_size, feature_module)
+    finally:
+        teacher.train(was_training)
+    C = soft.shape[1]
+    if idx.numel() % C:
+        raise ValueError(f"{idx.numel()} indices cannot be split into {C} classes of equal size.")
+    ipc = idx.numel() // C
+    labels = torch.arange(C).repeat_interleave(ipc)
+    if not torch.equal(y[idx], labels):
+        raise ValueError(f"indices must be class-major with {ipc} samples of each class 0..{C - 1} in order.")
+    settings = dict(method=method, ipc=ipc, num_classes=C, input_shape=list(X.shape[1:]), augment=False,
+                    init_indices=idx.reshape(C, ipc).tolist(),
+                    teacher_accuracy=float((soft.argmax(1) == labels).float().mean()))
+    return DistilledSet(images=X[idx].clone(), labels=labels, soft_labels=soft,
+                        weights=torch.full((C, ipc), 1.0 / ipc, dtype=torch.float64),
+                        atoms=feats.reshape(C, ipc, -1), settings=settings, history={})
+
+
 # ----------------------------------------------------------------------------------------------------
 # student (Sec 5.1: the same architecture trained on the distilled set only)
 # ----------------------------------------------------------------------------------------------------
 def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 300, lr: float = 1e-3,
                   temperature: float = 4.0, batch_size: int | None = None, teacher: nn.Module | None = None,
-                  augment_images: bool | None = None, use_weights: bool = True, weight_decay: float = 0.0,
+                  augment_images: bool | None = None, crop_scale: Sequence[float] | None = None,
+                  flip: bool | None = None, jitter: int | None = None, use_weights: bool = True,
+                  weight_decay: float = 0.0,
                   seed: int = 0, device: str | torch.device = "cpu", progress: bool = False) -> dict:
     """Train ``model`` (freshly built, e.g. ``dntk.models.build("convnet", C)``) on the distilled set with
     soft labels: loss ``T² · KL(softmax(s/T) ‖ softmax(f/T))`` per image, weighted by ``ipc · w_{c,j}``
@@ -687,8 +725,8 @@ def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 30
 
     Soft targets are the stored teacher logits, or, when ``teacher`` is given, the teacher's logits on
     each augmented batch (the official relabel-on-crop knowledge distillation). Augmentation defaults to
-    the distillation's own setting. Trains in place; returns ``{"loss": [per-epoch mean]}`` and leaves
-    the model in eval mode.
+    the distillation's own setting (``crop_scale``, ``flip``, ``jitter`` override it). Trains in place;
+    returns ``{"loss": [per-epoch mean]}`` and leaves the model in eval mode.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module; got {type(model).__name__}.")
@@ -704,9 +742,13 @@ def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 30
     if aug and X.dim() != 4:
         raise ValueError(f"image augmentation needs images (N, C, H, W); got {tuple(X.shape)}; pass augment_images=False.")
     size = min(X.shape[-2:]) if X.dim() == 4 else 0
-    crop = tuple(s.get("crop_scale") or _auto_crop_scale(size)) if aug else None
-    jit = (s.get("jitter") if s.get("jitter") is not None else _auto_jitter(size)) if aug else 0
-    flip = bool(s.get("flip", True))
+    if crop_scale is None:
+        crop_scale = s.get("crop_scale") or (_auto_crop_scale(size) if aug else None)
+    crop = tuple(crop_scale) if aug else None
+    if jitter is None:
+        jitter = s.get("jitter") if s.get("jitter") is not None else (_auto_jitter(size) if aug else 0)
+    jit = int(jitter) if aug else 0
+    flip = bool(s.get("flip", True)) if flip is None else bool(flip)
     dev = torch.device(device)
     model.to(dev)
     if teacher is not None:
@@ -751,7 +793,7 @@ def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 30
                 loss.backward()
                 opt.step()
                 sched.step()
-                tot += float(loss) * idx.numel()
+                tot += loss.item() * idx.numel()
             losses.append(tot / m)
     finally:
         model.eval()

@@ -123,8 +123,8 @@ print(f"network test accuracy: {net_test_acc:.4f}")
 
 # %% [markdown]
 # The exact per-class gradients of every training and test point, `(N, C, P)` float32
-# (chapter 1 checks them against autograd). At this size they take a few hundred MB; the dual solve only
-# ever needs the $N\times N$ class kernels built from them.
+# (chapter 1 checks them against autograd). At the default sizes they take about a gigabyte; the dual
+# solve only ever needs the $N\times N$ class kernels built from them (float64, computed one class at a time).
 
 # %%
 G_train = dntk.tangent.class_gradients(model, X_train, device=device, progress=progress)
@@ -238,12 +238,15 @@ print(f"this sub-kernel alone: test acc {metrics.accuracy(p_dual, y_test):.4f}, 
 # $\lambda_{\text{rel}}$, and the test metrics with λ chosen per class by LOO next to the default λ.
 
 # %%
-lam_grid = 10.0 ** np.arange(-8.0, 1.01, 1.0)
+lam_grid = 10.0 ** np.arange(-12.0, 1.01, 1.0)
 n_loo = min(int(n_loo), n_train_max)
 krr_loo = ClassKRR(select="loo", lam_grid=lam_grid).fit(G_train[:n_loo], f_train[:n_loo])
 loo = evaluate(krr_loo.predict(G_test))
 default_loo = evaluate(ClassKRR(lam_rel=lam_rel).fit(G_train[:n_loo], f_train[:n_loo]).predict(G_test))
 print("λ_rel chosen by LOO per class:", " ".join(f"{v:.0e}" for v in krr_loo.lam_rel_.tolist()))
+loo_mse = float(krr_loo.loo_residuals_.pow(2).mean())
+test_mse = float((krr_loo.predict(G_test) - f_test.double()).pow(2).mean())
+print(f"logit mean squared error: LOO estimate {loo_mse:.4f}, measured on the test set {test_mse:.4f}")
 for name, r in ((f"default λ_rel = {lam_rel:g}", default_loo), ("λ_rel chosen by LOO", loo)):
     print(f"N = {n_loo}, {name:<22}: test acc {r['accuracy']:.4f}, fidelity {r['fidelity']:.4f}, "
           f"rel. logit error {r['rel. logit error']:.4f}")
@@ -256,6 +259,13 @@ ax.set_xlabel(r"$\lambda_{\mathrm{rel}}$")
 ax.set_ylabel("mean squared LOO residual")
 ax.legend(fontsize=8)
 fig.tight_layout();
+
+# %% [markdown]
+# Leave-one-out prefers almost no regularisation: the logits are so well described by the tangent
+# features that the kernel model can nearly interpolate them without overfitting, and the LOO curve is
+# flat below the default $\lambda_{\text{rel}} = 10^{-3}$, which is why the default and the LOO choice give
+# the same test metrics. The LOO estimate of the logit error, computed from the training points alone,
+# is close to the error measured on the test set.
 
 # %% [markdown]
 # ## How this compares with the paper
@@ -285,7 +295,7 @@ assert rows[-1]["rel. logit error"] < 0.5 * rows[0]["rel. logit error"]
 # dual and primal solves are the same model (Woodbury, eq 17)
 assert dual.solver_ == "dual" and primal.solver_ == "primal"
 assert dual_primal_gap < 1e-8 and weight_gap < 1e-6, (dual_primal_gap, weight_gap)
-# LOO-chosen λ is at least as good as the default on the LOO criterion itself
-default_idx = int(np.argmin(np.abs(np.log10(lam_grid) - np.log10(lam_rel))))
-assert bool((krr_loo.cv_scores_.min(1).values <= krr_loo.cv_scores_[:, default_idx]).all())
+# leave-one-out (closed form) predicts the held-out logit error, and its λ is as good as the default
+assert 0.5 < loo_mse / test_mse < 2.0, (loo_mse, test_mse)
+assert loo["fidelity"] >= default_loo["fidelity"] - 0.01, (loo, default_loo)
 print("all checks passed")

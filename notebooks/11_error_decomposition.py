@@ -181,15 +181,16 @@ for c in range(C):
     mu, V = torch.linalg.eigh(G.T @ G / n_pool)                 # Σ = Σ_j μ_j v_j v_jᵀ
     keep = mu > mu.max() * k * torch.finfo(torch.float64).eps
     coef = torch.zeros_like(mu)
-    coef[keep] = (V.T @ (G.T @ t / n_pool))[keep] / mu[keep]    # ⟨v_j, w*⟩, w* = Σ⁺ E[g f]
-    spectra.append((mu, coef ** 2, t, G))
+    Vgf = V.T @ (G.T @ t / n_pool)                              # Vᵀ E[g f]
+    coef[keep] = Vgf[keep] / mu[keep]                            # ⟨v_j, w*⟩, w* = Σ⁺ E[g f]
+    spectra.append((mu, coef ** 2, t, G @ V, Vgf))
 for rho in rho_grid:
     b, v = 0.0, 0.0
-    for c, (mu, a2, t, G) in enumerate(spectra):
+    for c, (mu, a2, t, GV, Vgf) in enumerate(spectra):
         lam = rho * float(trace_sigma[c])
         b += float((mu * (lam / (mu + lam)) ** 2 * a2).sum()) / C
-        w_lam = torch.linalg.solve(G.T @ G / n_pool + lam * torch.eye(k, dtype=torch.float64), G.T @ t / n_pool)
-        sigma2 = float((t - G @ w_lam).pow(2).mean())
+        f_lam = GV @ (Vgf / (mu + lam))                          # g(x)ᵀ (Σ + λI)⁻¹ E[g f] on the pool
+        sigma2 = float((t - f_lam).pow(2).mean())
         v += sigma2 * float((mu / (mu + lam)).sum()) / n_fixed / C
     bias_formula.append(b)
     var_heuristic.append(v)

@@ -143,6 +143,37 @@ def test_steps_against_numpy_reference(data):
         assert np.all(np.diff(ev) <= 0), "candidates must be ordered by decreasing eigenvalue"
 
 
+@pytest.mark.parametrize("block", [1, 3, 64])
+@pytest.mark.parametrize("budget", [None, 5])
+def test_blocked_gram_schmidt_matches_sequential(block, budget):
+    """The matrix-free step 6 (candidates in blocks) keeps the same vectors as one-at-a-time GS,
+    dropping exact and near (1e-9) dependencies and stopping when R^n is spanned."""
+    from dntk.gradient_distillation import _block_gram_schmidt, _gram_schmidt
+    g = torch.Generator().manual_seed(7)
+    n = 10
+    W = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    W = torch.cat([W, W[:, :2] @ torch.randn(2, 3, generator=g, dtype=torch.float64),   # dependent ones
+                   W[:, 3:4] + 1e-9 * torch.randn(n, 1, generator=g, dtype=torch.float64),
+                   torch.randn(n, 8, generator=g, dtype=torch.float64)], 1)          # more than n in all
+    W = W[:, torch.randperm(W.shape[1], generator=g)]
+    W = W / W.norm(dim=0)
+    Q, kept = _block_gram_schmidt(lambda a, b: W[:, a:b].clone(), W.shape[1], n, 1e-6, budget, block=block)
+    Q_ref, kept_ref = _gram_schmidt(list(W.T), 1e-6, budget, n)
+    assert kept == kept_ref and len(kept) == (n if budget is None else 5)
+    torch.testing.assert_close(Q, Q_ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(len(kept), dtype=torch.float64), atol=1e-12, rtol=0)
+    # brute force: a column is kept iff it is not (numerically) in the span of the kept ones before it
+    ref = []
+    for j in range(W.shape[1]):
+        if len(ref) == len(kept):
+            break
+        B = W[:, ref]
+        res = W[:, j] - B @ torch.linalg.lstsq(B, W[:, j]).solution if ref else W[:, j]
+        if float(res.norm()) >= 1e-6:
+            ref.append(j)
+    assert kept == ref
+
+
 def test_gap_set_monotone_in_gamma(data):
     X, T, labels = data
     gammas = [0.05, 0.5, 0.9, 1.0]

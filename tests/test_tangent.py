@@ -148,3 +148,74 @@ def test_bad_inputs():
         tangent.class_gradients(model, x, batch_size=0)
     with pytest.raises(ValueError, match="NaN"):
         tangent.class_gradients(model, x * float("nan"))
+
+
+@pytest.mark.parametrize("name,shape,width", [("convnet", (1, 8, 8), None), ("mlp", (1, 8, 8), None), ("resnet18", (3, 8, 8), 4)])
+def test_fast_equals_exact_on_package_models(name, shape, width):
+    models = pytest.importorskip("dntk.models")
+    model = models.build(name, 10, in_channels=shape[0], width=width, seed=1)
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.2, 0.2)
+    x = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0))
+    exact = tangent.class_gradients(model, x, method="exact")
+    fast = tangent.class_gradients(model, x, method="fast")
+    torch.testing.assert_close(fast, exact, rtol=1e-4, atol=2e-5)
+
+
+class Scale(nn.Module):  # a parameterised layer the structured path does not know: torch.func fallback
+    def __init__(self, d):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.linspace(0.5, 1.5, d))
+
+    def forward(self, x):
+        return x * self.alpha + self.alpha**2
+
+
+class Tokens(nn.Module):  # Linear on (B, T, d) inputs, LayerNorm, GroupNorm, 'same' padding, tied weights
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding="same")
+        self.gn = nn.GroupNorm(2, 4)
+        self.lin = nn.Linear(4, 6)
+        self.ln = nn.LayerNorm(6)
+        self.scale = Scale(6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.gn(self.conv(x)))  # (B, 4, H, W)
+        t = h.flatten(2).transpose(1, 2)  # (B, T, 4)
+        t = self.scale(self.ln(torch.tanh(self.lin(t))))
+        t = self.lin(torch.tanh(t[..., :4]))  # the same Linear called twice
+        return self.out(torch.tanh(t).mean(1))
+
+
+def test_fast_path_structured_norms_fallback_and_reuse():
+    torch.manual_seed(0)
+    model = Tokens()
+    with torch.no_grad():
+        model.gn.weight.uniform_(0.5, 1.5)
+        model.ln.bias.uniform_(-0.3, 0.3)
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    ref = loop_reference(model, x)
+    torch.testing.assert_close(tangent.class_gradients(model, x, method="fast"), ref, rtol=1e-4, atol=1e-5)
+
+
+class ParentUsesChildWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.lin.weight.T
+
+
+def test_fast_path_refuses_parameters_used_outside_their_module():
+    model = ParentUsesChildWeight()
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="method='exact'"):
+        tangent.class_gradients(model, x, method="fast")
+    assert tangent.class_gradients(model, x, method="exact").shape == (2, 3, 15)

@@ -305,3 +305,15 @@ def test_bad_inputs(teacher_data):
     assert res.images.shape == (C * 2, H * H)
     with pytest.raises(ValueError, match="exceeds"):
         wmdd.barycenter(np.zeros((3, 2)), 4)
+
+
+def test_real_subset_baseline(teacher_data):
+    model, X, y = teacher_data
+    idx = [0, 1, N_PER, N_PER + 1, 2 * N_PER, 2 * N_PER + 1]
+    sub = wmdd.real_subset(model, (X, y), idx)
+    assert torch.equal(sub.images, X[idx]) and sub.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    with torch.no_grad():
+        torch.testing.assert_close(sub.soft_labels, model(X[idx]))
+        torch.testing.assert_close(sub.atoms.reshape(6, -1), model.features(X[idx]))
+    with pytest.raises(ValueError, match="class-major"):
+        wmdd.real_subset(model, (X, y), [N_PER, 0, 1, N_PER + 1, 2 * N_PER, 2 * N_PER + 1])

@@ -1,0 +1,400 @@
+"""Projected per-class gradients, side by side: floor, torch.func recipe, TRAK, and dntk's projectors.
+
+Usage:  .venv/bin/python benchmarks/featurize.py [--threads 2] [--only convnet|resnet18] [--quick] [--json out.json]
+
+One table per model: same model, same inputs, same ``k``, same thread count. Each method runs in its own
+subprocess (so its peak RSS is its own); wall time is the median of ``--repeats`` runs after one warm-up
+(a fresh projector every run, so generating ``R`` is always counted). Columns: samples/s, time ratio to
+dntk ``gaussian``, peak RSS (whole process) and its increase over the process after loading model and
+inputs, and the relative Frobenius error of the class kernels ``K̃_c = G̃_c G̃_cᵀ`` against the exact ones.
+
+Methods
+  floor         one forward + C batched backward passes (summed gradients, no per-sample work)
+  recipe        torch.func vmap(jacrev) in chunks, then a dense Gaussian R (cached when P·k fits in RAM;
+                otherwise regenerated block by block for every chunk — it cannot be held)
+  trak-default  TRAK (PyPI traker) FunctionalGradientComputer + BasicProjector, one pass per class logit,
+                its defaults on CPU: float16, block_size=100
+  trak-fp32     the same, fair-tuned: float32 and the largest block_size whose block fits 512 MiB
+  dntk-<kind>   dntk.tangent.class_gradients(model, X, projector=dntk.projection.make(kind, k))
+
+ResNet-18 (P ≈ 11 M, k = 2048): the dense P×k matrix has 23 G entries, so every method that applies a
+dense Gaussian to all of P (recipe, TRAK, dntk gaussian/rademacher) costs minutes per batch on two cores.
+The recipe and TRAK are therefore *extrapolated*: their gradient stage runs in full, their projection stage
+runs on a 1/``--slice`` prefix of the parameter vector (one chunk / one class) and is scaled by the exact
+linear factor (P / slice · chunks, or · C). Rows marked ``~`` are extrapolated; everything else is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# --------------------------------------------------------------------------------------------------
+# worker side
+# --------------------------------------------------------------------------------------------------
+def _rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _current_rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _load(cfg):
+    import torch
+
+    from dntk import models
+
+    torch.set_num_threads(cfg["threads"])
+    if cfg["model"] == "convnet":
+        from dntk import data
+
+        model = models.trained("convnet", dataset="digits", seed=0)
+        X, _ = data.as_tensors(data.load("digits", "train"), limit=cfg["n"])
+    else:
+        model = models.build("resnet18", 10, in_channels=3, seed=0)
+        X = torch.rand(cfg["n"], 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return model.eval(), X.contiguous()
+
+
+def _floor(model, X, C):
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model(X)
+    for c in range(C):
+        torch.autograd.grad(out[:, c].sum(), params, retain_graph=c < C - 1)
+    return None
+
+
+def _jac_chunks(model, X, chunk):
+    import torch
+    from torch.func import functional_call, jacrev, vmap
+
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    bufs = dict(model.named_buffers())
+
+    def f(p, x):
+        return functional_call(model, {**p, **bufs}, (x.unsqueeze(0),)).squeeze(0)
+
+    jf = vmap(jacrev(f), in_dims=(None, 0))
+    for s in range(0, X.shape[0], chunk):
+        J = jf(params, X[s : s + chunk])
+        n = X[s : s + chunk].shape[0]
+        yield s, torch.cat([J[k].reshape(n, J[k].shape[1], -1) for k in params], dim=2)
+
+
+def _recipe(model, X, C, k, R, chunk, P, slice_frac=1, timing=None):
+    """vmap(jacrev) + dense Gaussian. R given → cached; R None → regenerated in row blocks per chunk."""
+    import torch
+
+    N = X.shape[0]
+    out = torch.zeros(N, C, k)
+    rows_blk = max(1, (256 << 20) // (4 * k))
+    for s, J in _jac_chunks(model, X, chunk):
+        n = J.shape[0]
+        Jf = J.reshape(n * C, -1)
+        t0 = time.perf_counter()
+        if R is not None:
+            out[s : s + n] = (Jf @ R).reshape(n, C, k)
+        else:
+            g = torch.Generator()
+            acc = torch.zeros(n * C, k)
+            stop = P // slice_frac
+            for b0 in range(0, stop, rows_blk):
+                b1 = min(stop, b0 + rows_blk)
+                g.manual_seed(b0)
+                acc += Jf[:, b0:b1] @ (torch.randn(b1 - b0, k, generator=g) / math.sqrt(k))
+            out[s : s + n] = acc.reshape(n, C, k)
+        if timing is not None:
+            timing["proj"] += time.perf_counter() - t0
+        del J, Jf
+    return out
+
+
+class _ClassLogit:
+    """TRAK model-output function: the logit of class ``label`` (one pass per class)."""
+
+    def __init__(self):
+        pass
+
+    @staticmethod
+    def get_output(model, weights, buffers, image, label):
+        import torch
+
+        out = torch.func.functional_call(model, (weights, buffers), image.unsqueeze(0))
+        return out[0].gather(0, label.reshape(1))[0]
+
+
+def _trak(model, X, C, k, dtype, block_size, chunk, P, slice_frac=1, timing=None, classes=None):
+    import torch
+    from trak.gradient_computers import FunctionalGradientComputer
+    from trak.projectors import BasicProjector, ProjectionType
+    from trak.utils import vectorize
+
+    gc = FunctionalGradientComputer(model, _ClassLogit(), grad_dim=P, dtype=dtype, device="cpu")
+    Ps = P // slice_frac
+    proj = BasicProjector(grad_dim=Ps, proj_dim=k, seed=0, proj_type=ProjectionType.normal, device="cpu",
+                          block_size=block_size, dtype=dtype)
+    N = X.shape[0]
+    out = torch.zeros(N, C, k)
+    for c in (range(C) if classes is None else classes):
+        for s in range(0, N, chunk):
+            x = X[s : s + chunk]
+            lab = torch.full((x.shape[0],), c, dtype=torch.long)
+            grads = gc.compute_per_sample_grad((x, lab))
+            g = vectorize(grads, device="cpu")[:, :Ps]
+            del grads
+            t0 = time.perf_counter()
+            out[s : s + x.shape[0], c] = proj.project(g, model_id=0).float() / math.sqrt(k)
+            if timing is not None:
+                timing["proj"] += time.perf_counter() - t0
+    return out
+
+
+def worker(cfg):
+    import torch
+
+    from dntk import projection, tangent
+
+    model, X = _load(cfg)
+    C = tangent.logits(model, X[:1]).shape[1]
+    P = tangent.num_params(model)
+    k, method, reps = cfg["k"], cfg["method"], cfg["repeats"]
+    base = _current_rss_mb()
+    extra = {}
+
+    if method == "floor":
+        run = lambda: _floor(model, X, C)  # noqa: E731
+    elif method == "exact":
+        mm = np.lib.format.open_memmap(cfg["out"], mode="w+", dtype=np.float32, shape=(X.shape[0], C, P))
+        tangent.class_gradients(model, X, out=mm, batch_size=cfg.get("batch", 8))
+        mm.flush()
+        print(json.dumps({"P": P, "C": C}))
+        return
+    elif method == "recipe":
+        chunk = max(1, min(X.shape[0], (1 << 30) // (4 * C * P * 3)))
+        if P * k * 4 <= (2 << 30):
+            R = torch.randn(P, k, generator=torch.Generator().manual_seed(0)) / math.sqrt(k)  # cached, not timed
+            run = lambda: _recipe(model, X, C, k, R, chunk, P)  # noqa: E731
+        else:
+            sl = cfg["slice"]
+            timing = {"proj": 0.0}
+
+            def run():
+                timing["proj"] = 0.0
+                t0 = time.perf_counter()
+                o = _recipe(model, X, C, k, None, chunk, P, slice_frac=sl, timing=timing)
+                total = time.perf_counter() - t0
+                extra["extrapolated"] = total - timing["proj"] + timing["proj"] * sl
+                return o
+
+        extra["chunk"] = chunk
+    elif method.startswith("trak"):
+        dtype = torch.float16 if method == "trak-default" else torch.float32
+        chunk = max(1, min(X.shape[0], (1 << 30) // (4 * P * 3)))
+        sl = cfg["slice"] if P * k > (1 << 28) else 1
+        if method == "trak-default":
+            bsz = 100
+        else:
+            bsz = int(max(1, min(k, (512 << 20) // (4 * (P // sl)))))
+        timing = {"proj": 0.0}
+        classes = None if sl == 1 else [0]
+
+        def run():
+            timing["proj"] = 0.0
+            t0 = time.perf_counter()
+            o = _trak(model, X, C, k, dtype, bsz, chunk, P, slice_frac=sl, timing=timing, classes=classes)
+            total = time.perf_counter() - t0
+            if sl > 1:  # gradients were computed for one class: both stages scale by C, projection by sl too
+                extra["extrapolated"] = C * ((total - timing["proj"]) + timing["proj"] * sl)
+            return o
+
+        extra["block_size"], extra["chunk"] = bsz, chunk
+    elif method.startswith("dntk-"):
+        kind = method[5:]
+        opts = dict(cfg.get("opts", {}))
+        kk = opts.pop("k", k)
+
+        def run():
+            return tangent.class_gradients(model, X, projector=projection.make(kind, kk, seed=0, **opts),
+                                           batch_size=cfg.get("batch"))
+    else:
+        raise SystemExit(f"unknown method {method}")
+
+    if cfg.get("warmup", True):
+        with torch.no_grad():
+            model(X[:2])
+    times, exts = [], []
+    feats = None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        feats = run()
+        times.append(time.perf_counter() - t0)
+        if "extrapolated" in extra:
+            exts.append(extra["extrapolated"])
+    res = {"times": times, "rss_peak": _rss_mb(), "rss_base": base, "P": P, "C": C, "N": X.shape[0]}
+    if exts:
+        res["extrapolated"] = exts
+    res.update({k_: v for k_, v in extra.items() if k_ != "extrapolated"})
+    if feats is not None and cfg.get("feats"):
+        np.save(cfg["feats"], feats.detach().float().numpy())
+    print(json.dumps(res))
+
+
+# --------------------------------------------------------------------------------------------------
+# driver side
+# --------------------------------------------------------------------------------------------------
+def _spawn(cfg, timeout=900):
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]), MKL_NUM_THREADS=str(cfg["threads"]))
+    p = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True,
+                       env=env, timeout=timeout, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(f"{cfg['method']} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _exact_kernels(cfg, tmp):
+    """Exact class kernels (C, N, N) float64 from unprojected features streamed to a memmap on disk."""
+    import torch
+
+    from dntk import kernel
+
+    path = os.path.join(tmp, f"exact-{cfg['model']}-{cfg['n']}.npy")
+    _spawn(dict(cfg, method="exact", out=path, batch=4))
+    F = np.load(path, mmap_mode="r")
+    N, C, P = F.shape
+    K = torch.zeros(C, N, N, dtype=torch.float64)
+    step = max(1, (256 << 20) // (8 * N * C))
+    for s in range(0, P, step):
+        blk = torch.from_numpy(np.ascontiguousarray(F[:, :, s : s + step]))
+        K += kernel.class_kernels(blk)
+    del F
+    os.remove(path)
+    return K
+
+
+def _kernel_error(feats_path, K):
+    import torch
+
+    from dntk import kernel
+
+    G = torch.from_numpy(np.load(feats_path))
+    return kernel.relative_error(kernel.class_kernels(G), K)
+
+
+def run_model(name, args, tmp):
+    quick = args.quick
+    if name == "convnet":
+        cfg = dict(model="convnet", n=64 if quick else 256, k=512, threads=args.threads, repeats=1 if quick else 3)
+        methods = ["floor", "recipe", "trak-default", "trak-fp32", "dntk-gaussian", "dntk-rademacher",
+                   "dntk-sparse", "dntk-srht", "dntk-kronecker", "dntk-orthonormal"]
+        slow = {"trak-default": 1}
+    else:
+        cfg = dict(model="resnet18", n=4 if quick else args.resnet_n, k=2048, threads=args.threads, repeats=1,
+                   slice=args.slice)
+        methods = ["floor", "recipe", "trak-fp32", "dntk-gaussian", "dntk-srht", "dntk-sparse", "dntk-kronecker"]
+        if not quick:
+            methods.insert(2, "trak-default")
+            methods.insert(5, "dntk-rademacher")
+        slow = {}
+    print(f"\n== {name}: N = {cfg['n']}, k = {cfg['k']}, threads = {cfg['threads']}", flush=True)
+    t0 = time.perf_counter()
+    K = _exact_kernels(cfg, tmp)
+    print(f"   exact class kernels in {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = []
+    for m in methods:
+        c = dict(cfg, method=m, feats=os.path.join(tmp, f"{name}-{m}.npy"))
+        if m in slow:
+            c["repeats"] = slow[m]
+        if name == "resnet18" and m.startswith("trak"):
+            c["slice"] = args.slice * (4 if m == "trak-default" else 1)
+        t0 = time.perf_counter()
+        try:
+            r = _spawn(c)
+        except Exception as e:  # report and continue
+            print(f"   {m}: FAILED ({str(e).splitlines()[0]})", flush=True)
+            continue
+        r["method"] = m
+        r["time"] = statistics.median(r.get("extrapolated") or r["times"])
+        r["extrap"] = "extrapolated" in r
+        r["err"] = None if m == "floor" else _kernel_error(c["feats"], K)
+        rows.append(r)
+        print(f"   {m:18s} {r['time']:9.3f} s{'~' if r['extrap'] else ' '}  (wall {time.perf_counter() - t0:.0f} s)", flush=True)
+    extra_rows = []
+    if name == "convnet" and not quick:
+        # peak memory flat in N: dntk gaussian at 4N
+        c = dict(cfg, method="dntk-gaussian", n=4 * cfg["n"], repeats=1, feats=None)
+        r = _spawn(c)
+        r.update(method=f"dntk-gaussian (N={4 * cfg['n']})", time=r["times"][0], extrap=False, err=None)
+        extra_rows.append(r)
+        # kronecker: error against k and against wall time
+        for kk in (2048, 8192, 32768):
+            c = dict(cfg, method="dntk-kronecker", repeats=1, opts={"k": kk}, feats=os.path.join(tmp, f"kron{kk}.npy"))
+            r = _spawn(c)
+            r.update(method=f"dntk-kronecker k={kk}", time=r["times"][0], extrap=False, err=_kernel_error(c["feats"], K))
+            os.remove(c["feats"])
+            extra_rows.append(r)
+    return cfg, rows, extra_rows
+
+
+def print_table(name, cfg, rows, extra_rows):
+    ref = next((r["time"] for r in rows if r["method"] == "dntk-gaussian"), None)
+    floor = next((r["time"] for r in rows if r["method"] == "floor"), None)
+    P, C = rows[0]["P"], rows[0]["C"]
+    print(f"\n### {name}: N = {cfg['n']}, C = {C}, P = {P:,}, k = {cfg['k']}, threads = {cfg['threads']}\n")
+    print("| method | time (s) | samples/s | × dntk-gaussian | × floor | peak RSS (MiB) | Δ RSS (MiB) | kernel rel. error |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows + extra_rows:
+        n = r.get("N", cfg["n"])
+        t = r["time"]
+        mark = "~" if r["extrap"] else ""
+        ratio = f"{t / ref:.2f}" if ref and "N=" not in r["method"] and "k=" not in r["method"] else "—"
+        fl = f"{t / floor:.1f}" if floor else "—"
+        err = "—" if r["err"] is None else f"{r['err']:.4f}"
+        print(f"| {r['method']} | {mark}{t:.3f} | {mark}{n / t:.1f} | {mark}{ratio} | {mark}{fl} | {r['rss_peak']:.0f} | "
+              f"{r['rss_peak'] - r['rss_base']:.0f} | {err} |")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=["convnet", "resnet18"])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (a smoke test)")
+    ap.add_argument("--resnet-n", type=int, default=8, help="ResNet-18 samples (default 8)")
+    ap.add_argument("--slice", type=int, default=32, help="ResNet-18 recipe/TRAK: project a 1/slice prefix of P and scale")
+    ap.add_argument("--json", help="write all rows to this JSON file")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+    out = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dntk-bench-") as tmp:
+        for name in (["convnet", "resnet18"] if args.only is None else [args.only]):
+            cfg, rows, extra = run_model(name, args, tmp)
+            print_table(name, cfg, rows, extra)
+            out[name] = {"config": cfg, "rows": rows, "extra": extra}
+    print(f"\nTotal benchmark wall time: {time.perf_counter() - t0:.0f} s (machine load average {os.getloadavg()[0]:.1f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,403 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation: {extension: .py, format_name: percent}
+#   kernelspec: {display_name: Python 3, language: python, name: python3}
+# ---
+
+# %% [markdown]
+# # WMDD: distilling the inputs at which the tangent kernel is evaluated
+#
+# Every kernel in this book is built from per-class logit gradients
+# $g_c(x) = \nabla_\theta f_c(x;\theta)$, one Jacobian evaluation per input. The first of the DNTK
+# pipeline's three reductions (paper Sec 4.1, App C.5) shrinks the set of *inputs*: instead of the $N$
+# training images we evaluate gradients at a small synthetic set of $m = C\cdot\mathrm{IPC}$ images
+# (IPC = images per class) produced by **Wasserstein Metric Dataset Distillation** (WMDD, Liu et al.
+# 2025). The kernel model is then fitted on those $m$ points only.
+#
+# Why should a *synthetic* set do better than a random handful of real images? The paper's argument
+# (Sec 3.3) is geometric: the distilled gradients span a subspace $S$ of parameter space, and the kernel
+# they induce is the Nyström approximation $K_\Pi = G\,\Pi_S\,G^\top$ of the full class kernel, with
+# error $\operatorname{tr}(K-K_\Pi) = \|G(I-\Pi_S)\|_F^2$ (SPEC §3, eq 10). A good distilled set is one
+# whose gradients capture much of the full training set's gradient energy.
+#
+# This chapter, on the scikit-learn digits and the small BatchNorm convnet every chapter uses, at
+# IPC ∈ {1, 5, 10}, compares WMDD against random and k-center subsets of real images of the same size
+# (several seeds, mean ± std):
+#
+# 1. the distilled images, as a grid per class;
+# 2. the DNTK built on each set (the paper's Sec 5.1 setting): test accuracy and fidelity of KRR;
+# 3. the tangent-space claim: the fraction of the full training set's class-gradient energy captured
+#    by the span of the set's class gradients, and the truncation ranks of the class kernels (Sec 5.2);
+# 4. a student network trained only on each set with soft labels, and the teacher's accuracy on the
+#    distilled images;
+# 5. the number of Jacobian evaluations saved;
+# 6. an ablation of the initialisation (noise or real images) and the BatchNorm-matching weight $r_{bn}$.
+
+# %% tags=["parameters"]
+ipcs = [1, 5, 10]            # images per class
+seeds = [0, 1, 2]            # one distilled set (and one random / k-center subset) per seed
+iterations = 100             # Adam steps of the synthesis (the official code uses 1000-2000)
+lr = 0.05                    # synthesis learning rate (pixel units; cosine-annealed to 0)
+r_bn = 10.0                  # weight of per-class BatchNorm matching
+init = "real"                # initial images: "real" samples of the class or "noise"
+flip = False                 # horizontal flips in the augmentation (digits are not mirror-symmetric)
+proj_dim = 512               # k of the Gaussian JL projection of the class gradients (SPEC §4.2)
+lam_rel = 1e-3               # ridge: λ_c = lam_rel · tr(K_c)/m (SPEC §1)
+tau = 0.99                   # energy threshold of the truncation rank r(τ) (Def 3.1)
+student_epochs = 100         # epochs of the student trained on each set
+student_lr = 3e-3
+temperature = 4.0            # KL temperature of the soft-label loss
+ablation_ipc = 1
+ablation_inits = ["noise", "real"]
+ablation_r_bn = [0.0, 1.0, 10.0]
+model_name = "convnet"
+dataset = "digits"
+cache_dir = None             # a folder to keep the distilled sets (papermill reruns reuse them)
+device = "cpu"
+progress = False
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from dntk import data, gradient_distillation, krr, metrics, models, projection, spectral, tangent, wmdd
+
+train_ds = data.load(dataset, "train")
+test_ds = data.load(dataset, "test")
+X_tr, y_tr = data.as_tensors(train_ds)
+X_te, y_te = data.as_tensors(test_ds)
+C = train_ds.num_classes
+teacher = models.trained(model_name, dataset)
+logits_te = tangent.logits(teacher, X_te)
+teacher_acc = metrics.accuracy(logits_te, y_te)
+print(f"{dataset}: {len(X_tr)} training and {len(X_te)} test images of shape {tuple(X_tr.shape[1:])}, {C} classes")
+print(f"teacher {model_name}: {tangent.num_params(teacher)} parameters, test accuracy {teacher_acc:.3f}")
+
+# %% [markdown]
+# ## The WMDD objective
+#
+# WMDD works in the teacher's **penultimate feature space** $\varphi(x)\in\mathbb{R}^D$ (the input of
+# the last linear layer). For each class $c$ with real features $\{\varphi(x_i)\}_{y_i=c}$ it first
+# computes a **free-support Wasserstein barycenter**: the $m$ points $b_{c,1},\dots,b_{c,m}$ (here
+# $m$ = IPC) and weights $w_{c,j}$ that minimise the 2-Wasserstein distance to the empirical measure of
+# the class,
+#
+# $$
+# \min_{b_{c,1..m}}\; W_2^2\Big(\tfrac1m\textstyle\sum_j \delta_{b_{c,j}},\;
+#   \tfrac1{n_c}\sum_{y_i=c}\delta_{\varphi(x_i)}\Big).
+# $$
+#
+# With one input measure and uniform weights this is balanced $k$-means: every atom is the mean of an
+# equal share of the class. We use POT's `ot.lp.free_support_barycenter`, started from $m$ seeded real
+# features. Then it optimises $m$ images per class (pixels are the variables, the teacher is frozen) on
+#
+# $$
+# \mathcal{L} = \mathrm{CE}\big(f(\tilde x_{c,j}), c\big)
+#   + \big\|\varphi(\tilde x_{c,j}) - b_{c,j}\big\|_2
+#   + r_{bn}\sum_{\ell\in\mathrm{BN}} \Big(\big\|\mu_\ell(\tilde X_c) - \mu_{\ell,c}\big\|_2
+#   + \big\|\sigma^2_\ell(\tilde X_c) - \sigma^2_{\ell,c}\big\|_2\Big),
+# $$
+#
+# averaged over images and classes: cross-entropy towards the class, each image's features pulled to
+# "its" atom, and the per-channel mean and variance of every BatchNorm layer's input over the class's
+# synthetic images matched to the same statistics over the class's real images. Adam (betas 0.5, 0.9)
+# with a cosine learning rate, random resized crops and shifts scaled to the image size, and pixels
+# clipped to the data range after each step, as in the official code (`Liu-Hy/WMDD`).
+#
+# ```{prf:proposition} One atom is the class mean
+# :label: prop-wmdd-ipc1-mean
+# With $m = 1$ the only transport plan sends all the mass to the single atom, so
+# $W_2^2 = \frac1{n_c}\sum_i\|\varphi(x_i) - b\|^2$, minimised by $b = \frac1{n_c}\sum_i \varphi(x_i)$:
+# at IPC 1, WMDD pulls each class's image towards the class's *mean feature* — a prototype.
+# ```
+#
+# ```{prf:remark} Exact per-class BatchNorm statistics
+# :label: rem-wmdd-exact-bn
+# The official code averages per-batch variances, which depends on the batch size. `dntk.wmdd` merges
+# per-batch counts, means and sums of squared deviations exactly (Chan et al.'s pairwise update), so
+# $\mu_{\ell,c}$ and $\sigma^2_{\ell,c}$ are the mean and biased variance over *all* of the class's real
+# data whatever the batch size; the tests check this against a one-batch computation.
+# ```
+#
+# The barycenter of one class at IPC 5, in the first two principal components of the class's features:
+
+# %%
+feats_tr = wmdd.penultimate_features(teacher, X_tr)
+c_show = 3
+F3 = feats_tr[y_tr == c_show].double().numpy()
+bc5 = wmdd.barycenter(F3, 5, seed=[0, c_show])
+mu3 = F3.mean(0)
+_, _, Vt = np.linalg.svd(F3 - mu3, full_matrices=False)
+pf, pa = (F3 - mu3) @ Vt[:2].T, (bc5.atoms - mu3) @ Vt[:2].T
+fig, ax = plt.subplots(figsize=(4.2, 3.6))
+ax.scatter(pf[:, 0], pf[:, 1], s=8, c="0.6", label=f"real features, class {c_show}")
+ax.scatter(pa[:, 0], pa[:, 1], s=80, marker="*", c="C3", label="barycenter atoms (IPC 5)")
+ax.scatter([0], [0], s=60, marker="x", c="k", label="class mean (the IPC-1 atom)")
+ax.set_xlabel("PC 1")
+ax.set_ylabel("PC 2")
+ax.legend(fontsize=7)
+fig.tight_layout();
+
+# %% [markdown]
+# ## Distilled sets and their baselines
+#
+# For every IPC and seed we build three sets of the same size $m = C\cdot\mathrm{IPC}$:
+#
+# - **WMDD**: `dntk.wmdd.distill` with the settings above; with `init="real"` the synthesis starts from
+#   real images of the class (assigned to the atoms by an optimal matching of their features);
+# - **random**: exactly those starting images — so WMDD vs random isolates what the synthesis adds;
+# - **k-center**: greedy farthest-point selection in the teacher's feature space, per class, from a
+#   seeded random start (`dntk.gradient_distillation.select("fps", ...)`).
+#
+# Soft labels are the teacher's logits on each set's images.
+
+# %%
+def distill(ipc, seed, **kw):
+    opts = dict(iterations=iterations, lr=lr, r_bn=r_bn, init=init, flip=flip, seed=seed, device=device,
+                progress=progress, cache_dir=cache_dir)
+    opts.update(kw)
+    return wmdd.distill(teacher, train_ds, ipc, **opts)
+
+
+def kcenter_indices(ipc, seed):
+    idx = []
+    for c in range(C):
+        rows = (y_tr == c).nonzero().flatten()
+        sel = gradient_distillation.select("fps", feats_tr[rows], ipc, seed=seed)
+        idx.append(rows[sel.indices])
+    return torch.cat(idx)
+
+
+sets = {}  # (method, ipc, seed) -> DistilledSet
+for ipc in ipcs:
+    for seed in seeds:
+        res = distill(ipc, seed)
+        sets["WMDD", ipc, seed] = res
+        start = np.concatenate(res.settings["init_indices"]) if init == "real" else \
+            np.concatenate([np.random.default_rng([seed, c]).choice((y_tr == c).nonzero().flatten().numpy(), ipc,
+                                                                    replace=False) for c in range(C)])
+        sets["random", ipc, seed] = wmdd.real_subset(teacher, train_ds, start, method="random")
+        sets["k-center", ipc, seed] = wmdd.real_subset(teacher, train_ds, kcenter_indices(ipc, seed), method="k-center")
+methods = ["WMDD", "random", "k-center"]
+print(f"{len(sets)} sets; WMDD at IPC {ipcs[-1]}, seed {seeds[0]}:", sets["WMDD", ipcs[-1], seeds[0]])
+
+# %% [markdown]
+# ### 1. The distilled images
+#
+# Each row is a class; the top block is WMDD at the largest IPC (seed 0), the bottom block the real
+# images the synthesis started from.
+
+# %%
+def grid(images, ipc):
+    x = images.reshape(C, ipc, *images.shape[1:])[:, :, 0]  # first channel
+    return torch.cat([torch.cat(list(row), dim=1) for row in x], dim=0).numpy()
+
+
+ipc_show = ipcs[-1]
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
+for ax, (name, key) in zip(axes, [("WMDD", ("WMDD", ipc_show, seeds[0])), ("starting real images", ("random", ipc_show, seeds[0]))]):
+    ax.imshow(grid(sets[key].images, ipc_show), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_title(f"{name}, IPC {ipc_show}")
+    ax.set_yticks((np.arange(C) + 0.5) * X_tr.shape[-2])
+    ax.set_yticklabels(train_ds.classes)
+    ax.set_xticks([])
+fig.tight_layout();
+
+# %% [markdown]
+# ### 2. The DNTK on each set (Sec 5.1)
+#
+# For each set $X_s$ we compute the projected class gradients $\tilde G_c(X_s) = G_c(X_s)R$
+# ($R$ a seeded Gaussian JL projection to $k$ dimensions, SPEC §4.2; the same $R$ for every set and
+# for the test set), fit per-class KRR with the teacher's logits on $X_s$ as targets
+# (`dntk.krr.ClassKRR`, $\lambda_c = \lambda_{rel}\operatorname{tr}(K_c)/m$), and predict the test set.
+# *Accuracy* is agreement with the true labels, *fidelity* agreement with the teacher's predicted class.
+
+# %%
+proj = projection.make("gaussian", proj_dim, seed=0)
+G_te = tangent.class_gradients(teacher, X_te, projector=proj, device=device)
+G_tr = tangent.class_gradients(teacher, X_tr, projector=proj, device=device)
+feat_sets = {key: tangent.class_gradients(teacher, s.images, projector=proj, device=device) for key, s in sets.items()}
+
+
+def dntk_scores(key):
+    s = sets[key]
+    model = krr.ClassKRR(lam_rel=lam_rel).fit(feat_sets[key], s.soft_labels)
+    pred = model.predict(G_te)
+    return metrics.accuracy(pred, y_te), metrics.fidelity(pred, logits_te)
+
+
+def mean_of(values):  # {(method, ipc, seed): v} -> {(method, ipc): (mean, std over seeds)}
+    out = {}
+    for (meth, ipc, _), v in values.items():
+        out.setdefault((meth, ipc), []).append(v)
+    return {k: (float(np.mean(v)), float(np.std(v))) for k, v in out.items()}
+
+
+def show(title, values, extra=None, fmt="{:.3f} ± {:.3f}"):
+    """Print an IPC × method table of mean ± std (``extra``: {column: {ipc: text}} appended)."""
+    agg = mean_of(values)
+    cols = methods + list(extra or {})
+    print(title)
+    print(f"{'IPC':>4} " + "".join(f"{c:>17}" for c in cols))
+    for ipc in ipcs:
+        cells = [fmt.format(*agg[m, ipc]) for m in methods] + [extra[c][ipc] for c in extra or {}]
+        print(f"{ipc:>4} " + "".join(f"{c:>17}" for c in cells))
+
+
+dntk_acc, dntk_fid = {}, {}
+for key in sets:
+    dntk_acc[key], dntk_fid[key] = dntk_scores(key)
+show(f"DNTK test fidelity (agreement with the teacher), mean ± std over {len(seeds)} seeds", dntk_fid)
+show(f"\nDNTK test accuracy (the teacher's: {teacher_acc:.3f})", dntk_acc)
+
+# %% [markdown]
+# ### 3. The tangent-space claim: energy captured and truncation ranks
+#
+# For class $c$, $G_c\in\mathbb{R}^{N\times k}$ stacks the projected class-$c$ gradients of the full
+# training set and $S_c$ is the span of the class-$c$ gradients of the $m$ set images (all classes'
+# images: the class-$c$ kernel is evaluated at every input). The **energy captured**
+# $\|G_c\Pi_{S_c}\|_F^2/\|G_c\|_F^2 = 1 - \operatorname{tr}(K_c - K_{\Pi})/\operatorname{tr}K_c$
+# (eq 10) is how much of the full class kernel the set's Nyström approximation keeps. No
+# $m$-dimensional subspace can capture more than the top-$m$ principal energy of $G_c$ (Prop 3.6),
+# which we show as the ceiling. We average over classes.
+
+# %%
+eig_full = [spectral.eig_from_features(G_tr[:, c].double())[0] for c in range(C)]
+ceiling = {ipc: float(np.mean([(ev[: C * ipc].sum() / ev.sum()).item() for ev in eig_full])) for ipc in ipcs}
+energy, rank = {}, {}
+for key, Gs in feat_sets.items():
+    energy[key] = float(metrics.coverage(G_tr, [Gs[:, c] for c in range(C)]).mean())
+    rank[key] = float(np.mean([spectral.truncation_rank(spectral.eig_from_features(Gs[:, c].double())[0], tau)
+                               for c in range(C)]))
+show("fraction of the full training set's class-gradient energy captured by the set's span (eq 10)", energy,
+     extra={"PCA ceiling": {i: f"{ceiling[i]:.3f}" for i in ipcs}})
+full_rank = float(np.mean([spectral.truncation_rank(ev, tau) for ev in eig_full]))
+show(f"\ntruncation rank r({tau}) of the set's class kernels, mean over classes and seeds "
+     f"(full training set, N = {len(X_tr)}: r = {full_rank:.1f})", rank,
+     extra={"m = C·IPC": {i: str(C * i) for i in ipcs}}, fmt="{:.1f} ± {:.1f}")
+
+# %% [markdown]
+# ### 4. Students trained on the sets, and the teacher on the distilled images
+#
+# The paper's second model (Sec 5.1) is the same architecture trained from scratch on the distilled
+# set alone, with soft labels: loss $T^2\,\mathrm{KL}(\mathrm{softmax}(s/T)\,\|\,\mathrm{softmax}(f/T))$,
+# the soft targets $s$ recomputed by the teacher on each augmented batch (the official code's
+# relabelling), the barycenter weights weighting each image (uniform here). The same recipe trains a
+# student on each baseline set.
+
+# %%
+student_acc, teacher_on_set = {}, {}
+for key, s in sets.items():
+    student = models.build(model_name, C, in_channels=train_ds.in_channels, seed=key[2])
+    wmdd.train_student(student, s, epochs=student_epochs, lr=student_lr, temperature=temperature, teacher=teacher,
+                       augment_images=True, flip=flip, seed=key[2], device=device)
+    student_acc[key] = metrics.accuracy(tangent.logits(student, X_te), y_te)
+    teacher_on_set[key] = s.settings["teacher_accuracy"]
+show(f"student test accuracy (the teacher, trained on all {len(X_tr)} images: {teacher_acc:.3f})", student_acc)
+show("\nteacher's accuracy on the set's own images", teacher_on_set)
+
+# %% [markdown]
+# ### 5. Jacobian evaluations saved
+#
+# Building the class kernels needs one Jacobian evaluation ($C$ logit gradients) per input. Fitting on
+# the set instead of the training set saves a factor $N/m$; the test-side cost is unchanged.
+
+# %%
+print(f"{'IPC':>4} {'m = C·IPC':>10} {'N / m':>8}")
+for ipc in ipcs:
+    print(f"{ipc:>4} {C * ipc:>10} {len(X_tr) / (C * ipc):>7.1f}x")
+print("ImageNette (N = 9469, C = 10) for comparison: IPC 10 -> "
+      f"{9469 / 100:.0f}x, IPC 50 -> {9469 / 500:.0f}x")
+
+# %% [markdown]
+# ### 6. Ablation: initialisation and BatchNorm matching
+#
+# At the smallest IPC we vary the starting images (Gaussian noise with the data's mean and standard
+# deviation, or real images) and $r_{bn}$, and compare the DNTK fidelity with the random real subsets.
+
+# %%
+abl = {}
+for ini in ablation_inits:
+    for rb in ablation_r_bn:
+        for seed in seeds:
+            if ini == init and rb == r_bn and ("WMDD", ablation_ipc, seed) in sets:
+                s, Gs = sets["WMDD", ablation_ipc, seed], feat_sets["WMDD", ablation_ipc, seed]
+            else:
+                s = distill(ablation_ipc, seed, init=ini, r_bn=rb)
+                Gs = tangent.class_gradients(teacher, s.images, projector=proj, device=device)
+            pred = krr.ClassKRR(lam_rel=lam_rel).fit(Gs, s.soft_labels).predict(G_te)
+            abl.setdefault((ini, rb), []).append(metrics.fidelity(pred, logits_te))
+rand_abl = [dntk_fid["random", ablation_ipc, s] for s in seeds]
+print(f"DNTK test fidelity at IPC {ablation_ipc}, mean ± std over {len(seeds)} seeds "
+      f"(random real subsets: {np.mean(rand_abl):.3f} ± {np.std(rand_abl):.3f})")
+print(f"{'init':>6} " + "".join(f"{'r_bn=' + format(rb, 'g'):>17}" for rb in ablation_r_bn))
+for ini in ablation_inits:
+    print(f"{ini:>6} " + "".join(f"{np.mean(abl[ini, rb]):>9.3f} ± {np.std(abl[ini, rb]):.3f}" for rb in ablation_r_bn))
+
+# %% [markdown]
+# ## What we find, and how it compares with the paper
+#
+# The summary below is computed from the tables above.
+
+# %%
+fid = {k: v[0] for k, v in mean_of(dntk_fid).items()}
+en = {k: v[0] for k, v in mean_of(energy).items()}
+st = {k: v[0] for k, v in mean_of(student_acc).items()}
+rk = {k: v[0] for k, v in mean_of(rank).items()}
+ipc1 = min(ipcs)
+for ipc in ipcs:
+    best = max(methods, key=lambda m: fid[m, ipc])
+    print(f"IPC {ipc:>2}: DNTK fidelity " + ", ".join(f"{m} {fid[m, ipc]:.3f}" for m in methods) + f" (best: {best})")
+    print("        energy captured " + ", ".join(f"{m} {en[m, ipc]:.3f}" for m in methods))
+    print("        student accuracy " + ", ".join(f"{m} {st[m, ipc]:.3f}" for m in methods))
+
+# %% [markdown]
+# - **IPC 1.** The DNTK fitted on ten WMDD images agrees with the teacher more often than the one
+#   fitted on the ten real images the synthesis started from: with one image per class, pulling the
+#   image's features towards the class mean (the barycenter, {prf:ref}`prop-wmdd-ipc1-mean`) and making
+#   it confidently classified gives a more representative kernel. The gain is a few points and the
+#   seeds vary by as much; with noise initialisation the synthesis at these short CPU budgets does not
+#   beat real images (section 6).
+# - **IPC 5 and 10.** Digits is an easy dataset: real subsets already give a DNTK close to the teacher,
+#   and the fidelity of all three sets saturates. Where random or k-center subsets match or beat WMDD in
+#   the tables above, that is the honest result on this dataset — we did not tune the comparison. The
+#   paper's claim is about ImageNette with a ResNet-18, where a random handful of real images is far from
+#   representative; `params/wmdd-imagenette.yaml` holds the paper-scale settings for a GPU.
+# - **Energy.** The span of $m$ set gradients captures a large share of the full class-gradient energy,
+#   but below the PCA ceiling: a set of inputs cannot choose its gradient directions freely. The
+#   distilled class kernels are themselves redundant — their truncation rank at $\tau$ is below $m$ —
+#   and the full kernels' truncation rank is a small fraction of $N$ (Sec 5.2).
+# - **Students** trained on ten images reach far below the teacher; with 50–100 images they approach it.
+#   The paper's WMDD students are trained for hundreds of epochs with CutMix relabelling; ours use
+#   a short CPU schedule.
+# - **Cost.** The saving in Jacobian evaluations is $N/m$: 144×, 29× and 14× here; the paper's 20–100× is
+#   ImageNette's $9469/m$ at IPC 50 and 10.
+#
+# Differences from the paper: a small convnet on 8×8 digits instead of ResNet-18 on ImageNette; 100
+# synthesis iterations instead of 1000–2000; no horizontal flips; the feature loss is the mean per-image
+# distance rather than one norm over the batch, and the BN statistics are exact (see the module
+# docstring of `dntk.wmdd`).
+
+# %% [markdown]
+# ## Checks
+
+# %%
+# the barycenter at IPC 1 is the class mean (Proposition above), on the teacher's real features
+np.testing.assert_allclose(wmdd.barycenter(F3, 1).atoms[0], F3.mean(0), atol=1e-10)
+# every set has the requested size and the teacher classifies the distilled images as their labels
+for (meth, ipc, seed), s in sets.items():
+    assert len(s) == C * ipc and s.labels.tolist() == sum([[c] * ipc for c in range(C)], [])
+assert min(sets["WMDD", i, s].settings["teacher_accuracy"] for i in ipcs for s in seeds) >= 0.9
+# the target: at IPC 1 the DNTK on WMDD has higher mean test fidelity than on random real subsets
+assert fid["WMDD", ipc1] > fid["random", ipc1], (fid["WMDD", ipc1], fid["random", ipc1])
+# energy captured never exceeds the PCA ceiling (Ky Fan, Prop 3.6) and grows with IPC
+for ipc in ipcs:
+    assert max(en[m, ipc] for m in methods) <= ceiling[ipc] + 1e-9
+assert all(en["WMDD", a] < en["WMDD", b] for a, b in zip(ipcs, ipcs[1:]))
+# the distilled class kernels are redundant: truncation rank below the set size at the largest IPC
+assert rk["WMDD", ipcs[-1]] < C * ipcs[-1]
+# Jacobian evaluations saved at the largest IPC lie in the paper's 10-100x range on this dataset
+assert 10 <= len(X_tr) / (C * ipcs[-1]) <= 150
