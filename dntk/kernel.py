@@ -136,12 +136,16 @@ def _vjp_sum(f, params, src, v, dev, batch_size):
 
 def _jvp_apply(f, params, src, u, dev, batch_size):
     """``J(x_i) u`` for every input, shape ``(N, C)``."""
+    import warnings
+
     from torch.func import jvp
 
     outs = []
     for s in range(0, src.n, batch_size):
         x = src.get(s, min(src.n, s + batch_size), dev)
-        _, t = jvp(lambda p: f(p, x), (params,), (u,))
+        with warnings.catch_warnings():  # torch's forward-mode BatchNorm rule triggers a jit deprecation notice
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            _, t = jvp(lambda p: f(p, x), (params,), (u,))
         outs.append(t.detach().cpu())
     return torch.cat(outs)
 

@@ -43,10 +43,11 @@ lr = 0.05                    # synthesis learning rate (pixel units; cosine-anne
 r_bn = 10.0                  # weight of per-class BatchNorm matching
 init = "real"                # initial images: "real" samples of the class or "noise"
 flip = False                 # horizontal flips in the augmentation (digits are not mirror-symmetric)
-proj_dim = 512               # k of the Gaussian JL projection of the class gradients (SPEC §4.2)
+proj_kind = "gaussian"       # JL projection of the class gradients (SPEC §4.2)
+proj_dim = 512               # its dimension k
 lam_rel = 1e-3               # ridge: λ_c = lam_rel · tr(K_c)/m (SPEC §1)
-tau = 0.99                   # energy threshold of the truncation rank r(τ) (Def 3.1)
-student_epochs = 100         # epochs of the student trained on each set
+taus = [0.95, 0.99]          # energy thresholds of the truncation rank r(τ) (Def 3.1)
+student_epochs = 60          # epochs of the student trained on each set
 student_lr = 3e-3
 temperature = 4.0            # KL temperature of the soft-label loss
 ablation_ipc = 1
@@ -54,6 +55,9 @@ ablation_inits = ["noise", "real"]
 ablation_r_bn = [0.0, 1.0, 10.0]
 model_name = "convnet"
 dataset = "digits"
+data_root = None             # where non-bundled datasets live (default $DNTK_DATA/<dataset>)
+resize = None                # image size for folder datasets (e.g. 32 for ImageNette)
+teacher_options = {}         # extra arguments of dntk.models.trained (epochs, lr, optimizer, ...)
 cache_dir = None             # a folder to keep the distilled sets (papermill reruns reuse them)
 device = "cpu"
 progress = False
@@ -65,12 +69,12 @@ import torch
 
 from dntk import data, gradient_distillation, krr, metrics, models, projection, spectral, tangent, wmdd
 
-train_ds = data.load(dataset, "train")
-test_ds = data.load(dataset, "test")
+train_ds = data.load(dataset, "train", root=data_root, resize=resize)
+test_ds = data.load(dataset, "test", root=data_root, resize=resize)
 X_tr, y_tr = data.as_tensors(train_ds)
 X_te, y_te = data.as_tensors(test_ds)
 C = train_ds.num_classes
-teacher = models.trained(model_name, dataset)
+teacher = models.trained(model_name, dataset, root=data_root, resize=resize, **teacher_options)
 logits_te = tangent.logits(teacher, X_te)
 teacher_acc = metrics.accuracy(logits_te, y_te)
 print(f"{dataset}: {len(X_tr)} training and {len(X_te)} test images of shape {tuple(X_tr.shape[1:])}, {C} classes")
@@ -159,7 +163,7 @@ def distill(ipc, seed, **kw):
     opts = dict(iterations=iterations, lr=lr, r_bn=r_bn, init=init, flip=flip, seed=seed, device=device,
                 progress=progress, cache_dir=cache_dir)
     opts.update(kw)
-    return wmdd.distill(teacher, train_ds, ipc, **opts)
+    return wmdd.distill(teacher, (X_tr, y_tr), ipc, **opts)
 
 
 def kcenter_indices(ipc, seed):
@@ -179,8 +183,9 @@ for ipc in ipcs:
         start = np.concatenate(res.settings["init_indices"]) if init == "real" else \
             np.concatenate([np.random.default_rng([seed, c]).choice((y_tr == c).nonzero().flatten().numpy(), ipc,
                                                                     replace=False) for c in range(C)])
-        sets["random", ipc, seed] = wmdd.real_subset(teacher, train_ds, start, method="random")
-        sets["k-center", ipc, seed] = wmdd.real_subset(teacher, train_ds, kcenter_indices(ipc, seed), method="k-center")
+        sets["random", ipc, seed] = wmdd.real_subset(teacher, (X_tr, y_tr), start, method="random")
+        sets["k-center", ipc, seed] = wmdd.real_subset(teacher, (X_tr, y_tr), kcenter_indices(ipc, seed),
+                                                       method="k-center")
 methods = ["WMDD", "random", "k-center"]
 print(f"{len(sets)} sets; WMDD at IPC {ipcs[-1]}, seed {seeds[0]}:", sets["WMDD", ipcs[-1], seeds[0]])
 
@@ -216,10 +221,13 @@ fig.tight_layout();
 # *Accuracy* is agreement with the true labels, *fidelity* agreement with the teacher's predicted class.
 
 # %%
-proj = projection.make("gaussian", proj_dim, seed=0)
-G_te = tangent.class_gradients(teacher, X_te, projector=proj, device=device)
-G_tr = tangent.class_gradients(teacher, X_tr, projector=proj, device=device)
-feat_sets = {key: tangent.class_gradients(teacher, s.images, projector=proj, device=device) for key, s in sets.items()}
+proj = projection.make(proj_kind, proj_dim, seed=0)
+G_te = tangent.class_gradients(teacher, X_te, projector=proj, device=device, progress=progress)
+G_tr = tangent.class_gradients(teacher, X_tr, projector=proj, device=device, progress=progress)
+# real subsets reuse their rows of G_tr; only the synthetic images need new Jacobian evaluations
+feat_sets = {key: G_tr[torch.as_tensor(np.concatenate(s.settings["init_indices"]))] if key[0] != "WMDD"
+             else tangent.class_gradients(teacher, s.images, projector=proj, device=device)
+             for key, s in sets.items()}
 
 
 def dntk_scores(key):
@@ -265,19 +273,26 @@ show(f"\nDNTK test accuracy (the teacher's: {teacher_acc:.3f})", dntk_acc)
 # which we show as the ceiling. We average over classes.
 
 # %%
-eig_full = [spectral.eig_from_features(G_tr[:, c].double())[0] for c in range(C)]
+def kernel_eigenvalues(G):  # eigenvalues of K = G Gᵀ from the smaller Gram matrix, descending
+    G = G.double()
+    return torch.linalg.eigvalsh(G @ G.T if G.shape[0] <= G.shape[1] else G.T @ G).flip(0).clamp(min=0)
+
+
+eig_full = [kernel_eigenvalues(G_tr[:, c]) for c in range(C)]
 ceiling = {ipc: float(np.mean([(ev[: C * ipc].sum() / ev.sum()).item() for ev in eig_full])) for ipc in ipcs}
-energy, rank = {}, {}
+energy, rank = {}, {tau: {} for tau in taus}
 for key, Gs in feat_sets.items():
     energy[key] = float(metrics.coverage(G_tr, [Gs[:, c] for c in range(C)]).mean())
-    rank[key] = float(np.mean([spectral.truncation_rank(spectral.eig_from_features(Gs[:, c].double())[0], tau)
-                               for c in range(C)]))
+    eig_set = [kernel_eigenvalues(Gs[:, c]) for c in range(C)]
+    for tau in taus:
+        rank[tau][key] = float(np.mean([spectral.truncation_rank(ev, tau) for ev in eig_set]))
 show("fraction of the full training set's class-gradient energy captured by the set's span (eq 10)", energy,
      extra={"PCA ceiling": {i: f"{ceiling[i]:.3f}" for i in ipcs}})
-full_rank = float(np.mean([spectral.truncation_rank(ev, tau) for ev in eig_full]))
-show(f"\ntruncation rank r({tau}) of the set's class kernels, mean over classes and seeds "
-     f"(full training set, N = {len(X_tr)}: r = {full_rank:.1f})", rank,
-     extra={"m = C·IPC": {i: str(C * i) for i in ipcs}}, fmt="{:.1f} ± {:.1f}")
+full_rank = {tau: float(np.mean([spectral.truncation_rank(ev, tau) for ev in eig_full])) for tau in taus}
+for tau in taus:
+    show(f"\ntruncation rank r({tau}) of the set's class kernels, mean over classes and seeds "
+         f"(the full training set's, N = {len(X_tr)}: {full_rank[tau]:.1f})", rank[tau],
+         extra={"m = C·IPC": {i: str(C * i) for i in ipcs}}, fmt="{:.1f} ± {:.1f}")
 
 # %% [markdown]
 # ### 4. Students trained on the sets, and the teacher on the distilled images
@@ -346,7 +361,7 @@ for ini in ablation_inits:
 fid = {k: v[0] for k, v in mean_of(dntk_fid).items()}
 en = {k: v[0] for k, v in mean_of(energy).items()}
 st = {k: v[0] for k, v in mean_of(student_acc).items()}
-rk = {k: v[0] for k, v in mean_of(rank).items()}
+rk = {k: v[0] for k, v in mean_of(rank[max(taus)]).items()}
 ipc1 = min(ipcs)
 for ipc in ipcs:
     best = max(methods, key=lambda m: fid[m, ipc])

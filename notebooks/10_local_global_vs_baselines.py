@@ -1,0 +1,353 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation: {extension: .py, format_name: percent}
+#   kernelspec: {display_name: Python 3, language: python, name: python3}
+# ---
+
+# %% [markdown]
+# # Algorithm 1 against sampling baselines
+#
+# {doc}`08_gradient_distillation` built Algorithm 1: per class it replaces the $N$ projected gradients by $m$
+# synthetic ones, $G_{\rm syn} = V^\top\tilde G_c$, whose coefficient vectors are local and global ("gap")
+# eigenvectors of the class kernel. The obvious alternative is to keep $m$ *real* gradients — rows of
+# $\tilde G_c$ chosen by some rule — and run KRR on those. The paper's Sec 5.3 compares the two at equal budgets
+# on ImageNette/ResNet-18 (Figs 1 and 6) and reports that with five synthetic gradients per class Algorithm 1
+# reaches 76% accuracy and 78% fidelity, above every sampling baseline at every compression ratio.
+#
+# This chapter runs the same comparison on the digits convnet:
+#
+# * budgets $m \in \{1, 2, 5, 10, 20, 50\}$ gradients per class;
+# * Algorithm 1 against four row-selection baselines (SPEC §4.3): **random** rows, ridge **leverage** scores
+#   (the top $m$, and $m$ sampled in proportion to the scores), **FPS** (greedy $k$-center / farthest point
+#   sampling) and **$k$-means** (the real row nearest to each of $m$ centres); the seeded ones over three seeds;
+#   plus **PCA**, the top-$m$ global eigenvectors (the rank-$m$ KRR), as a reference line;
+# * four metrics: test accuracy, fidelity (agreement with the network), and two measures of how much of the
+#   kernel the compressed set keeps — subspace coverage and relative Nyström error;
+# * how many of Algorithm 1's gradients are local and how many are gaps, and a grid search over its two
+#   thresholds $(\tau, \gamma)$ with the Pareto front of fidelity against the number of synthetic gradients (Fig 9);
+# * all of it on the real training set and on a WMDD-distilled set (the paper's setting).
+
+# %% tags=["parameters"]
+per_class = None         # training images per digit (None: all 1437 training images)
+budgets = [1, 2, 5, 10, 20, 50]      # gradients per class
+seeds = [0, 1, 2]        # seeds of the randomised baselines
+n_clusters = 10          # M for Algorithm 1
+tau = 0.95               # Algorithm 1's energy threshold (fixed a priori for the budget comparison)
+gamma = 0.9              # Algorithm 1's gap threshold
+grid_taus = [0.8, 0.9, 0.95]
+grid_gammas = [0.25, 0.5, 0.75, 0.9, 1.0]
+wmdd_ipc = 20            # distilled images per class for the second comparison (0: skip it)
+wmdd_iterations = 100    # WMDD synthesis steps (chapter 6)
+proj_kind = "gaussian"
+proj_dim = 512           # k
+lam_rel = 1e-3           # λ_c = lam_rel · tr(K̃_c)/N of the uncompressed set, for every method
+seed = 0
+model_name = "convnet"
+dataset = "digits"
+device = "cpu"
+progress = False
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from dntk import data, metrics, models, projection, tangent, wmdd
+from dntk.gradient_distillation import local_global, local_global_grid, select
+from dntk.krr import ClassKRR, default_lam
+from dntk.spectral import spectral_clusters
+
+torch.manual_seed(seed)
+
+# %% [markdown]
+# ## Features, targets, and how a compressed set is scored
+#
+# Projected class gradients ($k$ = `proj_dim`) of the training and test images, and the network's logits as
+# regression targets. Every method produces, per class, a small training set $(G_{\rm syn}, t_{\rm syn})$ —
+# real rows and their targets for the baselines, $(V^\top\tilde G_c, V^\top t_c)$ for Algorithm 1 and PCA — and
+# is then scored identically:
+#
+# * **KRR** on the compressed set with the ridge of the *uncompressed* set, $\lambda_c = 10^{-3}\operatorname{tr}\tilde
+#   K_c/N$ (SPEC §4.3), predicting from the test points' projected gradients; test **accuracy** and **fidelity**
+#   (agreement with the network's argmax).
+# * **Coverage** $\|\tilde G\Pi\|_F^2/\|\tilde G\|_F^2$ with $\Pi$ the orthogonal projector onto the row space of
+#   $G_{\rm syn}$ — the fraction of the class's gradient energy inside the compressed set's span — and the
+#   **relative Nyström error** $\|\tilde G(I-\Pi)\|_F^2/\|\tilde G\|_F^2 = \operatorname{tr}(\tilde K - \tilde K_\Pi)/\operatorname{tr}\tilde K$
+#   (eq 10), the trace-norm error of the Nyström kernel that the compressed set induces. Both are averaged
+#   over the classes (`dntk.metrics.coverage`, `dntk.metrics.nystrom_error`).
+
+# %%
+model = models.trained(model_name, dataset=dataset, progress=progress)
+X_tr, y_tr = data.as_tensors(data.load(dataset, "train"), per_class=per_class, seed=seed)
+X_te, y_te = data.as_tensors(data.load(dataset, "test"))
+proj = projection.make(proj_kind, proj_dim, seed=seed)
+G_tr = tangent.class_gradients(model, X_tr, projector=proj, device=device, progress=progress)
+G_te = tangent.class_gradients(model, X_te, projector=proj, device=device, progress=progress)
+f_tr, f_te = tangent.logits(model, X_tr), tangent.logits(model, X_te)
+N, C, k = G_tr.shape
+print(f"training set: N = {N}, C = {C}, k = {k}; test set: {len(y_te)} images")
+
+BASELINES = {"random": "random", "leverage (top)": "leverage", "leverage (sampled)": "leverage_sampled",
+             "FPS": "fps", "k-means": "kmeans"}
+SEEDED = {"random", "leverage (sampled)", "FPS", "k-means"}
+
+
+def score(G, sets, lam):
+    """Accuracy, fidelity, mean coverage and mean Nyström error of per-class sets [(G_syn, t_syn)]."""
+    Gs, ts = [s[0] for s in sets], [s[1] for s in sets]
+    pred = ClassKRR().fit_synthetic(Gs, ts, lam=lam).predict(G_te)
+    return dict(acc=metrics.accuracy(pred, y_te), fid=metrics.fidelity(pred, f_te),
+                cov=float(metrics.coverage(G, Gs).mean()), nys=float(metrics.nystrom_error(G, Gs).mean()))
+
+
+def compare(G, T, budgets, labels):
+    """All methods at all budgets on features G (N, C, k) with targets T (N, C). Returns
+    {method: {m: [score per seed]}} and Algorithm 1's per-budget (local, gap) counts."""
+    lam = default_lam(G, lam_rel)
+    out = {name: {m: [] for m in budgets} for name in ["Algorithm 1", "PCA (rank m)", *BASELINES]}
+    # Algorithm 1 with the largest budget; a smaller budget keeps a prefix of the same V (step 6).
+    lg = local_global(G, T, n_clusters, tau=tau, gamma=gamma, budget=max(budgets), labels=labels)
+    counts = {}
+    for m in budgets:
+        out["Algorithm 1"][m].append(score(G, [(cs.G_syn[:m], cs.t_syn[:m]) for cs in lg.classes], lam))
+        counts[m] = (sum(int((cs.source[:m, 0] >= 0).sum()) for cs in lg.classes),
+                     sum(int((cs.source[:m, 0] < 0).sum()) for cs in lg.classes))
+    pca = [select("pca", G[:, c], max(budgets)) for c in range(C)]
+    for m in budgets:
+        out["PCA (rank m)"][m].append(score(G, [(p.V[:, :m].T @ G[:, c].double(), p.V[:, :m].T @ T[:, c].double())
+                                                for c, p in enumerate(pca)], lam))
+        for name, method in BASELINES.items():
+            for s in (seeds if name in SEEDED else [seed]):
+                sets = [select(method, G[:, c], m, seed=s, lam_rel=lam_rel).apply(G[:, c], T[:, c]) for c in range(C)]
+                out[name][m].append(score(G, sets, lam))
+    return out, counts, lg
+
+
+def summary(out, key):
+    """{method: (mean over seeds (len(budgets),), min, max)} of one metric."""
+    res = {}
+    for name, per_m in out.items():
+        vals = np.array([[r[key] for r in per_m[m]] for m in per_m])
+        res[name] = (vals.mean(1), vals.min(1), vals.max(1))
+    return res
+
+# %% [markdown]
+# ## The comparison on the training set
+#
+# One partition of the class-averaged kernel (Algorithm 1's step 1, computed once), Algorithm 1 at the fixed
+# $(\tau, \gamma)$ of the parameters cell, and every baseline at every budget.
+
+# %%
+labels = torch.as_tensor(spectral_clusters(G_tr, n_clusters, method="matrix_free", seed=seed))
+out, counts, lg = compare(G_tr, f_tr, budgets, labels)
+full = ClassKRR(lam_rel=lam_rel).fit(G_tr, f_tr).predict(G_te)
+acc_full, fid_full = metrics.accuracy(full, y_te), metrics.fidelity(full, f_te)
+
+
+def print_table(out, key, title):
+    s = summary(out, key)
+    ms = list(next(iter(out.values())))
+    print(f"{title} (mean over seeds where seeded)")
+    print(f"{'method':<22}" + "".join(f"{'m=' + str(m):>8}" for m in ms))
+    for name, (mean, lo, hi) in s.items():
+        print(f"{name:<22}" + "".join(f"{v:>8.3f}" for v in mean))
+
+
+print(f"full KRR on all N = {N} rows: accuracy {acc_full:.3f}, fidelity {fid_full:.3f}\n")
+for key, title in [("acc", "test accuracy"), ("fid", "fidelity"), ("cov", "coverage"), ("nys", "relative Nyström error")]:
+    print_table(out, key, title)
+    print()
+
+
+# %%
+def plot_metrics(out, title):
+    ms = list(next(iter(out.values())))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    styles = {"Algorithm 1": dict(color="k", lw=2.2, marker="o"), "PCA (rank m)": dict(color="gray", ls="--", marker=".")}
+    cmap = plt.get_cmap("tab10")
+    for ax, (key, label) in zip(axes, [("acc", "test accuracy"), ("fid", "fidelity"), ("cov", "coverage"),
+                                       ("nys", "relative Nyström error")]):
+        for i, (name, (mean, lo, hi)) in enumerate(summary(out, key).items()):
+            st = styles.get(name, dict(color=cmap(i), marker="."))
+            ax.plot(ms, mean, label=name, **st)
+            if name in SEEDED:
+                ax.fill_between(ms, lo, hi, color=st["color"], alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel("gradients per class m")
+        ax.set_title(label)
+        if key == "nys":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+
+
+plot_metrics(out, f"digits training set (N = {N}): Algorithm 1 vs sampling baselines (band: min–max over seeds)");
+
+# %% [markdown]
+# Reading the plots (the analogue of the paper's Figs 1 and 6):
+#
+# * **Algorithm 1 leads at small budgets.** With one to ten gradients per class its accuracy and fidelity
+#   are far above every way of *choosing* real gradients. A real gradient mixes the direction that matters
+#   with the idiosyncrasies of one input; a synthetic gradient is an eigen-direction, i.e. an average over
+#   all the inputs of a cluster weighted by their share in that direction.
+# * **It also beats PCA at the smallest budgets, although PCA covers more of the kernel.** PCA's coverage is
+#   the highest possible for any $m$-dimensional span (Ky Fan, SPEC §3 Prop 3.6) and its Nyström error the
+#   lowest, yet the rank-1 and rank-2 KRR classify almost nothing correctly: the leading *global*
+#   eigenvector of a class kernel is dominated by the gradient direction shared by all inputs (the kernels
+#   are uncentred), which says little about which digit an input is. Algorithm 1's first candidates are the
+#   top *local* eigenvectors — for class $c$ typically that of the cluster of digit $c$ first — which is exactly
+#   what separates the classes. Coverage is a statement about the kernel, not about the decision.
+# * **By $m = 20$–$50$ everything converges** to the full KRR: the class kernels have truncation ranks of a few
+#   dozen at $\tau = 0.9$, and any reasonable set of that size spans them.
+
+# %%
+print("Algorithm 1's synthetic gradients per budget, summed over the classes (local, gap):")
+for m in budgets:
+    loc, gap = counts[m]
+    print(f"  m = {m:>2}: {loc:>4} local, {gap:>3} gap")
+print(f"without a budget at τ = {tau}, γ = {gamma} Algorithm 1 would keep {sum(cs.n_candidates for cs in lg.classes)} "
+      "candidates before step 6")
+
+# %% [markdown]
+# On digits the budgeted synthetic sets consist (almost) only of **local** gradients: step 6 orders candidates
+# by eigenvalue, and the top local eigenvalues of the ten digit clusters are larger than those of the gap
+# directions, which only appear further down the global spectrum (chapter 8's plot). The gaps matter when the
+# budget is large or unbounded — which is what the grid search below varies.
+#
+# ## Grid search over $(\tau, \gamma)$ and the Pareto front (Fig 9)
+#
+# Without a budget, $\tau$ sets how deep into each spectrum the candidates go ($r$ and $r_j$) and $\gamma$ how many
+# global directions count as gaps. Each $(\tau,\gamma)$ gives a synthetic set of some size and some fidelity;
+# a configuration is **Pareto-optimal** if no other one reaches at least its fidelity with fewer gradients.
+# The partition and all eigendecompositions are shared across the grid (`local_global_grid`).
+
+# %%
+grid = local_global_grid(G_tr, f_tr, n_clusters, grid_taus, grid_gammas, labels=labels)
+lam_tr = default_lam(G_tr, lam_rel)
+pts = []
+for (t_, g_), r_ in grid.items():
+    pred = ClassKRR().fit_synthetic(r_.G_syn, r_.t_syn, lam=lam_tr).predict(G_te)
+    cnt = r_.counts()
+    pts.append(dict(tau=t_, gamma=g_, m=cnt["m"], local=cnt["local"], gap=cnt["gap"],
+                    acc=metrics.accuracy(pred, y_te), fid=metrics.fidelity(pred, f_te)))
+order = sorted(pts, key=lambda p: (p["m"], -p["fid"]))
+front, best = [], -1.0
+for p in order:
+    if p["fid"] > best:
+        front.append(p)
+        best = p["fid"]
+print(f"{'τ':>5}{'γ':>6}{'m (all classes)':>17}{'local':>7}{'gap':>6}{'accuracy':>10}{'fidelity':>10}  Pareto")
+for p in sorted(pts, key=lambda p: (p["tau"], p["gamma"])):
+    print(f"{p['tau']:>5}{p['gamma']:>6}{p['m']:>17}{p['local']:>7}{p['gap']:>6}{p['acc']:>10.3f}{p['fid']:>10.3f}"
+          f"  {'*' if p in front else ''}")
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+cm = plt.get_cmap("viridis")
+for i, t_ in enumerate(grid_taus):
+    sel = [p for p in pts if p["tau"] == t_]
+    axes[0].scatter([p["m"] for p in sel], [p["fid"] for p in sel], color=cm(i / max(1, len(grid_taus) - 1)),
+                    label=f"τ = {t_}", s=[20 + 60 * p["gamma"] for p in sel])
+axes[0].step([p["m"] for p in front], [p["fid"] for p in front], where="post", color="k", lw=1, label="Pareto front")
+axes[0].axhline(fid_full, color="gray", ls=":", lw=1, label="full KRR")
+axes[0].set_xscale("log")
+axes[0].set_xlabel("synthetic gradients (all classes)")
+axes[0].set_ylabel("fidelity")
+axes[0].set_title("fidelity vs size (marker size: γ)")
+axes[0].legend(fontsize=7)
+for ax, key in zip(axes[1:], ["local", "gap"]):
+    Z = np.array([[next(p[key] for p in pts if p["tau"] == t_ and p["gamma"] == g_) for g_ in grid_gammas]
+                  for t_ in grid_taus])
+    im = ax.imshow(Z, cmap="magma", aspect="auto")
+    ax.set_xticks(range(len(grid_gammas)), [str(g) for g in grid_gammas])
+    ax.set_yticks(range(len(grid_taus)), [str(t) for t in grid_taus])
+    ax.set_xlabel("γ")
+    ax.set_ylabel("τ")
+    ax.set_title(f"{key} gradients (all classes)")
+    for a in range(len(grid_taus)):
+        for b in range(len(grid_gammas)):
+            ax.text(b, a, int(Z[a, b]), ha="center", va="center", fontsize=8, color="w" if Z[a, b] < Z.max() / 2 else "k")
+fig.tight_layout();
+
+# %% [markdown]
+# The number of local gradients depends on $\tau$ only, the number of gaps on both thresholds and grows with
+# $\gamma$. Fidelity is high across the grid: as soon as the candidates reach $\tau \ge 0.8$ of each spectrum, the
+# synthetic set reproduces the full KRR's predictions, so the Pareto front is made of the smallest sets
+# (small $\tau$, small $\gamma$). The paper finds Pareto-optimal settings "sporadically distributed" on
+# ImageNette; on digits the trade-off is simpler because the clusters (the digits) explain most of each kernel.
+
+# %% [markdown]
+# ## The same comparison on a WMDD-distilled set
+#
+# The paper runs Algorithm 1 on the gradients of a *distilled* set: WMDD (chapter 6 of this book, SPEC §4.1)
+# synthesises `wmdd_ipc` images per class, the class kernels are built over these $N = C\cdot\text{ipc}$ images, and
+# Algorithm 1 compresses each class to a handful of synthetic gradients (the paper: 500 distilled images,
+# five synthetic gradients per class, a 100× compression). Targets are the teacher's logits at the distilled
+# images (WMDD's soft labels); scores are on the real test set as before.
+
+# %%
+if wmdd_ipc:
+    dset = wmdd.distill(model, data.load(dataset, "train"), wmdd_ipc, iterations=wmdd_iterations, seed=seed,
+                        device=device, progress=progress)
+    G_d = tangent.class_gradients(model, dset.images, projector=proj, device=device, progress=progress)
+    f_d = tangent.logits(model, dset.images)
+    budgets_d = [m for m in budgets if m <= len(dset)]
+    labels_d = torch.as_tensor(spectral_clusters(G_d, n_clusters, seed=seed))
+    out_d, counts_d, lg_d = compare(G_d, f_d, budgets_d, labels_d)
+    full_d = ClassKRR(lam_rel=lam_rel).fit(G_d, f_d).predict(G_te)
+    acc_full_d, fid_full_d = metrics.accuracy(full_d, y_te), metrics.fidelity(full_d, f_te)
+    print(f"distilled set: N = {len(dset)} images ({wmdd_ipc} per class); "
+          f"full KRR on it: accuracy {acc_full_d:.3f}, fidelity {fid_full_d:.3f}\n")
+    for key, title in [("acc", "test accuracy"), ("fid", "fidelity"), ("cov", "coverage")]:
+        print_table(out_d, key, title)
+        print()
+    print("Algorithm 1 (local, gap) per budget:", {m: counts_d[m] for m in budgets_d})
+    plot_metrics(out_d, f"WMDD-distilled set (N = {len(dset)}): Algorithm 1 vs sampling baselines")
+
+# %% [markdown]
+# ## What reproduces and what differs
+#
+# * **Reproduced: the ordering.** At every budget up to ten per class, Algorithm 1's fidelity is at least that
+#   of every sampling baseline (random, leverage, FPS, $k$-means — against each of their seeds, see the
+#   assertions below), on the real training set and on the distilled set; its coverage is the highest of all
+#   *row-based* sets, and its Nyström error the lowest.
+# * **Reproduced: five synthetic gradients suffice.** At $m = 5$ per class Algorithm 1 stays within a few
+#   points of the full KRR and above 90% test accuracy (the paper: 76% on ImageNette with a ResNet-18, where
+#   the task is much harder; our absolute numbers are higher because digits is easy, not because the method
+#   is better).
+# * **Different: gaps.** In the paper the gap representatives (step 5) are part of the small synthetic sets;
+#   on digits, with budgets of at most 50, the eigenvalue order of step 6 fills the budget with local
+#   gradients, and gaps only enter unbudgeted sets. The local–global structure is there (chapter 8 shows the
+#   gaps), but at these budgets the local part wins.
+# * **Beyond the paper: PCA.** The paper does not compare with the top global eigenvectors. On digits they are
+#   worse than Algorithm 1 at $m \le 2$ and comparable from $m = 5$ on, even though they cover more of the kernel:
+#   what the classifier needs is not simply the most energy.
+
+# %%
+fid = summary(out, "fid")
+acc_lg = summary(out, "acc")["Algorithm 1"][0]
+for i, m in enumerate(budgets):
+    if m > 10:
+        continue
+    for name in BASELINES:
+        assert fid["Algorithm 1"][0][i] >= fid[name][2][i], (m, name)      # ≥ the best seed of each baseline
+assert acc_lg[budgets.index(5)] >= 0.9, "five synthetic gradients per class: test accuracy ≥ 0.9"
+cov = summary(out, "cov")
+for i, m in enumerate(budgets):
+    if m <= 10:
+        assert all(cov["Algorithm 1"][0][i] >= cov[name][2][i] for name in BASELINES), m
+assert all(counts[m][0] + counts[m][1] == C * m for m in budgets if m <= min(cs.n_candidates for cs in lg.classes))
+assert front[0]["m"] == min(p["m"] for p in pts)
+assert all(p["local"] == next(q["local"] for q in pts if q["tau"] == p["tau"]) for p in pts), "local count depends on τ only"
+for t_ in grid_taus:
+    gaps_t = [next(p["gap"] for p in pts if p["tau"] == t_ and p["gamma"] == g_) for g_ in sorted(grid_gammas)]
+    assert gaps_t == sorted(gaps_t), "more gaps as γ grows"
+if wmdd_ipc:
+    fid_d = summary(out_d, "fid")
+    for i, m in enumerate(budgets_d):
+        if m <= 10:
+            for name in BASELINES:
+                assert fid_d["Algorithm 1"][0][i] >= fid_d[name][2][i], ("distilled", m, name)
