@@ -117,8 +117,14 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
 def _orthonormal_columns(A: torch.Tensor) -> torch.Tensor:
     """Haar-distributed orthonormal columns from a Gaussian ``A`` (tall): ``A L⁻ᵀ`` with ``L = chol(AᵀA)``
     (Gram–Schmidt by Cholesky: the Q of ``A = QR`` with positive ``diag(R)``, via BLAS-3 products)."""
-    L = torch.linalg.cholesky(A.T @ A)
-    return torch.linalg.solve_triangular(L, A.T, upper=False).T
+    n, k = A.shape
+    if 2 * k > n:  # nearly square: AᵀA is too ill-conditioned for Cholesky; Householder QR
+        Q, R = torch.linalg.qr(A)
+        return Q * torch.where(torch.diagonal(R) < 0, -1.0, 1.0).to(Q.dtype)
+    for _ in range(2):  # CholeskyQR2: the second pass restores orthogonality to round-off
+        L = torch.linalg.cholesky(A.T @ A)
+        A = torch.linalg.solve_triangular(L, A.T, upper=False).T
+    return A
 
 
 _H_CACHE: dict = {}
@@ -307,8 +313,7 @@ class Projector:
         if ("Q",) not in self._cache:
             g = _generator(self.seed, _KIND_ID["orthonormal"], 0, 0, 0)
             A = torch.randn(self.P, self.dim, generator=g, dtype=torch.float64)
-            Q, Rr = torch.linalg.qr(A)
-            Q = Q * torch.sign(torch.diagonal(Rr))  # Haar-distributed columns
+            Q = _orthonormal_columns(A)  # Haar-distributed columns
             self._cache[("Q",)] = (Q * math.sqrt(self.P / self.dim)).to(torch.float32).to(self.device)
         return self._cache[("Q",)]
 

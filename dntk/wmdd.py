@@ -50,6 +50,8 @@ __all__ = [
     "Barycenter",
     "barycenter",
     "penultimate_features",
+    "ClassStatistics",
+    "class_statistics",
     "class_bn_statistics",
     "augment",
     "distill",
@@ -303,6 +305,56 @@ def _class_pass(teacher, X_c: torch.Tensor, batch_size: int, feat_mod: nn.Module
     return torch.cat(feats), stats
 
 
+@dataclass(frozen=True, eq=False)
+class ClassStatistics:
+    """What WMDD needs from the real data, computed in one pass per class (SPEC §4.1 steps 1 and 3).
+
+    features  list of C tensors (n_c, D) float32: penultimate features of class ``c``'s real samples
+    bn_mean   list over BN layers (``teacher.modules()`` order) of (C, channels) float64 per-class means
+    bn_var    same shapes, per-class biased variances of each BN layer's input
+    counts    (C,) int64 samples per class
+    """
+
+    features: list
+    bn_mean: list
+    bn_var: list
+    counts: torch.Tensor
+
+
+def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None, batch_size: int = 256,
+                     feature_module: nn.Module | None = None,
+                     device: str | torch.device | None = None) -> ClassStatistics:
+    """Per-class penultimate features and exact per-class BatchNorm input statistics of the real data.
+
+    The statistics are accumulated from per-batch sums in float64 (Chan et al.'s pairwise merge), so any
+    ``batch_size`` gives the same mean and biased variance as one pass over the whole class. The
+    teacher runs in eval mode (BN uses its running statistics, as at synthesis time). Pass the result to
+    ``distill(..., statistics=...)`` to reuse it across IPCs and seeds of the same teacher and data.
+    """
+    X, y = _dataset_tensors(dataset)
+    C = int(num_classes if num_classes is not None else int(y.max()) + 1)
+    feat_mod = _feature_module(teacher, feature_module)
+    bn = _bn_layers(teacher)
+    if device is not None:
+        teacher.to(torch.device(device))
+    was_training = teacher.training
+    teacher.eval()
+    feats, per_class = [], []
+    try:
+        for c in range(C):
+            idx = (y == c).nonzero().flatten()
+            if idx.numel() == 0:
+                raise ValueError(f"class {c} has no samples; every class needs at least one real sample.")
+            f_c, st = _class_pass(teacher, X[idx], batch_size, feat_mod, bn)
+            feats.append(f_c)
+            per_class.append(st)
+    finally:
+        teacher.train(was_training)
+    bn_mean = [torch.stack([pc[l][0] for pc in per_class]) for l in range(len(bn))]
+    bn_var = [torch.stack([pc[l][1] for pc in per_class]) for l in range(len(bn))]
+    return ClassStatistics(feats, bn_mean, bn_var, torch.bincount(y, minlength=C))
+
+
 def class_bn_statistics(teacher: nn.Module, X: torch.Tensor, y: torch.Tensor, num_classes: int | None = None,
                         batch_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Exact per-class BatchNorm input statistics (SPEC §4.1 step 3).
@@ -312,25 +364,10 @@ def class_bn_statistics(teacher: nn.Module, X: torch.Tensor, y: torch.Tensor, nu
     samples of class ``c`` (and all spatial positions), accumulated from per-batch sums so the result does
     not depend on ``batch_size``. The teacher runs in eval mode (BN uses its running statistics).
     """
-    X, y = _check_xy(X, y)
-    C = int(num_classes if num_classes is not None else int(y.max()) + 1)
-    bn = _bn_layers(teacher)
-    if not bn:
+    if not _bn_layers(teacher):
         raise ValueError("the teacher has no BatchNorm layer, so there are no BN statistics to compute.")
-    feat_mod = _feature_module_or_identity(teacher)
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        per_class = []
-        for c in range(C):
-            idx = (y == c).nonzero().flatten()
-            if idx.numel() == 0:
-                raise ValueError(f"class {c} has no samples; every class needs at least one.")
-            per_class.append(_class_pass(teacher, X[idx], batch_size, feat_mod, bn)[1])
-    finally:
-        teacher.train(was_training)
-    return [(torch.stack([pc[l][0] for pc in per_class]), torch.stack([pc[l][1] for pc in per_class]))
-            for l in range(len(bn))]
+    st = class_statistics(teacher, (X, y), num_classes, batch_size, feature_module=_feature_module_or_identity(teacher))
+    return list(zip(st.bn_mean, st.bn_var))
 
 
 def _feature_module_or_identity(teacher):
@@ -445,8 +482,9 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = 1000, lr
             weighted: bool = False, augment_images: bool = True, crop_scale: Sequence[float] | None = None,
             flip: bool = True, jitter: int | None = None, class_batch: int | None = None,
             pixel_range: Sequence[float] | None = None, batch_size: int = 256, seed: int = 0,
-            barycenter_iter: int = 100, feature_module: nn.Module | None = None, cache_dir=None,
-            device: str | torch.device = "cpu", progress: bool = False) -> DistilledSet:
+            barycenter_iter: int = 100, feature_module: nn.Module | None = None,
+            statistics: ClassStatistics | None = None, cache_dir=None, device: str | torch.device = "cpu",
+            progress: bool = False) -> DistilledSet:
     """Distil ``dataset`` into ``ipc`` images per class with WMDD (SPEC §4.1).
 
     teacher      trained classifier; runs in eval mode, its weights are not changed (it is moved to ``device``)
@@ -463,6 +501,8 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = 1000, lr
     class_batch  classes synthesised together (memory knob; default all); the loss is a mean over
                  classes, so this does not change the objective
     pixel_range  clip range ``(lo, hi)``; default the real data's min and max
+    statistics   ``class_statistics(teacher, dataset)`` computed beforehand (reused across calls); it must
+                 come from the same teacher and data
     cache_dir    if given, reuse a set saved there under a key of (teacher weights, data, settings), or
                  save the new one there (atomically)
     Returns a ``DistilledSet``. Deterministic for a seed on a given device.
@@ -545,8 +585,16 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = 1000, lr
                 teacher.train(was_training)
                 log.info("WMDD: reusing the distilled set in %s", path)
                 return cached
+    if statistics is not None:
+        if not isinstance(statistics, ClassStatistics):
+            raise TypeError(f"statistics must come from dntk.wmdd.class_statistics; got {type(statistics).__name__}.")
+        if not torch.equal(statistics.counts, counts) or len(statistics.bn_mean) != len(bn):
+            raise ValueError("statistics do not match this teacher and data (class counts or number of BN layers "
+                             "differ); compute them with class_statistics(teacher, dataset).")
     try:
-        result = _distill(teacher, X, y, C, ipc, settings, bn, feat_mod, batch_size, dev, progress)
+        if statistics is None:
+            statistics = class_statistics(teacher, (X, y), C, batch_size, feat_mod)
+        result = _distill(teacher, X, y, C, ipc, settings, statistics, feat_mod, batch_size, dev, progress)
     finally:
         teacher.train(was_training)
     if key is not None:
@@ -555,18 +603,19 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = 1000, lr
     return result
 
 
-def _distill(teacher, X, y, C, ipc, s, bn, feat_mod, batch_size, dev, progress) -> DistilledSet:
+def _distill(teacher, X, y, C, ipc, s, stats: ClassStatistics, feat_mod, batch_size, dev, progress) -> DistilledSet:
     from scipy.optimize import linear_sum_assignment
     from tqdm.auto import tqdm
 
     seed = s["seed"]
     # ---- steps 1-3: per class features, barycenter, exact BN statistics; initial images
-    atoms, weights, bn_mean, bn_var, x0 = [], [], [], [], []
+    atoms, weights, x0 = [], [], []
     init_idx = []
+    bn = _bn_layers(teacher)
     classes = tqdm(range(C), desc="WMDD barycenters", disable=not progress, leave=False)
     for c in classes:
         idx = (y == c).nonzero().flatten()
-        feats, stats = _class_pass(teacher, X[idx], batch_size, feat_mod, bn)
+        feats = stats.features[c]
         bc = barycenter(feats, ipc, seed=[seed, c], weighted=s["weighted"], max_iter=s["barycenter_iter"])
         A, w = bc.atoms, bc.weights
         if s["init"] == "noise":
@@ -589,8 +638,6 @@ def _distill(teacher, X, y, C, ipc, s, bn, feat_mod, batch_size, dev, progress) 
             init_idx.append(idx[torch.as_tensor(chosen)].tolist())
         atoms.append(torch.as_tensor(A, dtype=torch.float32))
         weights.append(torch.as_tensor(w, dtype=torch.float64))
-        bn_mean.append([m for m, _ in stats])
-        bn_var.append([v for _, v in stats])
     atoms_t = torch.stack(atoms)  # (C, ipc, D)
     weights_t = torch.stack(weights)  # (C, ipc)
     if s["init"] == "noise":
@@ -617,8 +664,8 @@ def _distill(teacher, X, y, C, ipc, s, bn, feat_mod, batch_size, dev, progress) 
     out = images.clone()
     for k, cls in enumerate(chunks):
         rows = torch.cat([torch.arange(c * ipc, (c + 1) * ipc) for c in cls])
-        means = [torch.stack([bn_mean[c][l] for c in cls]).float().to(dev) for l in range(len(bn))]
-        vars_ = [torch.stack([bn_var[c][l] for c in cls]).float().to(dev) for l in range(len(bn))]
+        means = [m[cls].float().to(dev) for m in stats.bn_mean]
+        vars_ = [v[cls].float().to(dev) for v in stats.bn_var]
         h = _synthesize(teacher, images[rows].to(dev), labels[rows].to(dev), atoms_t[cls].reshape(-1, atoms_t.shape[-1]).to(dev),
                         means, vars_, len(cls), ipc, s, bn, feat_mod, torch.Generator().manual_seed(int(seed) * 1000003 + k),
                         bar)

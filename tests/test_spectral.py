@@ -214,7 +214,7 @@ def test_containment_matches_definitions_and_dense_path(tau):
     G = _lowrank(90, 40, 25, seed=11, decay=0.85).float()
     labels = np.random.default_rng(0).integers(0, 3, 90)
     r, a, b, inside = _containment_reference(G.double(), labels, tau)
-    for method in ("matrix_free", "dense"):
+    for method in ("matrix_free", "gram", "dense"):
         res = sp.containment(G, labels, tau, method=method)
         assert res.rank == r
         np.testing.assert_allclose(res.prop_a.numpy(), a, atol=1e-8)

@@ -317,3 +317,15 @@ def test_real_subset_baseline(teacher_data):
         torch.testing.assert_close(sub.atoms.reshape(6, -1), model.features(X[idx]))
     with pytest.raises(ValueError, match="class-major"):
         wmdd.real_subset(model, (X, y), [N_PER, 0, 1, N_PER + 1, 2 * N_PER, 2 * N_PER + 1])
+
+
+def test_precomputed_statistics_give_the_same_set(teacher_data):
+    model, X, y = teacher_data
+    st = wmdd.class_statistics(model, (X, y), batch_size=7)
+    assert [f.shape for f in st.features] == [(N_PER, 8)] * C and st.counts.tolist() == [N_PER] * C
+    a = wmdd.distill(model, (X, y), 2, iterations=5, statistics=st)
+    b = wmdd.distill(model, (X, y), 2, iterations=5)
+    torch.testing.assert_close(a.images, b.images)
+    keep = torch.arange(len(y)) != 0
+    with pytest.raises(ValueError, match="do not match"):
+        wmdd.distill(model, (X[keep], y[keep]), 2, iterations=1, statistics=st)
