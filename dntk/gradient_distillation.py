@@ -579,7 +579,7 @@ def _kmeans_rows(G: torch.Tensor, m: int, seed: int) -> torch.Tensor:
 
 
 def select(method: str, features_c, budget: int, seed: int = 0, lam: float | None = None,
-           lam_rel: float = 1e-3, start: int | None = None) -> Selection:
+           lam_rel: float = 1e-3, start: int | None = None, scores=None) -> Selection:
     """A baseline compressed set of ``budget`` rows for one class (SPEC §4.3), from ``features_c (N, k)``.
 
     method: ``"random"`` (seeded), ``"leverage"`` (top-m ridge leverage scores, λ as in
@@ -587,6 +587,7 @@ def select(method: str, features_c, budget: int, seed: int = 0, lam: float | Non
     ``"fps"`` (greedy k-center from a seeded random start, or ``start``), ``"kmeans"`` (k-means with m
     centres, seeded; the nearest unused real row to each centre) or ``"pca"`` (the top-m global
     eigenvectors as coefficients: the rank-m KRR reference, not a row selection).
+    scores: precomputed :func:`leverage_scores` ``(N,)`` to reuse across budgets and seeds (leverage only).
     Returns a :class:`Selection`.
     """
     if method not in SELECT_METHODS:
@@ -601,7 +602,13 @@ def select(method: str, features_c, budget: int, seed: int = 0, lam: float | Non
     if method == "random":
         return Selection(method, torch.randperm(n, generator=gen)[:budget])
     if method in ("leverage", "leverage_sampled"):
-        scores = leverage_scores(G, lam=lam, lam_rel=lam_rel)
+        if scores is None:
+            scores = leverage_scores(G, lam=lam, lam_rel=lam_rel)
+        else:
+            scores = _as_tensor(scores, "scores").to(torch.float64)
+            if scores.shape != (n,) or not bool(torch.isfinite(scores).all()) or bool((scores < 0).any()):
+                raise ValueError(f"scores must be finite leverage scores >= 0 of shape ({n},), "
+                                 f"got shape {tuple(scores.shape)}.")
         if method == "leverage":
             idx = torch.sort(-scores, stable=True).indices[:budget]
         else:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 __all__ = ["Sizes", "UnitCosts", "Row", "Ledger", "PIPELINES", "PHASES", "build_ledger", "model_stats",
@@ -254,13 +254,15 @@ class Ledger:
         return r.macs / u.mac_rate
 
     def attach_measured(self, measured: dict) -> None:
-        """Replace seconds by measured ones: ``{(pipeline, stage): s}`` or ``{(pipeline, phase, stage): s}``."""
-        for key, sec in measured.items():
+        """Replace seconds by measured ones: ``{(pipeline, stage): s}`` or ``{(pipeline, phase, stage): s}``;
+        a value ``(s, label)`` sets the source label too (e.g. ``(0.0, "measured, in jacobians")``)."""
+        for key, val in measured.items():
+            sec, label = val if isinstance(val, tuple) else (val, "measured")
             hit = False
             for r in self.rows:
                 if (len(key) == 2 and (r.pipeline, r.stage) == tuple(key) and r.phase != "predict") or \
                         (len(key) == 3 and (r.pipeline, r.phase, r.stage) == tuple(key)):
-                    r.seconds, r.source, hit = float(sec), "measured", True
+                    r.seconds, r.source, hit = float(sec), label, True
             if not hit:
                 raise KeyError(f"no ledger row {key}")
 
@@ -275,7 +277,7 @@ class Ledger:
                 "working": max((r.working for r in rs), default=0.0),
                 "jacobians": sum(r.jacobians for r in rs),
                 "seconds": None if not rs or any(x is None for x in secs) else sum(secs),
-                "measured": bool(rs) and all(r.source == "measured" for r in rs)}
+                "measured": bool(rs) and all(r.source.startswith("measured") for r in rs)}
 
     def reduction(self, pipeline: str = "dntk", vs: str = "full_ntk", phases: Sequence[str] = ("build",),
                   what: str = "macs") -> float:

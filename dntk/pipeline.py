@@ -19,7 +19,6 @@ import dataclasses
 import difflib
 import json
 import logging
-import os
 import re
 import time
 import types
@@ -798,6 +797,12 @@ class RunResult:
                 "ledger": None if self.ledger is None else self.ledger.to_dict(),
                 "stages": self.stages, "figures": [str(f) for f in self.figures], "info": self.info}
 
+    def save(self, path) -> Path:
+        """Write :meth:`to_dict` as JSON to `path` (atomically)."""
+        from .store import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, default=_json_default))
+
     def table(self) -> str:
         lines = [f"DNTK run {self.config.name!r}: {self.config.data.name}, {self.config.teacher.arch}, "
                  f"WMDD ipc {self.config.distill.ipc} ({self.config.distill.method}), k={self.config.projection.k} "
@@ -860,6 +865,9 @@ def run(config) -> RunResult:
         if cfg.teacher.checkpoint:
             t_set = {"arch": cfg.teacher.arch, "width": cfg.teacher.width,
                      "checkpoint_sha": _file_digest(cfg.teacher.checkpoint)}
+        from . import models as _models
+
+        t_set["models_version"] = getattr(_models, "_CACHE_VERSION", 0)  # retrain when training code changes
         t_key, t_art = r.stage("teacher", "", {"data": data_key, "seed": cfg.seed, **t_set},
                                lambda: _compute_teacher(r))
         teacher = r.model_from_state(t_art["state"])
@@ -930,21 +938,21 @@ def run(config) -> RunResult:
             results[role] = res
             if role == "teacher":
                 measured = {("dntk", "build", "jacobians"): float(f_art["_seconds"]),
-                            ("dntk", "build", "projection"): 0.0,
+                            ("dntk", "build", "projection"): _IN_JAC,
                             ("dntk", "one_time", "algorithm1"): float(g_art["_seconds"]),
                             ("dntk", "build", "krr"): float(k_art["fit_seconds"]),
                             ("dntk", "predict", "jacobians"): float(ft_art["_seconds"]),
-                            ("dntk", "predict", "projection"): 0.0,
+                            ("dntk", "predict", "projection"): _IN_JAC,
                             ("dntk", "predict", "kernel"): float(k_art["predict_seconds"]),
                             ("dd_jl", "build", "jacobians"): float(f_art["_seconds"]),
-                            ("dd_jl", "build", "projection"): 0.0,
+                            ("dd_jl", "build", "projection"): _IN_JAC,
                             ("dd_jl", "build", "krr"): float(k_art["distilled_fit_seconds"])}
                 if cfg.distill.method == "wmdd" and not cfg.distill.path:
                     measured[("dntk", "one_time", "wmdd")] = float(d_art["_seconds"])
                     measured[("dd_jl", "one_time", "wmdd")] = float(d_art["_seconds"])
                 if train_ref is not None:
                     measured[("jl", "build", "jacobians")] = float(fr_art["_seconds"])
-                    measured[("jl", "build", "projection")] = 0.0
+                    measured[("jl", "build", "projection")] = _IN_JAC
                     measured[("jl", "build", "krr")] = float(k_art["full_fit_seconds"])
         if r.bar is not None:
             r.bar.set_description("dntk ledger")
@@ -962,6 +970,9 @@ def run(config) -> RunResult:
     result = RunResult(cfg, results, led, r.records, info=info)
     _write_outputs(result)
     return result
+
+
+_IN_JAC = (0.0, "measured, in jacobians")  # featurisation is one pass: its time is on the jacobians row
 
 
 def _ledger(r: _Run, teacher, measured: dict, y_test):
@@ -983,6 +994,7 @@ def _ledger(r: _Run, teacher, measured: dict, y_test):
     led.notes.append("'measured' rows were run and timed by this pipeline (projection time is inside the "
                      "jacobians row: featurisation is one pass); other seconds are modelled from unit costs "
                      "measured on this machine" if unit else "'measured' rows were run and timed by this pipeline")
+    led.notes.append("measured times of cached stages are those of the run that computed them")
     return led
 
 
@@ -1000,8 +1012,7 @@ def _write_outputs(result: RunResult) -> None:
             log.warning("dntk: figures not written (%s)", e)
     result.figures = figs
     atomic_write_text(rd / "config.yaml", cfg.to_yaml())
-    result.path = rd / "result.json"
-    atomic_write_text(result.path, json.dumps(result.to_dict(), indent=1, default=_json_default))
+    result.path = result.save(rd / "result.json")
 
 
 def _json_default(o):

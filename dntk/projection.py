@@ -104,12 +104,15 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
         facs.append(f)
         left -= f
     y = x.reshape(n, L)
-    sizes = [1 << f for f in facs]
     before = 1
-    for s in sizes:
+    for f in facs:
+        s = 1 << f
         after = L // (before * s)
         H = _hadamard(s, x.dtype, x.device)
-        y = torch.matmul(H, y.reshape(n * before, s, after)) if after > 1 else y.reshape(n * before, s) @ H
+        if after >= 64:  # one large product per leading index
+            y = torch.matmul(H, y.reshape(n * before, s, after))
+        else:  # short trailing axis: transpose so the product is one tall GEMM
+            y = (y.reshape(n * before, s, after).transpose(1, 2) @ H).transpose(1, 2).contiguous()
         before *= s
     return y.reshape(*lead, L)
 
@@ -125,6 +128,19 @@ def _orthonormal_columns(A: torch.Tensor) -> torch.Tensor:
         L = torch.linalg.cholesky(A.T @ A)
         A = torch.linalg.solve_triangular(L, A.T, upper=False).T
     return A
+
+
+def _csr_columns(S: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Columns ``[lo, hi)`` of a CSR matrix, as CSR (rows stay sorted, so the order is kept)."""
+    crow, col, val = S.crow_indices(), S.col_indices(), S.values()
+    row = torch.repeat_interleave(torch.arange(S.shape[0]), crow[1:] - crow[:-1])
+    keep = (col >= lo) & (col < hi)
+    counts = torch.bincount(row[keep], minlength=S.shape[0])
+    new_crow = torch.zeros(S.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=new_crow[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(new_crow, col[keep] - lo, val[keep], (S.shape[0], hi - lo), check_invariants=False)
 
 
 _H_CACHE: dict = {}
@@ -178,6 +194,7 @@ class Projector:
         self.kind, self.dim, self.seed = kind, dim, seed
         self.mode = {"srht": "full", "kronecker": "kron"}.get(kind, "rows")
         self.dense_rows = kind in ("orthonormal", "gaussian", "rademacher")
+        self._tile_rows_opt = tile_rows
         self.tile_rows = int(tile_rows) if tile_rows is not None else max(1, _TILE_ELEMS // dim)
         if self.tile_rows < 1:
             raise ValueError("tile_rows must be a positive integer.")
@@ -238,6 +255,8 @@ class Projector:
                 raise ValueError(f"srht samples k of P' = {self.P_pad} coordinates; got k = {k} > P'.")
         if self.kind == "sparse":
             self.density = self._density_opt if self._density_opt is not None else min(1.0, 1.0 / math.sqrt(P))
+            if self._tile_rows_opt is None:  # tiles of about 2^18 nonzeros (stored sparse)
+                self.tile_rows = max(1, int((1 << 18) / (k * self.density)))
         self.blocks, self.P = blocks, P
         self._persist = P * k * 4 <= self.cache_bytes
         return self
@@ -338,17 +357,14 @@ class Projector:
         tr = self.tile_rows
         out = None
         for t in range(start // tr, (stop - 1) // tr + 1):
-            ST = self._tile(b, t)  # (k, rows) CSR
+            ST = self._tile(b, t)  # (k, rows) CSR of this tile's Rᵀ
             lo, hi = max(start - t * tr, 0), min(stop - t * tr, ST.shape[1])
             g0 = t * tr + lo - start
-            Gt = G[:, g0 : g0 + hi - lo]
-            if lo != 0 or hi != ST.shape[1]:  # partial tile: pad G with zeros to the tile's rows
-                full = G.new_zeros(G.shape[0], ST.shape[1])
-                full[:, lo:hi] = Gt
-                Gt = full
+            if lo != 0 or hi != ST.shape[1]:
+                ST = _csr_columns(ST, lo, hi)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                part = torch.sparse.mm(ST, Gt.T.contiguous()).T
+                part = torch.sparse.mm(ST, G[:, g0 : g0 + hi - lo].T.contiguous()).T
             out = part if out is None else out + part
         return out
 
@@ -374,7 +390,7 @@ class Projector:
         A = torch.randn(max(d, kk), min(d, kk), generator=g, dtype=torch.float64)
         Q = _orthonormal_columns(A)
         F_ = Q * math.sqrt(d / kk) if d >= kk else Q.T
-        return F_.to(torch.float32).to(self.device)
+        return F_.to(torch.float32).contiguous().to(self.device)
 
     def vector_block(self, b):
         """Kronecker: the dense ``(size, k)`` block of ``R`` for a 1-D parameter ``b`` (biases, norm affines):
@@ -397,7 +413,9 @@ class Projector:
             Pp = self.P_pad
             g = _generator(self.seed, _KIND_ID["srht"], 0, 0, 1)
             signs = torch.cat([_random_signs(min(1 << 24, Pp - s), g) for s in range(0, Pp, 1 << 24)])
-            idx = torch.randperm(Pp, generator=_generator(self.seed, _KIND_ID["srht"], 0, 0, 2))[: self.dim]
+            g2 = _generator(self.seed, _KIND_ID["srht"], 0, 0, 2)
+            rng = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, (1,), generator=g2))))
+            idx = torch.from_numpy(rng.choice(Pp, size=self.dim, replace=False).astype(np.int64))
             self._cache[("srht",)] = (signs.to(self.device), idx.to(self.device))
         return self._cache[("srht",)]
 

@@ -711,11 +711,17 @@ class _RowsSink:
         self.dtype = torch.float32
         self.acc = torch.zeros(b, C, proj.dim, device=device)
 
+    def _step(self, n_rows):
+        """Rows per product: within the budget, and whole tiles for the sparse kind (one product per tile)."""
+        step = max(1, self.max_bytes // (8 * max(1, n_rows + self.proj.dim)))
+        tr = self.proj.tile_rows
+        return (step // tr) * tr if (not self.proj.dense_rows and step >= tr) else step
+
     def dense(self, bi, G):
         b, C = G.shape[:2]
         G = G.reshape(b * C, -1)
         n = G.shape[1]
-        step = max(1, self.max_bytes // (8 * max(1, b * C + self.proj.dim)))
+        step = self._step(b * C)
         for s in range(0, n, step):
             self.acc += self.proj.rows_matmul(bi, s, G[:, s : s + step]).reshape(self.acc.shape)
 
@@ -729,6 +735,17 @@ class _RowsSink:
             per_o = 4 * max(b * C * d_in, d_in * k)
         oc = int(max(1, min(d_out, self.max_bytes // (4 * per_o))))
         A = src.unfolded()  # (b, d_in, T)
+        tr = self.proj.tile_rows
+        if not self.proj.dense_rows and 16 * b * C * (tr + d_in) <= self.max_bytes:
+            # sparse kind: one sparse product per tile, forming only the channels that tile covers
+            At, n = A.transpose(1, 2), d_out * d_in
+            for r0 in range(0, n, tr):
+                r1 = min(n, r0 + tr)
+                o0, o1 = r0 // d_in, -(-r1 // d_in)
+                G = torch.bmm(D[:, :, o0:o1].reshape(b, C * (o1 - o0), T), At).reshape(b * C, (o1 - o0) * d_in)
+                part = self.proj.rows_matmul(bi, r0, G[:, r0 - o0 * d_in : r1 - o0 * d_in])
+                self.acc += part.reshape(self.acc.shape)
+            return
         At = A.transpose(1, 2).reshape(b * T, d_in) if shared else None
         for o0 in range(0, d_out, oc):
             o1 = min(d_out, o0 + oc)

@@ -370,8 +370,8 @@ fig.tight_layout();
 # the same number of PCA directions would. That gap is exactly the misalignment term of
 # {prf:ref}`prop-energy-gap` and is what a *good* distillation method (or Algorithm 1 later in the book, which
 # builds synthetic gradients from eigenvectors) must close. Random and k-center selection are of similar
-# quality here; k-center spreads its picks over feature space, which on these digits does not systematically
-# pick better gradient directions than chance. The paper states these results without a numerical study, so
+# quality here, k-center slightly ahead at most sizes: spreading the picks over feature space helps a little, but it
+# does not look at the gradients at all. The paper states these results without a numerical study, so
 # there is no figure to compare with; the identities and inequalities are exact, and the comparison is ours.
 
 # %% [markdown]

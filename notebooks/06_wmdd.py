@@ -74,7 +74,7 @@ test_ds = data.load(dataset, "test", root=data_root, resize=resize)
 X_tr, y_tr = data.as_tensors(train_ds)
 X_te, y_te = data.as_tensors(test_ds)
 C = train_ds.num_classes
-teacher = models.trained(model_name, dataset, root=data_root, resize=resize, **teacher_options)
+teacher = models.trained(model_name, dataset, root=data_root, resize=resize, device=device, **teacher_options)
 logits_te = tangent.logits(teacher, X_te)
 teacher_acc = metrics.accuracy(logits_te, y_te)
 print(f"{dataset}: {len(X_tr)} training and {len(X_te)} test images of shape {tuple(X_tr.shape[1:])}, {C} classes")
@@ -199,16 +199,19 @@ print(f"{len(sets)} sets; WMDD at IPC {ipcs[-1]}, seed {seeds[0]}:", sets["WMDD"
 # images the synthesis started from.
 
 # %%
-def grid(images, ipc):
-    x = images.reshape(C, ipc, *images.shape[1:])[:, :, 0]  # first channel
-    return torch.cat([torch.cat(list(row), dim=1) for row in x], dim=0).numpy()
+def grid(images, ipc, cols=10):
+    """(C·ipc, ch, H, W) -> one (C·H, cols·W[, 3]) image: a row per class, its first ``cols`` images."""
+    x = images.reshape(C, ipc, *images.shape[1:])[:, :cols].clamp(0, 1)
+    x = x.permute(0, 1, 3, 4, 2)  # channels last
+    rows = torch.cat([torch.cat(list(row), dim=1) for row in x], dim=0).numpy()
+    return rows[..., 0] if rows.shape[-1] == 1 else rows
 
 
 ipc_show = ipcs[-1]
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
 for ax, (name, key) in zip(axes, [("WMDD", ("WMDD", ipc_show, seeds[0])), ("starting real images", ("random", ipc_show, seeds[0]))]):
     ax.imshow(grid(sets[key].images, ipc_show), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_title(f"{name}, IPC {ipc_show}")
+    ax.set_title(f"{name}, IPC {ipc_show}" + (" (first 10)" if ipc_show > 10 else ""))
     ax.set_yticks((np.arange(C) + 0.5) * X_tr.shape[-2])
     ax.set_yticklabels(train_ds.classes)
     ax.set_xticks([])
@@ -428,17 +431,9 @@ assert min(sets["WMDD", i, s].settings["teacher_accuracy"] for i in ipcs for s i
 # the target: at IPC 1 the DNTK on WMDD has higher mean test fidelity than on random real subsets
 assert fid["WMDD", ipc1] > fid["random", ipc1], (fid["WMDD", ipc1], fid["random", ipc1])
 assert fid["WMDD", ipc1] > fid["k-center", ipc1]
-# ... and it needs real initialisation: from noise it is worse, for every r_bn
-if ablation_ipc == ipc1 and "noise" in ablation_inits and "real" in ablation_inits:
-    assert all(np.mean(abl["real", rb]) > np.mean(abl["noise", rb]) for rb in ablation_r_bn)
-    assert all(np.mean(abl["noise", rb]) < np.mean(rand_abl) for rb in ablation_r_bn)
-# digits saturates: from IPC 5 on, a real subset matches or beats WMDD's fidelity (reported, not tuned)
-for ipc in ipcs[1:]:
-    assert max(fid["random", ipc], fid["k-center", ipc]) >= fid["WMDD", ipc] - 0.005
 # energy captured never exceeds the PCA ceiling (Ky Fan, Prop 3.6) and grows with IPC
 for ipc in ipcs:
     assert max(en[m, ipc] for m in methods) <= ceiling[ipc] + 1e-9
-    assert en["WMDD", ipc] < min(en["random", ipc], en["k-center", ipc])  # the negative finding above
 assert all(en["WMDD", a] < en["WMDD", b] for a, b in zip(ipcs, ipcs[1:]))
 # redundancy (Sec 5.2): at τ = 0.95 the set kernels need well under m directions, the full ones under N/10
 tau_lo = min(taus)
@@ -447,3 +442,14 @@ assert full_rank[tau_lo] < len(X_tr) / 10
 # students learn more from WMDD images than from real subsets of the same size
 for ipc in ipcs:
     assert st["WMDD", ipc] > max(st["random", ipc], st["k-center", ipc]), ipc
+if dataset == "digits":  # the digits-specific findings stated above (other datasets: read the tables)
+    # WMDD needs real initialisation: from noise it is worse, for every r_bn, and below random subsets
+    if ablation_ipc == ipc1 and "noise" in ablation_inits and "real" in ablation_inits:
+        assert all(np.mean(abl["real", rb]) > np.mean(abl["noise", rb]) for rb in ablation_r_bn)
+        assert all(np.mean(abl["noise", rb]) < np.mean(rand_abl) for rb in ablation_r_bn)
+    # saturation: from IPC 5 on, a real subset matches or beats WMDD's fidelity (reported, not tuned)
+    for ipc in ipcs[1:]:
+        assert max(fid["random", ipc], fid["k-center", ipc]) >= fid["WMDD", ipc] - 0.005
+    # the negative energy finding: WMDD's span captures less than real subsets' at every IPC
+    for ipc in ipcs:
+        assert en["WMDD", ipc] < min(en["random", ipc], en["k-center", ipc]), ipc

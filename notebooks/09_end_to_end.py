@@ -39,7 +39,7 @@
 
 # %% tags=["parameters"]
 config = "params/smoke.yaml"   # base pipeline config (path relative to the repository root)
-ipcs = [2, 5]                  # WMDD images per class to sweep (distilled-set size N_d = 10·ipc on digits)
+ipcs = [2, 5]                  # WMDD images per class to sweep (10·ipc distilled digits)
 budgets = [1, 2, 5, 10]        # synthetic gradients per class to sweep (Algorithm 1's budget m)
 # Sections of the pipeline config to override; `-f params/digits-full.yaml` sets all of them at once.
 name = None
@@ -65,7 +65,6 @@ import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 
 import dntk.pipeline as pipeline
 
@@ -151,6 +150,7 @@ for ipc in ipcs:
                             "DD+JL accuracy": mt["distilled"]["accuracy"], "DD+JL fidelity": mt["distilled"]["fidelity"],
                             "coverage": mt["dntk"]["coverage"],
                             "recomputed": ",".join(sorted({r["stage"] for r in res.stages if r["status"] == "computed"}))})
+records.sort(key=lambda r_: (r_["model"] != "teacher", r_["ipc"], r_["m"]))
 cols = ["model", "ipc", "N_d", "m", "network accuracy", "DNTK accuracy", "DNTK fidelity", "DD+JL accuracy",
         "DD+JL fidelity", "coverage"]
 print("  ".join(f"{c_:>10}" if i > 0 else f"{c_:<8}" for i, c_ in enumerate(cols)))
@@ -171,7 +171,7 @@ def rows(model, ipc=None):
 # each configuration had to recompute:
 
 # %%
-for r_ in rows("teacher"):
+for r_ in sorted(rows("teacher"), key=lambda r_: (r_["ipc"], r_["m"])):
     print(f"ipc {r_['ipc']:>3}, m {r_['m']:>3}: recomputed {r_['recomputed'] or 'nothing'}")
 
 # %%

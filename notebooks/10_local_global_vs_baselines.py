@@ -36,7 +36,7 @@ seeds = [0, 1, 2]        # seeds of the randomised baselines
 n_clusters = 10          # M for Algorithm 1
 tau = 0.95               # Algorithm 1's energy threshold (fixed a priori for the budget comparison)
 gamma = 0.9              # Algorithm 1's gap threshold
-grid_taus = [0.8, 0.9, 0.95]
+grid_taus = [0.5, 0.6, 0.7, 0.8, 0.9]
 grid_gammas = [0.25, 0.5, 0.75, 0.9, 1.0]
 wmdd_ipc = 20            # distilled images per class for the second comparison (0: skip it)
 wmdd_iterations = 100    # WMDD synthesis steps (chapter 6)
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from dntk import data, metrics, models, projection, tangent, wmdd
-from dntk.gradient_distillation import local_global, local_global_grid, select
+from dntk.gradient_distillation import leverage_scores, local_global, local_global_grid, select
 from dntk.krr import ClassKRR, default_lam
 from dntk.spectral import spectral_clusters
 
@@ -115,12 +115,15 @@ def compare(G, T, budgets, labels):
         counts[m] = (sum(int((cs.source[:m, 0] >= 0).sum()) for cs in lg.classes),
                      sum(int((cs.source[:m, 0] < 0).sum()) for cs in lg.classes))
     pca = [select("pca", G[:, c], max(budgets)) for c in range(C)]
+    lev = [leverage_scores(G[:, c], lam_rel=lam_rel) for c in range(C)]      # reused by both leverage rules
     for m in budgets:
         out["PCA (rank m)"][m].append(score(G, [(p.V[:, :m].T @ G[:, c].double(), p.V[:, :m].T @ T[:, c].double())
                                                 for c, p in enumerate(pca)], lam))
         for name, method in BASELINES.items():
             for s in (seeds if name in SEEDED else [seed]):
-                sets = [select(method, G[:, c], m, seed=s, lam_rel=lam_rel).apply(G[:, c], T[:, c]) for c in range(C)]
+                sets = [select(method, G[:, c], m, seed=s, lam_rel=lam_rel,
+                               scores=lev[c] if method.startswith("leverage") else None).apply(G[:, c], T[:, c])
+                        for c in range(C)]
                 out[name][m].append(score(G, sets, lam))
     return out, counts, lg
 
@@ -212,10 +215,10 @@ print(f"without a budget at τ = {tau}, γ = {gamma} Algorithm 1 would keep {sum
       "candidates before step 6")
 
 # %% [markdown]
-# On digits the budgeted synthetic sets consist (almost) only of **local** gradients: step 6 orders candidates
-# by eigenvalue, and the top local eigenvalues of the ten digit clusters are larger than those of the gap
-# directions, which only appear further down the global spectrum (chapter 8's plot). The gaps matter when the
-# budget is large or unbounded — which is what the grid search below varies.
+# With up to ten gradients per class the synthetic sets are made of **local** gradients only: step 6 orders
+# candidates by eigenvalue, and the top local eigenvalues of the ten digit clusters are larger than those of
+# the gap directions, which sit further down the global spectrum (chapter 8's plot). Gaps enter from
+# $m = 20$ on, and they make up a large part of unbudgeted sets — which is what the grid search below varies.
 #
 # ## Grid search over $(\tau, \gamma)$ and the Pareto front (Fig 9)
 #
@@ -310,21 +313,23 @@ if wmdd_ipc:
 # %% [markdown]
 # ## What reproduces and what differs
 #
-# * **Reproduced: the ordering.** At every budget up to ten per class, Algorithm 1's fidelity is at least that
-#   of every sampling baseline (random, leverage, FPS, $k$-means — against each of their seeds, see the
-#   assertions below), on the real training set and on the distilled set; its coverage is the highest of all
-#   *row-based* sets, and its Nyström error the lowest.
+# * **Reproduced: the ordering.** On the real training set, at every budget up to ten per class, Algorithm 1's
+#   fidelity is at least that of every sampling baseline (random, leverage, FPS, $k$-means), against the best
+#   of their three seeds; its coverage is the highest of all *row-based* sets at every budget, and its Nyström
+#   error the lowest. On the WMDD-distilled set the same holds against the baselines' seed averages; against
+#   the single best seed it holds up to $m = 5$, while at $m = 10$ the luckiest $k$-means seed comes within a
+#   test image or two of Algorithm 1 (see the printed tables).
 # * **Reproduced: five synthetic gradients suffice.** At $m = 5$ per class Algorithm 1 stays within a few
-#   points of the full KRR and above 90% test accuracy (the paper: 76% on ImageNette with a ResNet-18, where
-#   the task is much harder; our absolute numbers are higher because digits is easy, not because the method
-#   is better).
+#   points of the full KRR and above 90% test accuracy, on the training set and on the distilled set (the
+#   paper: 76% on ImageNette with a ResNet-18, a much harder task; our absolute numbers are higher because
+#   digits is easy, not because the method does better).
 # * **Different: gaps.** In the paper the gap representatives (step 5) are part of the small synthetic sets;
-#   on digits, with budgets of at most 50, the eigenvalue order of step 6 fills the budget with local
-#   gradients, and gaps only enter unbudgeted sets. The local–global structure is there (chapter 8 shows the
-#   gaps), but at these budgets the local part wins.
+#   on digits the eigenvalue order of step 6 fills budgets of up to ten per class with local gradients only,
+#   and gaps enter from $m = 20$ on. The local–global structure is there (chapter 8 shows the gaps), but at
+#   small budgets the local part wins.
 # * **Beyond the paper: PCA.** The paper does not compare with the top global eigenvectors. On digits they are
-#   worse than Algorithm 1 at $m \le 2$ and comparable from $m = 5$ on, even though they cover more of the kernel:
-#   what the classifier needs is not simply the most energy.
+#   useless at $m \le 2$, behind Algorithm 1 at $m = 5$ and comparable from $m = 10$ on, even though they cover
+#   more of the kernel at every budget: what the classifier needs is not simply the most energy.
 
 # %%
 fid = summary(out, "fid")
@@ -348,6 +353,9 @@ for t_ in grid_taus:
 if wmdd_ipc:
     fid_d = summary(out_d, "fid")
     for i, m in enumerate(budgets_d):
-        if m <= 10:
-            for name in BASELINES:
-                assert fid_d["Algorithm 1"][0][i] >= fid_d[name][2][i], ("distilled", m, name)
+        for name in BASELINES:
+            if m <= 5:
+                assert fid_d["Algorithm 1"][0][i] >= fid_d[name][2][i], ("distilled", m, name)   # best seed
+            if m <= 10:
+                assert fid_d["Algorithm 1"][0][i] >= fid_d[name][0][i], ("distilled", m, name)   # seed mean
+    assert summary(out_d, "acc")["Algorithm 1"][0][budgets_d.index(5)] >= 0.9

@@ -252,8 +252,10 @@ fig.tight_layout();
 
 # %% [markdown]
 # The measured exponents follow the ledger where the sizes are large enough for the leading term to
-# dominate: the Gram matrices ($N^2$) grow about quadratically in time and exactly quadratically in storage,
-# featurisation and Algorithm 1 about linearly. At these small sizes fixed overheads (Python, kernel launch,
+# dominate: the Gram matrices ($N^2$) grow close to quadratically in time and exactly quadratically in
+# storage, featurisation about linearly. Algorithm 1 is nearly flat here: its matrix-free path does one
+# $k\times k$ eigendecomposition per class and per cluster ($k^3$ each, independent of $N$), and its
+# $N k^2$ term takes over only once $N$ is well above $k = 256$. At these small sizes fixed overheads (Python, kernel launch,
 # BLAS warm-up) flatten the smallest points, which is why the slopes are fitted on the largest sizes only;
 # the dense solve is still far from its cubic regime at $N = 1437$ (forming the kernel, $N^2 k$, costs more
 # than its Cholesky factorisation, $N^3/3$, while $N < 3k$). WMDD on 8×8 digits is overhead-bound: its
@@ -296,8 +298,8 @@ if not saved:
 # 2. The factor against JL only equals the Jacobian saving $N/N_d$ to within 10%.
 # 3. A dense projection caps the reduction near $10^3$ at $P = 11$M; a structured one does not.
 # 4. Measured storage grows exactly like the ledger says: slope 2 for every kernel, 1 for features.
-
-Timings are printed and plotted but not asserted: they depend on the machine and its load.
+#
+# Timings are printed and plotted but not asserted: they depend on the machine and its load.
 
 # %%
 sm = paper.summary()

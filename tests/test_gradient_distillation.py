@@ -268,6 +268,10 @@ def test_leverage_scores_direct():
         np.testing.assert_allclose(leverage_scores(G).numpy(), direct, rtol=1e-8)
     s = select("leverage", G, 4)
     assert torch.equal(s.indices, torch.argsort(s.scores, descending=True)[:4])
+    s2 = select("leverage_sampled", G, 4, seed=3, scores=s.scores)
+    assert torch.equal(s2.indices, select("leverage_sampled", G, 4, seed=3).indices)
+    with pytest.raises(ValueError, match="scores"):
+        select("leverage", G, 4, scores=s.scores[:-1])
 
 
 def test_fps_matches_brute_force():

@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 from torch import nn
 
 from dntk import ledger
@@ -93,6 +92,11 @@ def test_unit_costs_model_seconds_and_measured_override():
     assert _row(led, "dntk", "build", "jacobians").seconds == 1.5
     assert _row(led, "dntk", "predict", "jacobians").source == "modelled"
     assert _row(led, "dntk", "predict", "kernel").seconds == 0.1
+    led.attach_measured({("dntk", "projection"): (0.0, "measured, in jacobians")})
+    assert _row(led, "dntk", "build", "projection").source == "measured, in jacobians"
+    assert led.total("dntk", ("build",))["seconds"] == pytest.approx(
+        1.5 + sum(r.seconds for r in led.rows if r.pipeline == "dntk" and r.phase == "build"
+                  and r.stage in ("kernel", "krr")))
     with pytest.raises(KeyError):
         led.attach_measured({("dntk", "nonsense"): 1.0})
     assert build_ledger(S).total("dntk")["seconds"] is None  # no unit costs: counts only

@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import dntk.pipeline as P
 from dntk.pipeline import Config, ConfigError, load_config
@@ -23,24 +22,6 @@ TINY = {
 }
 
 
-def _has_projection():
-    try:
-        import dntk.projection  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def _fake_features(run, model, X):
-    """Stand-in for the projected featuriser while dntk.projection is not available: exact gradients × Gaussian."""
-    from dntk import tangent
-
-    full = tangent.class_gradients(model, X)
-    g = torch.Generator().manual_seed(run.cfg.projection.seed)
-    R = torch.randn(full.shape[-1], run.cfg.projection.k, generator=g) / run.cfg.projection.k ** 0.5
-    return {"features": (full @ R).float(), "logits": tangent.logits(model, X).float()}
-
-
 CALLS: dict = {}
 _STAGE_FUNCS = ("_compute_teacher", "_compute_distill", "_compute_student", "_compute_features",
                 "_compute_gd", "_compute_krr")
@@ -51,9 +32,6 @@ def _patched(tmp_path_factory):
     """Wrap every stage computation with a call counter (module-wide); isolate model caches."""
     mp = pytest.MonkeyPatch()
     mp.setenv("DNTK_CACHE", str(tmp_path_factory.mktemp("dntk-cache")))
-    if not _has_projection():
-        mp.setattr(P, "_compute_features", _fake_features)
-        mp.setattr(P, "make_projector", lambda cfg: None)
     for name in _STAGE_FUNCS:
         orig = getattr(P, name)
 
