@@ -240,15 +240,17 @@ def worker(cfg):
     if cfg.get("warmup", True):
         with torch.no_grad():
             model(X[:2])
-    times, exts = [], []
+    times, cpus, exts = [], [], []
     feats = None
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         feats = run()
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
         if "extrapolated" in extra:
             exts.append(extra["extrapolated"])
-    res = {"times": times, "rss_peak": _rss_mb(), "rss_base": base, "P": P, "C": C, "N": X.shape[0]}
+    res = {"times": times, "cpu": cpus, "rss_peak": _rss_mb(), "rss_base": base, "P": P, "C": C, "N": X.shape[0],
+           "load": os.getloadavg()[0]}
     if exts:
         res["extrapolated"] = exts
     res.update({k_: v for k_, v in extra.items() if k_ != "extrapolated"})
@@ -311,6 +313,7 @@ def run_model(name, args, tmp):
         methods = ["floor", "recipe", "trak-fp32", "dntk-gaussian", "dntk-srht", "dntk-sparse", "dntk-kronecker"]
         if not quick:
             methods.insert(2, "trak-default")
+        if args.all:
             methods.insert(5, "dntk-rademacher")
         slow = {}
     print(f"\n== {name}: N = {cfg['n']}, k = {cfg['k']}, threads = {cfg['threads']}", flush=True)
@@ -332,6 +335,7 @@ def run_model(name, args, tmp):
             continue
         r["method"] = m
         r["time"] = statistics.median(r.get("extrapolated") or r["times"])
+        r["cpu_med"] = statistics.median(r["cpu"]) * (r["time"] / statistics.median(r["times"]))
         r["extrap"] = "extrapolated" in r
         r["err"] = None if m == "floor" else _kernel_error(c["feats"], K)
         rows.append(r)
@@ -341,13 +345,14 @@ def run_model(name, args, tmp):
         # peak memory flat in N: dntk gaussian at 4N
         c = dict(cfg, method="dntk-gaussian", n=4 * cfg["n"], repeats=1, feats=None)
         r = _spawn(c)
-        r.update(method=f"dntk-gaussian (N={4 * cfg['n']})", time=r["times"][0], extrap=False, err=None)
+        r.update(method=f"dntk-gaussian (N={4 * cfg['n']})", time=r["times"][0], cpu_med=r["cpu"][0], extrap=False, err=None)
         extra_rows.append(r)
         # kronecker: error against k and against wall time
         for kk in (2048, 8192, 32768):
             c = dict(cfg, method="dntk-kronecker", repeats=1, opts={"k": kk}, feats=os.path.join(tmp, f"kron{kk}.npy"))
             r = _spawn(c)
-            r.update(method=f"dntk-kronecker k={kk}", time=r["times"][0], extrap=False, err=_kernel_error(c["feats"], K))
+            r.update(method=f"dntk-kronecker k={kk}", time=r["times"][0], cpu_med=r["cpu"][0], extrap=False,
+                     err=_kernel_error(c["feats"], K))
             os.remove(c["feats"])
             extra_rows.append(r)
     return cfg, rows, extra_rows
@@ -358,8 +363,8 @@ def print_table(name, cfg, rows, extra_rows):
     floor = next((r["time"] for r in rows if r["method"] == "floor"), None)
     P, C = rows[0]["P"], rows[0]["C"]
     print(f"\n### {name}: N = {cfg['n']}, C = {C}, P = {P:,}, k = {cfg['k']}, threads = {cfg['threads']}\n")
-    print("| method | time (s) | samples/s | × dntk-gaussian | × floor | peak RSS (MiB) | Δ RSS (MiB) | kernel rel. error |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| method | wall (s) | CPU (s) | samples/s | × dntk-gaussian | × floor | peak RSS (MiB) | Δ RSS (MiB) | kernel rel. error |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows + extra_rows:
         n = r.get("N", cfg["n"])
         t = r["time"]
@@ -367,7 +372,7 @@ def print_table(name, cfg, rows, extra_rows):
         ratio = f"{t / ref:.2f}" if ref and "N=" not in r["method"] and "k=" not in r["method"] else "—"
         fl = f"{t / floor:.1f}" if floor else "—"
         err = "—" if r["err"] is None else f"{r['err']:.4f}"
-        print(f"| {r['method']} | {mark}{t:.3f} | {mark}{n / t:.1f} | {mark}{ratio} | {mark}{fl} | {r['rss_peak']:.0f} | "
+        print(f"| {r['method']} | {mark}{t:.3f} | {mark}{r['cpu_med']:.2f} | {mark}{n / t:.2f} | {mark}{ratio} | {mark}{fl} | {r['rss_peak']:.0f} | "
               f"{r['rss_peak'] - r['rss_base']:.0f} | {err} |")
 
 
@@ -379,6 +384,7 @@ def main(argv=None):
     ap.add_argument("--resnet-n", type=int, default=8, help="ResNet-18 samples (default 8)")
     ap.add_argument("--slice", type=int, default=32, help="ResNet-18 recipe/TRAK: project a 1/slice prefix of P and scale")
     ap.add_argument("--json", help="write all rows to this JSON file")
+    ap.add_argument("--all", action="store_true", help="also ResNet-18 rademacher (as slow as gaussian)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:

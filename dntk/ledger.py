@@ -95,7 +95,8 @@ class Sizes:
 class UnitCosts:
     """Unit costs measured on one machine; seconds of a stage = its count × the matching unit cost.
 
-    jacobian_s: seconds per input for one forward + C backward passes (no per-sample work: the floor).
+    jacobian_s: seconds per input for one forward + one batched backward over the C classes (summed
+        gradients, no per-sample work: the floor any per-sample method pays).
     featurize_s: seconds per input for projected per-class gradients (``class_gradients`` with the
         projector); projection's share is ``featurize_s - jacobian_s``.
     forward_s: seconds per input of one forward pass.
@@ -425,14 +426,12 @@ def model_stats(model, input_shape) -> dict:
     return {"P": int(P), "F": fc.get_total_flops() / 2.0, "layers": tuple(layers), "p_vec": int(p_vec)}
 
 
-def measure_unit_costs(model, inputs, projector=None, repeats: int = 2, device="cpu") -> UnitCosts:
-    """Time the unit costs on this machine (medians of `repeats`): see :class:`UnitCosts`.
+def measure_unit_costs(model, inputs, projector=None, repeats: int = 3, device="cpu") -> UnitCosts:
+    """Time the unit costs on this machine (best of `repeats`, after warm-ups): see :class:`UnitCosts`.
 
     inputs: a small batch ``(n, C_in, H, W)``; projector: the pipeline's projector (for featurize_s;
     ``None`` times unprojected per-class gradients).
     """
-    import statistics
-
     import torch
 
     from . import tangent
@@ -453,25 +452,32 @@ def measure_unit_costs(model, inputs, projector=None, repeats: int = 2, device="
             fn()
             sync()
             ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
+        return min(ts)
 
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def floor():
+    def floor():  # one forward + one batched backward for all C classes (one-hot cotangents)
         out = model(X)
         C = out.shape[1]
-        for c in range(C):
-            torch.autograd.grad(out[:, c].sum(), params, retain_graph=c < C - 1)
+        eye = torch.eye(C, dtype=out.dtype, device=out.device)[:, None, :].expand(C, *out.shape)
+        try:
+            torch.autograd.grad(out, params, grad_outputs=eye, is_grads_batched=True)
+        except RuntimeError:  # a layer without batching rules: C plain backward passes
+            out = model(X)
+            for c in range(C):
+                torch.autograd.grad(out[:, c].sum(), params, retain_graph=c < C - 1)
 
     with torch.no_grad():
-        model(X)  # warm-up
+        model(X)  # warm-ups: first calls pay for lazy initialisation (vmap rules, tile generation)
+    floor()
+    tangent.class_gradients(model, X[:2], projector=projector, device=device)
     t_fwd = timed(lambda: torch.no_grad()(model)(X)) / n
     t_jac = timed(floor) / n
     t_feat = timed(lambda: tangent.class_gradients(model, X, projector=projector, device=device)) / n
     A = torch.randn(512, 512, dtype=torch.float64, device=device)
     t_mm = timed(lambda: A @ A)
     return UnitCosts(jacobian_s=t_jac, featurize_s=max(t_feat, t_jac), forward_s=t_fwd, mac_rate=512 ** 3 / t_mm,
-                     device=str(device), note=f"measured on {n} inputs, median of {repeats}")
+                     device=str(device), note=f"measured on {n} inputs, best of {repeats}")
 
 
 def from_config(cfg, model=None, unit: Optional[UnitCosts] = None, measured: Optional[dict] = None,

@@ -482,6 +482,8 @@ class _Run:
         if d["root"] is not None:
             d["root"] = str(Path(d["root"]).expanduser().resolve())
         d["seed"] = self.cfg.seed
+        m = self.meta()  # a cheap fingerprint of the files: sizes and class names
+        d["n_train_total"], d["classes"] = m["n_train_total"], m["classes"]
         return d
 
     def build_model(self):

@@ -469,7 +469,7 @@ def _top_eig(G: torch.Tensor, tau: float, method: str):
     else:
         ev, U = eig_from_features(G, method="auto")
     r = truncation_rank(ev, tau)
-    return ev[:r], U[:, :r]
+    return ev[:r].clone(), U[:, :r].clone()      # copies: do not keep the full U alive
 
 
 def containment(features, labels, tau: float, method: str = "auto") -> Containment:

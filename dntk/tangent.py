@@ -541,7 +541,7 @@ class _FastEngine:
             P = sum(b.size for b in self.layout)
             padded = getattr(projector, "P_pad", P) if projector is not None else P
             per += 2 * C * padded * es
-        return int(max(1, min(1024, max_bytes // max(per, 1))))
+        return int(max(1, min(256, max_bytes // max(per, 1))))
 
     # ---------------------------------------------------------------- per batch
     def batch(self, x, C, projector, max_bytes):

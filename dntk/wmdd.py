@@ -9,7 +9,8 @@ Wasserstein Metric Dataset Distillation (Liu et al., 2025; official code ``Liu-H
 3. exact per-class BatchNorm statistics (mean, biased variance) of every BN layer's input;
 4. synthesis of ``C·ipc`` class-major images by Adam (betas 0.5, 0.9; cosine lr) on
 
-   ``L = r_ce·CE(f(x̃), c) + r_feat·mean_j ‖φ(x̃_j) − b_{c,j}‖ + r_bn·Σ_layers mean_c (‖μ_syn − μ_c‖ + ‖σ²_syn − σ²_c‖)``
+   ``L = r_ce·CE(f(x̃), c) + r_feat·mean_j ‖φ(x̃_j) − b_{c,j}‖
+   + r_bn·Σ_layers mean_c (‖μ_syn − μ_c‖ + ‖σ²_syn − σ²_c‖)``
 
    under random-resized-crop / flip / shift augmentation scaled to the image size, with pixels clipped
    to the data range after every step;
@@ -23,7 +24,9 @@ Differences from the official code, each deliberate: BN statistics are exact ove
 the mean over images of the per-image L2 distance (the official code takes one Frobenius norm over the
 whole batch, which makes the loss depend on the batch size); the weighted barycenter alternates the
 exact optimal weights for one input measure (the masses of the atoms' Voronoi cells) with POT's
-location update instead of mirror descent.
+location update instead of mirror descent. Options the official code lacks: initialisation from real
+samples of the class (``init="real"``, each assigned to an atom by an optimal matching of features,
+or ``"nearest"``), and synthesis of all classes in one batch (``class_batch`` chunks it).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -508,7 +511,8 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = 1000, lr
     Returns a ``DistilledSet``. Deterministic for a seed on a given device.
     """
     settings = dict(ipc=ipc, iterations=iterations, lr=lr, r_ce=r_ce, r_feat=r_feat, r_bn=r_bn, init=init,
-                    weighted=weighted, augment=augment_images, crop_scale=None if crop_scale is None else list(crop_scale),
+                    weighted=weighted, augment=augment_images,
+                    crop_scale=None if crop_scale is None else list(crop_scale),
                     flip=flip, jitter=jitter, class_batch=class_batch,
                     pixel_range=None if pixel_range is None else list(pixel_range), seed=seed,
                     barycenter_iter=barycenter_iter, betas=[0.5, 0.9], schedule="cosine")
@@ -666,9 +670,10 @@ def _distill(teacher, X, y, C, ipc, s, stats: ClassStatistics, feat_mod, batch_s
         rows = torch.cat([torch.arange(c * ipc, (c + 1) * ipc) for c in cls])
         means = [m[cls].float().to(dev) for m in stats.bn_mean]
         vars_ = [v[cls].float().to(dev) for v in stats.bn_var]
-        h = _synthesize(teacher, images[rows].to(dev), labels[rows].to(dev), atoms_t[cls].reshape(-1, atoms_t.shape[-1]).to(dev),
-                        means, vars_, len(cls), ipc, s, bn, feat_mod, torch.Generator().manual_seed(int(seed) * 1000003 + k),
-                        bar)
+        gen = torch.Generator().manual_seed(int(seed) * 1000003 + k)  # augmentation draws of this chunk
+        targets = atoms_t[cls].reshape(-1, atoms_t.shape[-1]).to(dev)
+        h = _synthesize(teacher, images[rows].to(dev), labels[rows].to(dev), targets, means, vars_, len(cls), ipc, s,
+                        bn, feat_mod, gen, bar)
         out[rows] = h.pop("images").cpu()
         for name in hist:
             hist[name] += np.asarray(h[name]) * len(cls) / C
@@ -787,7 +792,8 @@ def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 30
     aug = s.get("augment", False) if augment_images is None else augment_images
     X = distilled.images
     if aug and X.dim() != 4:
-        raise ValueError(f"image augmentation needs images (N, C, H, W); got {tuple(X.shape)}; pass augment_images=False.")
+        raise ValueError(f"image augmentation needs images (N, C, H, W); got {tuple(X.shape)}; "
+                         f"pass augment_images=False.")
     size = min(X.shape[-2:]) if X.dim() == 4 else 0
     if crop_scale is None:
         crop_scale = s.get("crop_scale") or (_auto_crop_scale(size) if aug else None)

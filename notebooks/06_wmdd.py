@@ -202,6 +202,7 @@ print(f"{len(sets)} sets; WMDD at IPC {ipcs[-1]}, seed {seeds[0]}:", sets["WMDD"
 def grid(images, ipc, cols=10):
     """(C·ipc, ch, H, W) -> one (C·H, cols·W[, 3]) image: a row per class, its first ``cols`` images."""
     x = images.reshape(C, ipc, *images.shape[1:])[:, :cols].clamp(0, 1)
+    x = torch.nn.functional.pad(x, (0, 1, 0, 1), value=0.0 if x.shape[2] == 1 else 1.0)  # white gaps
     x = x.permute(0, 1, 3, 4, 2)  # channels last
     rows = torch.cat([torch.cat(list(row), dim=1) for row in x], dim=0).numpy()
     return rows[..., 0] if rows.shape[-1] == 1 else rows
@@ -209,10 +210,11 @@ def grid(images, ipc, cols=10):
 
 ipc_show = ipcs[-1]
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
-for ax, (name, key) in zip(axes, [("WMDD", ("WMDD", ipc_show, seeds[0])), ("starting real images", ("random", ipc_show, seeds[0]))]):
+panels = [("WMDD", ("WMDD", ipc_show, seeds[0])), ("starting real images", ("random", ipc_show, seeds[0]))]
+for ax, (name, key) in zip(axes, panels):
     ax.imshow(grid(sets[key].images, ipc_show), cmap="gray_r", vmin=0, vmax=1)
     ax.set_title(f"{name}, IPC {ipc_show}" + (" (first 10)" if ipc_show > 10 else ""))
-    ax.set_yticks((np.arange(C) + 0.5) * X_tr.shape[-2])
+    ax.set_yticks((np.arange(C) + 0.5) * (X_tr.shape[-2] + 1))
     ax.set_yticklabels(train_ds.classes)
     ax.set_xticks([])
 fig.tight_layout();
@@ -356,7 +358,8 @@ print(f"DNTK test fidelity at IPC {ablation_ipc}, mean ± std over {len(seeds)} 
       f"(random real subsets: {np.mean(rand_abl):.3f} ± {np.std(rand_abl):.3f})")
 print(f"{'init':>6} " + "".join(f"{'r_bn=' + format(rb, 'g'):>17}" for rb in ablation_r_bn))
 for ini in ablation_inits:
-    print(f"{ini:>6} " + "".join(f"{np.mean(abl[ini, rb]):>9.3f} ± {np.std(abl[ini, rb]):.3f}" for rb in ablation_r_bn))
+    print(f"{ini:>6} " + "".join(f"{np.mean(abl[ini, rb]):>9.3f} ± {np.std(abl[ini, rb]):.3f}"
+                                 for rb in ablation_r_bn))
 
 # %% [markdown]
 # ## What we find, and how it compares with the paper
@@ -372,7 +375,8 @@ rk = {tau: {k: v[0] for k, v in mean_of(rank[tau]).items()} for tau in taus}
 ipc1 = min(ipcs)
 for ipc in ipcs:
     best = max(methods, key=lambda m: fid[m, ipc])
-    print(f"IPC {ipc:>2}: DNTK fidelity    " + ", ".join(f"{m} {fid[m, ipc]:.3f}" for m in methods) + f" (best: {best})")
+    print(f"IPC {ipc:>2}: DNTK fidelity    " + ", ".join(f"{m} {fid[m, ipc]:.3f}" for m in methods)
+          + f" (best: {best})")
     print("        energy captured  " + ", ".join(f"{m} {en[m, ipc]:.3f}" for m in methods))
     print("        student accuracy " + ", ".join(f"{m} {st[m, ipc]:.3f}" for m in methods))
 

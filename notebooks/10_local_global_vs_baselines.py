@@ -104,7 +104,7 @@ def score(G, sets, lam):
 
 def compare(G, T, budgets, labels):
     """All methods at all budgets on features G (N, C, k) with targets T (N, C). Returns
-    {method: {m: [score per seed]}} and Algorithm 1's per-budget (local, gap) counts."""
+    {method: {m: [score per seed]}}, Algorithm 1's per-budget (local, gap) counts, its result and the PCA bases."""
     lam = default_lam(G, lam_rel)
     out = {name: {m: [] for m in budgets} for name in ["Algorithm 1", "PCA (rank m)", *BASELINES]}
     # Algorithm 1 with the largest budget; a smaller budget keeps a prefix of the same V (step 6).
@@ -125,7 +125,7 @@ def compare(G, T, budgets, labels):
                                scores=lev[c] if method.startswith("leverage") else None).apply(G[:, c], T[:, c])
                         for c in range(C)]
                 out[name][m].append(score(G, sets, lam))
-    return out, counts, lg
+    return out, counts, lg, pca
 
 
 def summary(out, key):
@@ -144,7 +144,7 @@ def summary(out, key):
 
 # %%
 labels = torch.as_tensor(spectral_clusters(G_tr, n_clusters, method="matrix_free", seed=seed))
-out, counts, lg = compare(G_tr, f_tr, budgets, labels)
+out, counts, lg, pca = compare(G_tr, f_tr, budgets, labels)
 full = ClassKRR(lam_rel=lam_rel).fit(G_tr, f_tr).predict(G_te)
 acc_full, fid_full = metrics.accuracy(full, y_te), metrics.fidelity(full, f_te)
 
@@ -199,12 +199,30 @@ plot_metrics(out, f"digits training set (N = {N}): Algorithm 1 vs sampling basel
 # * **It also beats PCA at the smallest budgets, although PCA covers more of the kernel.** PCA's coverage is
 #   the highest possible for any $m$-dimensional span (Ky Fan, SPEC §3 Prop 3.6) and its Nyström error the
 #   lowest, yet the rank-1 and rank-2 KRR classify almost nothing correctly: the leading *global*
-#   eigenvector of a class kernel is dominated by the gradient direction shared by all inputs (the kernels
-#   are uncentred), which says little about which digit an input is. Algorithm 1's first candidates are the
-#   top *local* eigenvectors — for class $c$ typically that of the cluster of digit $c$ first — which is exactly
-#   what separates the classes. Coverage is a statement about the kernel, not about the decision.
+#   eigenvector of a class kernel is almost the constant vector, i.e. its synthetic gradient is the mean
+#   gradient shared by all inputs (the kernels are uncentred; printed below), which carries more than half
+#   of the trace and says nothing about which digit an input is. Algorithm 1's first candidates are the top
+#   *local* eigenvectors — for class $c$ nearly always that of the cluster of digit $c$ — which is exactly what
+#   separates the classes. Coverage is a statement about the kernel, not about the decision.
 # * **By $m = 20$–$50$ everything converges** to the full KRR: the class kernels have truncation ranks of a few
 #   dozen at $\tau = 0.9$, and any reasonable set of that size spans them.
+
+# %% [markdown]
+# Two numbers behind the PCA remark, per class: how close the top global eigenvector $u_1$ is to the constant
+# vector $\mathbf 1/\sqrt N$ (then $\tilde G_c^\top u_1 \propto$ the mean gradient: Remark 4.2), the share of the
+# kernel's trace it carries, and which digit the cluster of Algorithm 1's first synthetic gradient belongs to.
+
+# %%
+majority = {j: int(torch.mode(y_tr[labels == j]).values) for j in range(n_clusters)}
+cos_u1 = [float(p.V[:, 0].sum().abs() / N ** 0.5) for p in pca]
+share_u1 = [float((p.V[:, 0] @ G_tr[:, c].double()).pow(2).sum() / G_tr[:, c].double().pow(2).sum())
+            for c, p in enumerate(pca)]
+first_digit = [majority[int(cs.source[0, 0])] if cs.source[0, 0] >= 0 else -1 for cs in lg.classes]
+print(f"{'class':>5}{'cos(u_1, 1/√N)':>16}{'share of tr K':>15}{'digit of 1st synthetic gradient':>33}")
+for c in range(C):
+    print(f"{c:>5}{cos_u1[c]:>16.3f}{share_u1[c]:>15.3f}{first_digit[c]:>33}")
+own_first = sum(first_digit[c] == c for c in range(C))
+print(f"Algorithm 1 starts with the cluster of its own digit in {own_first} of {C} classes")
 
 # %%
 print("Algorithm 1's synthetic gradients per budget, summed over the classes (local, gap):")
@@ -299,7 +317,7 @@ if wmdd_ipc:
     f_d = tangent.logits(model, dset.images)
     budgets_d = [m for m in budgets if m <= len(dset)]
     labels_d = torch.as_tensor(spectral_clusters(G_d, n_clusters, seed=seed))
-    out_d, counts_d, lg_d = compare(G_d, f_d, budgets_d, labels_d)
+    out_d, counts_d, lg_d, _ = compare(G_d, f_d, budgets_d, labels_d)
     full_d = ClassKRR(lam_rel=lam_rel).fit(G_d, f_d).predict(G_te)
     acc_full_d, fid_full_d = metrics.accuracy(full_d, y_te), metrics.fidelity(full_d, f_te)
     print(f"distilled set: N = {len(dset)} images ({wmdd_ipc} per class); "
@@ -346,6 +364,8 @@ for i, m in enumerate(budgets):
         assert all(cov["Algorithm 1"][0][i] >= cov[name][2][i] for name in BASELINES), m
 assert all(counts[m][0] + counts[m][1] == C * m for m in budgets if m <= min(cs.n_candidates for cs in lg.classes))
 assert front[0]["m"] == min(p["m"] for p in pts)
+assert min(cos_u1) > 0.9 and min(share_u1) > 0.4, "u_1 ≈ the constant vector, carrying a large share of tr K"
+assert own_first >= C - 2, "Algorithm 1's first synthetic gradient comes from the cluster of its own digit"
 assert all(p["local"] == next(q["local"] for q in pts if q["tau"] == p["tau"]) for p in pts), "local count depends on τ only"
 for t_ in grid_taus:
     gaps_t = [next(p["gap"] for p in pts if p["tau"] == t_ and p["gamma"] == g_) for g_ in sorted(grid_gammas)]
