@@ -15,9 +15,14 @@
 # Environment knobs: N_TRAIN (synthetic training images, default 3000), N_TEST (500), N_FEAT (inputs per
 # throughput measurement, 512), K (projection dimension, 2048), IPC (WMDD images per class, 10),
 # WMDD_ITERS (100), WIDTH (ResNet-18 base width, default 64 = the standard network), DEVICE (auto),
-# OUT (where the synthetic data, cache and results go; default a temporary folder).
+# OUT (where the synthetic data, cache and results go; default a temporary folder), LOG (also write
+# everything printed to this file, e.g. LOG=benchmarks/results/gpu_check.txt, which chapter 12 shows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -n "${LOG:-}" ]; then
+  mkdir -p "$(dirname "$LOG")"
+  exec > >(tee "$LOG") 2>&1
+fi
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export PYTHONUNBUFFERED=1

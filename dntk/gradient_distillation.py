@@ -342,6 +342,7 @@ class _ClassSpectra:
         self.G = G
         self.n = G.shape[0]
         self.dense = dense
+        self.trace = float((G ** 2).sum())                           # tr(K̃_c), for λ (SPEC §4.3)
         self.glob = _Eig(G, dense)
         self.r_max = _rank(self.glob, tau_max)
         self.U = self.glob.vectors(self.r_max)                      # (N, r_max)
@@ -383,7 +384,7 @@ class _ClassSpectra:
             eigvals=lam.clone(), A=A, gaps=gaps, source=source,
             source_eigval=torch.tensor([e for *_, e in kc], dtype=torch.float64),
             n_local=sum(1 for c in kc if c[0] == _LOCAL), n_gap=sum(1 for c in kc if c[0] == _GAP),
-            n_candidates=len(cands), trace=float((self.G ** 2).sum()), n=n)
+            n_candidates=len(cands), trace=self.trace, n=n)
 
     def _candidates(self, cands, start: int, stop: int) -> torch.Tensor:
         """Candidates ``start..stop-1`` as explicit ``(N, b)`` vectors (local ones zero-padded, step 3)."""

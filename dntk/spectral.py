@@ -341,7 +341,8 @@ def spectral_clusters(features_or_kernel, n_clusters: int, method: str = "auto",
       subspace iteration, embedding ``D^{-1/2} U`` (as scikit-learn's), k-means. ``O(N C k)`` memory and
       time per iteration. It equals the dense path whenever all cosines are ``≥ 0`` up to two details:
       scikit-learn drops self-loops from the degrees, and it uses ARPACK rather than subspace iteration.
-      Degrees ``≤ 0`` (possible only with many negative cosines) are floored at ``1e-6·max d`` with a warning.
+      Degrees below 10% of the median (points whose cosines are mostly negative; clipping would have raised
+      their degree) are floored there with a warning, so that such outliers cannot take over an eigenvector.
     * ``auto``: dense for ``N ≤ 5000`` or a kernel input, otherwise matrix-free.
     """
     from sklearn.cluster import KMeans, SpectralClustering
@@ -398,10 +399,14 @@ def spectral_clusters(features_or_kernel, n_clusters: int, method: str = "auto",
     inv = (1.0 / norms)
     ones = inv.to(Z.dtype)[:, None]
     d = (inv * (Z @ (Z.T @ ones)).double().flatten())
-    if (d <= 0).any():
-        floor = 1e-6 * d.max().item()
-        log.warning("spectral_clusters: %d of %d degrees are <= 0 in the unclipped cosine affinity; "
-                    "flooring them at %.3g (matrix-free path).", int((d <= 0).sum()), n, floor)
+    floor = 0.1 * d.median().item()
+    if floor <= 0:
+        raise ValueError("most points have non-positive degree in the cosine affinity (the features are mostly "
+                         "anti-correlated), so the matrix-free path cannot normalise it; use method='dense'.")
+    if (d < floor).any():
+        log.warning("spectral_clusters: %d of %d points have degree below 10%% of the median in the unclipped cosine "
+                    "affinity (mostly negative cosines); flooring their degree there (matrix-free path).",
+                    int((d < floor).sum()), n)
         d = d.clamp(min=floor)
     s = inv / d.sqrt()                      # row scale of B = D^{-1/2} Z_unit
     U = _top_left_singular(Z, s, n_clusters, n_iter=n_iter, seed=seed)
@@ -482,18 +487,18 @@ def containment(features, labels, tau: float, method: str = "auto") -> Containme
     eigenspace); (B) = ``Σ_{i≤r} λ_i (1 − ‖Q u_i‖²) / Σ_{i≤r} λ_i`` (global top-r energy outside the union of
     lifted local spans; the lifted local eigenvectors have disjoint supports, so ``‖Q u_i‖² = A_i``).
 
-    method: ``"matrix_free"`` (the default via ``"auto"``): thin SVDs of ``G`` and ``G[S_j]``
-    (:func:`eig_from_features`), ``O(N k²)``, no ``N×N`` matrix, exact to round-off. ``"gram"``: matrix-free too,
-    ``eigh`` of the ``k×k`` Gram matrices and only the top ``r``/``r_j`` eigenvectors, about 2–3× faster for ``N ≫ k``
-    (eigenvectors accurate where ``λ ≫ ε·λ₁``, i.e. for any ``τ`` short of 1). ``"dense"``: ``eigh`` of ``K`` and
-    ``K[S_j, S_j]``, the reference.
+    method: ``"matrix_free"``: thin SVDs of ``G`` and ``G[S_j]`` (:func:`eig_from_features`), ``O(N k²)``, no
+    ``N×N`` matrix, exact to round-off. ``"gram"``: matrix-free too, ``eigh`` of the ``k×k`` Gram matrices and only
+    the top ``r``/``r_j`` eigenvectors ``U_r = G V_r Σ_r⁻¹``, 2–4× faster for ``N ≫ k`` (eigenvectors accurate where
+    ``λ ≫ ε·λ₁``, i.e. for any ``τ`` short of 1). ``"auto"``: ``"gram"`` when ``N > 2k`` and ``τ < 1``, else
+    ``"matrix_free"``. ``"dense"``: ``eigh`` of ``K`` and ``K[S_j, S_j]``, the reference.
     """
     G = _tensor(features, "features", ndim=2)
     n = G.shape[0]
     tau = _check_tau(tau)
     lab, m = _check_labels(labels, n)
     if method == "auto":
-        method = "matrix_free"
+        method = "gram" if (n > 2 * G.shape[1] and tau < 1) else "matrix_free"
     if method not in ("matrix_free", "gram", "dense"):
         raise ValueError(f"method must be 'auto', 'matrix_free', 'gram' or 'dense', got {method!r}.")
 

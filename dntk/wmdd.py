@@ -231,6 +231,23 @@ class _Capture:
         self.close()
 
 
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    """A ``tqdm.auto`` progress bar, or a no-op (tqdm.auto is not even imported when disabled)."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)
+
+
 def _teacher_device(teacher: nn.Module) -> torch.device:
     for p in teacher.parameters():
         return p.device
@@ -498,7 +515,8 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = 1000, lr
     init         ``"real"`` (seeded random real samples of the class, matched to the atoms by an optimal
                  assignment of their features), ``"nearest"`` (for each atom the nearest unused real sample)
                  or ``"noise"`` (Gaussian with the data's per-channel mean and std, clipped)
-    weighted     learn barycenter weights (the paper's weighted variant); uniform ``1/ipc`` otherwise
+    weighted     learn barycenter weights (the paper's weighted variant; they also weight each image in its
+                 class's BN statistics); uniform ``1/ipc`` otherwise
     augment_images  random resized crop (``crop_scale``, default scaled to the image size), horizontal
                  ``flip`` and a circular shift up to ``jitter`` px (default ``round(32·H/224)``)
     class_batch  classes synthesised together (memory knob; default all); the loss is a mean over
@@ -609,15 +627,13 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = 1000, lr
 
 def _distill(teacher, X, y, C, ipc, s, stats: ClassStatistics, feat_mod, batch_size, dev, progress) -> DistilledSet:
     from scipy.optimize import linear_sum_assignment
-    from tqdm.auto import tqdm
 
     seed = s["seed"]
     # ---- steps 1-3: per class features, barycenter, exact BN statistics; initial images
     atoms, weights, x0 = [], [], []
     init_idx = []
     bn = _bn_layers(teacher)
-    classes = tqdm(range(C), desc="WMDD barycenters", disable=not progress, leave=False)
-    for c in classes:
+    for c in range(C):
         idx = (y == c).nonzero().flatten()
         feats = stats.features[c]
         bc = barycenter(feats, ipc, seed=[seed, c], weighted=s["weighted"], max_iter=s["barycenter_iter"])
@@ -663,8 +679,7 @@ def _distill(teacher, X, y, C, ipc, s, stats: ClassStatistics, feat_mod, batch_s
     cb = s["class_batch"]
     chunks = [list(range(c0, min(c0 + cb, C))) for c0 in range(0, C, cb)]
     hist = {k: np.zeros(s["iterations"]) for k in ("ce", "feature", "bn", "total")}
-    bar = tqdm(total=s["iterations"] * len(chunks), desc=f"WMDD synthesis (ipc={ipc})", disable=not progress,
-               leave=False)
+    bar = _bar(s["iterations"] * len(chunks), f"WMDD synthesis (ipc={ipc})", progress)
     out = images.clone()
     for k, cls in enumerate(chunks):
         rows = torch.cat([torch.arange(c * ipc, (c + 1) * ipc) for c in cls])
@@ -672,8 +687,9 @@ def _distill(teacher, X, y, C, ipc, s, stats: ClassStatistics, feat_mod, batch_s
         vars_ = [v[cls].float().to(dev) for v in stats.bn_var]
         gen = torch.Generator().manual_seed(int(seed) * 1000003 + k)  # augmentation draws of this chunk
         targets = atoms_t[cls].reshape(-1, atoms_t.shape[-1]).to(dev)
+        img_w = weights_t[cls].float().to(dev) if s["weighted"] else None
         h = _synthesize(teacher, images[rows].to(dev), labels[rows].to(dev), targets, means, vars_, len(cls), ipc, s,
-                        bn, feat_mod, gen, bar)
+                        bn, feat_mod, gen, bar, img_w)
         out[rows] = h.pop("images").cpu()
         for name in hist:
             hist[name] += np.asarray(h[name]) * len(cls) / C
@@ -688,8 +704,11 @@ def _distill(teacher, X, y, C, ipc, s, stats: ClassStatistics, feat_mod, batch_s
                         settings=s, history=history)
 
 
-def _synthesize(teacher, x0, labels, atoms, bn_means, bn_vars, n_cls, ipc, s, bn, feat_mod, gen, bar) -> dict:
-    """Adam on the WMDD loss for one chunk of ``n_cls`` classes (images class-major)."""
+def _synthesize(teacher, x0, labels, atoms, bn_means, bn_vars, n_cls, ipc, s, bn, feat_mod, gen, bar,
+                img_w=None) -> dict:
+    """Adam on the WMDD loss for one chunk of ``n_cls`` classes (images class-major). ``img_w`` (n_cls, ipc):
+    barycenter weights (rows sum to 1) weighting each image in its class's BN statistics, as the official
+    weighted variant does; ``None`` weights them uniformly."""
     iters, lr = s["iterations"], s["lr"]
     lo, hi = s["pixel_range"]
     x = x0.clone().requires_grad_(True)
@@ -709,8 +728,12 @@ def _synthesize(teacher, x0, labels, atoms, bn_means, bn_vars, n_cls, ipc, s, bn
             bn_loss = x.new_zeros(())
             for inp, mu_c, var_c in zip(cap.values[1:], bn_means, bn_vars):
                 v = inp.reshape(n_cls, ipc, inp.shape[1], -1)
-                mu = v.mean(dim=(1, 3))
-                var = v.var(dim=(1, 3), unbiased=False)
+                if img_w is None:
+                    mu = v.mean(dim=(1, 3))
+                    var = v.var(dim=(1, 3), unbiased=False)
+                else:
+                    mu = (v.mean(3) * img_w[..., None]).sum(1)
+                    var = (((v - mu[:, None, :, None]) ** 2).mean(3) * img_w[..., None]).sum(1)
                 bn_loss = bn_loss + ((mu - mu_c).norm(dim=1) + (var - var_c).norm(dim=1)).mean()
             loss = s["r_ce"] * ce + s["r_feat"] * feat + s["r_bn"] * bn_loss
             (grad,) = torch.autograd.grad(loss, x)
@@ -810,7 +833,15 @@ def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 30
         teacher.eval()
     m = X.shape[0]
     bs = m if batch_size is None else min(int(batch_size), m)
-    w = (distilled.sample_weights * distilled.ipc).float() if use_weights else torch.ones(m)
+    if distilled.soft_labels.shape[0] != m:
+        raise ValueError(f"the set has {m} images but {distilled.soft_labels.shape[0]} soft labels.")
+    if use_weights and distilled.weights.numel() not in (0, m):
+        raise ValueError(f"the set has {m} images but {distilled.weights.numel()} barycenter weights; "
+                         f"pass use_weights=False to weight the images uniformly.")
+    if use_weights and distilled.weights.numel() == m:
+        w = (distilled.sample_weights * distilled.ipc).float()
+    else:  # uniform (also for sets without barycenter weights, e.g. a whole training set)
+        w = torch.ones(m)
     soft = distilled.soft_labels.float()
     g = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -818,12 +849,11 @@ def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 30
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
     T = float(temperature)
-    from tqdm.auto import tqdm
-
     losses = []
+    bar = _bar(epochs, "student", progress)
     model.train()
     try:
-        for _ in tqdm(range(epochs), desc="student", disable=not progress, leave=False):
+        for _ in range(epochs):
             perm = torch.randperm(m, generator=g)
             tot = 0.0
             for s0 in range(0, m, bs):
@@ -848,7 +878,9 @@ def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 30
                 sched.step()
                 tot += loss.item() * idx.numel()
             losses.append(tot / m)
+            bar.update(1)
     finally:
+        bar.close()
         model.eval()
         if teacher is not None:
             teacher.train(t_was)

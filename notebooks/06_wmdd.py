@@ -195,8 +195,9 @@ print(f"{len(sets)} sets; WMDD at IPC {ipcs[-1]}, seed {seeds[0]}:", sets["WMDD"
 # %% [markdown]
 # ### 1. The distilled images
 #
-# Each row is a class; the top block is WMDD at the largest IPC (seed 0), the bottom block the real
-# images the synthesis started from.
+# Each row is a class. Left: WMDD at the largest IPC (seed 0); right: the random real subset of the
+# same seed — with `init="real"`, the images the synthesis started from. On digits the synthesis
+# raises the contrast of the strokes and adds faint speckle around them.
 
 # %%
 def grid(images, ipc, cols=10):
@@ -210,7 +211,7 @@ def grid(images, ipc, cols=10):
 
 ipc_show = ipcs[-1]
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
-panels = [("WMDD", ("WMDD", ipc_show, seeds[0])), ("starting real images", ("random", ipc_show, seeds[0]))]
+panels = [("WMDD", ("WMDD", ipc_show, seeds[0])), ("random real subset", ("random", ipc_show, seeds[0]))]
 for ax, (name, key) in zip(axes, panels):
     ax.imshow(grid(sets[key].images, ipc_show), cmap="gray_r", vmin=0, vmax=1)
     ax.set_title(f"{name}, IPC {ipc_show}" + (" (first 10)" if ipc_show > 10 else ""))
@@ -223,8 +224,8 @@ fig.tight_layout();
 # ### 2. The DNTK on each set (Sec 5.1)
 #
 # For each set $X_s$ we compute the projected class gradients $\tilde G_c(X_s) = G_c(X_s)R$
-# ($R$ a seeded Gaussian JL projection to $k$ dimensions, SPEC §4.2; the same $R$ for every set and
-# for the test set), fit per-class KRR with the teacher's logits on $X_s$ as targets
+# ($R$ a seeded JL projection to $k$ dimensions, Gaussian by default, SPEC §4.2; the same $R$ for every
+# set and for the test set), fit per-class KRR with the teacher's logits on $X_s$ as targets
 # (`dntk.krr.ClassKRR`, $\lambda_c = \lambda_{rel}\operatorname{tr}(K_c)/m$), and predict the test set.
 # *Accuracy* is agreement with the true labels, *fidelity* agreement with the teacher's predicted class.
 

@@ -13,11 +13,11 @@
 # measures what the paper measures in Sec 4.4 and 5.1. Starting from a dataset and a trained network,
 # the DNTK compresses the kernel three times:
 #
-# 1. **dataset distillation** (WMDD, Sec 4.1): replace the $N$ training images by $N_d = C\cdot\text{ipc}$
+# 1. **dataset distillation** (WMDD, Sec 4.1; {doc}`06_wmdd`): replace the $N$ training images by $N_d = C\cdot\text{ipc}$
 #    synthetic images whose tangent features span nearly the same subspace;
-# 2. **random projection** (Sec 4.2): replace each $P$-dimensional logit gradient $g_c(x)$ by a
+# 2. **random projection** (Sec 4.2; {doc}`07_random_projection`): replace each $P$-dimensional logit gradient $g_c(x)$ by a
 #    $k$-dimensional sketch $R^\top g_c(x)$;
-# 3. **gradient distillation** (Algorithm 1, Sec 4.3): replace the $N_d$ projected gradients of each
+# 3. **gradient distillation** (Algorithm 1, Sec 4.3; {doc}`08_gradient_distillation`): replace the $N_d$ projected gradients of each
 #    class by $m$ *synthetic* gradients, linear combinations chosen from the local and global
 #    eigenvectors of the class kernel.
 #
@@ -128,7 +128,7 @@ print(headline.table())
 # %% [markdown]
 # The last lines list each stage and whether it was computed or read from the cache, and the ledger's
 # headline: how many multiply–adds the DNTK saves against the full NTK and against projection alone on
-# these sizes (the full cost ledger is in the chapter on cost and scaling).
+# these sizes (the full cost ledger is in {doc}`12_cost_and_scaling`).
 #
 # ## Accuracy and fidelity against the number of distilled points and synthetic gradients
 #
@@ -217,7 +217,7 @@ fig.tight_layout();
 # Where the curve is below the paper's, the reason is usually Algorithm 1's settings: with very few
 # synthetic gradients, the candidates are ordered by eigenvalue, so the first ones are the top local
 # eigenvectors of single clusters; how many clusters $M$ and which $\tau$, $\gamma$ work best is
-# dataset-dependent (the paper's App E.2 grid search; chapter 10 of this book repeats it on digits).
+# dataset-dependent (the paper's App E.2 grid search; {doc}`10_local_global_vs_baselines` repeats it on digits).
 # The paper-scale run is one command on a GPU: `dntk run params/imagenette-resnet18.yaml --set device=cuda`.
 
 # %%

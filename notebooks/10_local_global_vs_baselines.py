@@ -294,11 +294,15 @@ for ax, key in zip(axes[1:], ["local", "gap"]):
 fig.tight_layout();
 
 # %% [markdown]
-# The number of local gradients depends on $\tau$ only, the number of gaps on both thresholds and grows with
-# $\gamma$. Fidelity is high across the grid: as soon as the candidates reach $\tau \ge 0.8$ of each spectrum, the
-# synthetic set reproduces the full KRR's predictions, so the Pareto front is made of the smallest sets
-# (small $\tau$, small $\gamma$). The paper finds Pareto-optimal settings "sporadically distributed" on
-# ImageNette; on digits the trade-off is simpler because the clusters (the digits) explain most of each kernel.
+# The number of local gradients depends on $\tau$ only (one per cluster and class while $\tau \le 0.7$: each
+# cluster's top eigenvector, close to its mean gradient, already holds that share of the cluster's energy),
+# the number of gaps on both thresholds, growing with $\gamma$. Every configuration reproduces the full KRR to
+# within about one percent, and the Pareto front shows where the gaps pay: at a fixed $\tau$, adding the gap
+# gradients of $\gamma = 0.9$ raises fidelity for a few dozen extra gradients, more than raising $\tau$ (more
+# local directions) does per gradient. Larger $\gamma$ is not always better — at $\gamma = 1$ directions that
+# the clusters explain almost completely are added too. The paper finds Pareto-optimal settings "sporadically
+# distributed" on ImageNette; on digits the front is short and regular, because the clusters (the digits)
+# explain most of each kernel.
 
 # %% [markdown]
 # ## The same comparison on a WMDD-distilled set
@@ -358,12 +362,13 @@ for i, m in enumerate(budgets):
     for name in BASELINES:
         assert fid["Algorithm 1"][0][i] >= fid[name][2][i], (m, name)      # ≥ the best seed of each baseline
 assert acc_lg[budgets.index(5)] >= 0.9, "five synthetic gradients per class: test accuracy ≥ 0.9"
-cov = summary(out, "cov")
-for i, m in enumerate(budgets):
-    if m <= 10:
-        assert all(cov["Algorithm 1"][0][i] >= cov[name][2][i] for name in BASELINES), m
+cov, nys = summary(out, "cov"), summary(out, "nys")
+for i, m in enumerate(budgets):    # best coverage and lowest Nyström error of all row-based sets, every budget
+    assert all(cov["Algorithm 1"][0][i] >= cov[name][2][i] for name in BASELINES), m
+    assert all(nys["Algorithm 1"][0][i] <= nys[name][1][i] for name in BASELINES), m
 assert all(counts[m][0] + counts[m][1] == C * m for m in budgets if m <= min(cs.n_candidates for cs in lg.classes))
 assert front[0]["m"] == min(p["m"] for p in pts)
+assert any(p["gap"] > 0 for p in front), "gap gradients appear on the Pareto front"
 assert min(cos_u1) > 0.9 and min(share_u1) > 0.4, "u_1 ≈ the constant vector, carrying a large share of tr K"
 assert own_first >= C - 2, "Algorithm 1's first synthetic gradient comes from the cluster of its own digit"
 assert all(p["local"] == next(q["local"] for q in pts if q["tau"] == p["tau"]) for p in pts), "local count depends on τ only"

@@ -133,8 +133,8 @@ for side in resolutions:
 #
 # On the CPU setting we can time the unit costs — one forward pass, one Jacobian (a forward and $C$
 # backward passes), one projected featurisation, and float64 matrix products — and model each stage's
-# seconds from them. (Running the pipeline, as chapter 9 does, replaces the modelled seconds of the stages
-# it ran by measured ones.)
+# seconds from them. (Running the pipeline, as {doc}`09_end_to_end` does, replaces the modelled seconds of
+# the stages it ran by measured ones.)
 
 # %%
 dig_cfg = pipeline.load_config(ROOT / digits_config, check_paths=False)
@@ -280,7 +280,8 @@ fig.tight_layout();
 # `benchmarks/featurize.py`: dntk's projected featurisation against the `torch.func` recipe and TRAK).
 # They are not part of the book build, because they take minutes; run them with `make bench`, and on a GPU
 # with `bash benchmarks/gpu_check.sh`, which prints this ledger for ResNet-18 together with the measured
-# featurisation throughput. Saved outputs, when present, are listed here:
+# featurisation throughput. Their tables, measured on the development machine, are collected in
+# {doc}`../book/benchmarks`; saved outputs in `benchmarks/results/`, when present, are listed here:
 
 # %%
 saved = sorted((ROOT / "benchmarks").glob("results/*.txt")) + sorted((ROOT / "benchmarks").glob("*.out"))

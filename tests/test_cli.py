@@ -131,3 +131,18 @@ def test_python_dash_m_dntk():
         assert cmd in out.stdout
     out = subprocess.run([sys.executable, "-m", "dntk", "run"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "config" in out.stderr
+
+
+def test_book_command_builds_with_warnings_as_errors(monkeypatch):
+    seen = {}
+
+    def fake_call(cmd, cwd=None):
+        seen["cmd"], seen["cwd"] = cmd, cwd
+        return 0
+
+    monkeypatch.setattr(cli.subprocess, "call", fake_call)
+    assert cli.main(["book"]) == 0
+    cmd = seen["cmd"]
+    assert cmd[0].endswith("jupyter-book") and cmd[1] == "build"
+    assert {"-W", "-n", "--keep-going"} <= set(cmd) and cmd[cmd.index("--builder") + 1] == "html"
+    assert Path(seen["cwd"]) == ROOT

@@ -159,6 +159,17 @@ def test_spectral_clusters_dense_and_matrix_free_agree_on_separated_data():
     assert lab_dense[0] == 0 and set(lab_dense) == {0, 1, 2, 3}
 
 
+def test_matrix_free_clustering_robust_to_anticorrelated_outlier():
+    """A point whose cosines are all negative: the dense path clips them, the matrix-free path floors its degree;
+    both must still find the planted clusters for every other point (and not spend a cluster on the outlier)."""
+    F, y = _clustered(40, 4, C=2, k=16, seed=14)
+    F = torch.cat([F, -F.mean(0, keepdim=True)])
+    lab_dense = sp.spectral_clusters(F, 4, method="dense")
+    lab_mf = sp.spectral_clusters(F, 4, method="matrix_free")
+    assert adjusted_rand_score(y, lab_dense[:-1]) == 1.0
+    assert adjusted_rand_score(y, lab_mf[:-1]) == 1.0
+
+
 def test_mean_kernel_is_class_average():
     g = torch.Generator().manual_seed(8)
     F = torch.randn(10, 3, 5, generator=g)

@@ -329,3 +329,28 @@ def test_precomputed_statistics_give_the_same_set(teacher_data):
     keep = torch.arange(len(y)) != 0
     with pytest.raises(ValueError, match="do not match"):
         wmdd.distill(model, (X[keep], y[keep]), 2, iterations=1, statistics=st)
+
+
+def test_train_student_without_barycenter_weights(teacher_data):
+    model, X, y = teacher_data
+    with torch.no_grad():
+        soft = model(X)
+    full = wmdd.DistilledSet(images=X, labels=y, soft_labels=soft, weights=torch.zeros(C, 0, dtype=torch.float64),
+                             atoms=torch.zeros(C, 0, 0))
+    hist = wmdd.train_student(TinyBN(seed=3), full, epochs=3, augment_images=False)
+    assert len(hist["loss"]) == 3
+    bad = wmdd.DistilledSet(images=X, labels=y, soft_labels=soft, weights=torch.ones(C, 2, dtype=torch.float64),
+                            atoms=torch.zeros(C, 2, 8))
+    with pytest.raises(ValueError, match="use_weights=False"):
+        wmdd.train_student(TinyBN(), bad, epochs=1)
+
+
+def test_weighted_variant_runs_and_keeps_weights(teacher_data):
+    model, X, y = teacher_data
+    res = wmdd.distill(model, (X, y), 3, iterations=5, weighted=True, seed=2)
+    for c in range(C):
+        with torch.no_grad():
+            feats = model.features(X[y == c]).double().numpy()
+        bc = wmdd.barycenter(feats, 3, seed=[2, c], weighted=True)
+        np.testing.assert_allclose(res.weights[c].numpy(), bc.weights, atol=1e-12)
+    assert np.isfinite(res.history["bn"]).all()
