@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.dntk-installed
 NBDIR  := .nb
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 NB_TIMEOUT ?= 900
+# Idle OpenMP threads sleep instead of spinning (spinning costs minutes when cores are shared).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup test test-py test-nb notebooks book run bench clean help
 

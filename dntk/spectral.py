@@ -342,7 +342,8 @@ def spectral_clusters(features_or_kernel, n_clusters: int, method: str = "auto",
       time per iteration. It equals the dense path whenever all cosines are ``≥ 0`` up to two details:
       scikit-learn drops self-loops from the degrees, and it uses ARPACK rather than subspace iteration.
       Degrees below 10% of the median (points whose cosines are mostly negative; clipping would have raised
-      their degree) are floored there with a warning, so that such outliers cannot take over an eigenvector.
+      their degree) are floored there with a warning, and such outliers get weight 0 in the k-means fit (they are
+      assigned to the nearest centre afterwards), so that they cannot take over an eigenvector or a cluster.
     * ``auto``: dense for ``N ≤ 5000`` or a kernel input, otherwise matrix-free.
     """
     from sklearn.cluster import KMeans, SpectralClustering
@@ -403,7 +404,8 @@ def spectral_clusters(features_or_kernel, n_clusters: int, method: str = "auto",
     if floor <= 0:
         raise ValueError("most points have non-positive degree in the cosine affinity (the features are mostly "
                          "anti-correlated), so the matrix-free path cannot normalise it; use method='dense'.")
-    if (d < floor).any():
+    weak = d < floor
+    if weak.any():
         log.warning("spectral_clusters: %d of %d points have degree below 10%% of the median in the unclipped cosine "
                     "affinity (mostly negative cosines); flooring their degree there (matrix-free path).",
                     int((d < floor).sum()), n)
@@ -412,7 +414,8 @@ def spectral_clusters(features_or_kernel, n_clusters: int, method: str = "auto",
     U = _top_left_singular(Z, s, n_clusters, n_iter=n_iter, seed=seed)
     emb = (U / d.sqrt()[:, None]).numpy()
     km = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed)
-    return _relabel(np.asarray(km.fit_predict(emb)))
+    km.fit(emb, sample_weight=(~weak).double().numpy())    # floored outliers do not place centres, only join one
+    return _relabel(np.asarray(km.predict(emb)))
 
 
 # ----------------------------------------------------------------------------- containment
