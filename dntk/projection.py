@@ -16,9 +16,12 @@ Kinds (``make(kind, dim, seed)``):
 ``srht``         ``√(P'/k)·S H D`` on the zero-padded length ``P' = 2^⌈log₂P⌉``: random signs ``D``, the
                  normalised Walsh–Hadamard transform ``H`` (``O(P' log P')``), ``k`` sampled coordinates ``S``.
 ``kronecker``    per weight tensor ``W`` (``d_out × d_in``, conv kernels flattened) the factored sketch
-                 ``(R_out ⊗ R_in)ᵀ vec(W) = vec(R_outᵀ W R_in)`` with ``R_out ~ N(0, 1/k_out)``,
-                 ``R_in ~ N(0, 1/k_in)``, ``k = k_out·k_in``; vectors (biases, norm affines) use a dense
-                 ``N(0, 1/k)`` block. All blocks map into the same ``k`` coordinates and add up, exactly
+                 ``(R_out ⊗ R_in)ᵀ vec(W) = vec(R_outᵀ W R_in)``, ``k = k_out·k_in``, with factors
+                 ``E[R Rᵀ] = I``: by default *orthogonal* (``√(d/k_•)·Q``, Haar ``Q`` with orthonormal
+                 columns, or orthonormal rows when ``d < k_•``) — unbiased like the Gaussian factors of
+                 SPEC §4.2 (``factors="gaussian"``, variance ``1/k_out``, ``1/k_in``) but with about a third
+                 of their kernel error, because the factors' column norms do not fluctuate; vectors
+                 (biases, norm affines) use a dense ``N(0, 1/k)`` block. All blocks map into the same ``k`` coordinates and add up, exactly
                  like the row blocks of one ``P×k`` matrix. With :func:`dntk.tangent.class_gradients`
                  the per-sample layer gradient is never formed: ``Σ_t (R_outᵀ δ_t)(R_inᵀ a_t)ᵀ``.
 
@@ -162,7 +165,8 @@ def make(kind: str, dim: int, seed: int = 0, **options) -> "Projector":
     Options: ``tile_rows`` (rows per generated tile; part of the projector's identity),
     ``cache_bytes`` (keep generated tiles across calls while ``P·k·4`` is below this; default 256 MiB),
     ``density`` (``sparse``), ``k_out``/``k_in`` (``kronecker``; default the most balanced factorisation of
-    ``dim``), ``max_entries`` (``orthonormal``: largest ``P·k`` allowed, default ``2**25``).
+    ``dim``), ``factors`` (``kronecker``: ``"orthogonal"`` (default) or ``"gaussian"``), ``max_entries``
+    (``orthonormal``: largest ``P·k`` allowed, default ``2**25``).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown projector kind {kind!r}; choose one of {', '.join(KINDS)}.")
@@ -291,16 +295,16 @@ class Projector:
         blk = self.blocks[b]
         r0 = t * self.tile_rows
         rows = min(self.tile_rows, blk.size - r0)
-        g = _generator(self.seed, _KIND_ID[self.kind], b, t, stream)
         k = self.dim
-        if self.kind == "gaussian" or (self.kind == "kronecker"):
-            R = torch.randn(rows, k, generator=g).mul_(1.0 / math.sqrt(k))
-        elif self.kind == "rademacher":
-            R = _random_signs(rows * k, g).reshape(rows, k).mul_(1.0 / math.sqrt(k))
-        elif self.kind == "sparse":
-            R = self._sparse_tile(rows, g)
-        else:  # pragma: no cover
-            raise RuntimeError(self.kind)
+        if self.kind == "sparse":
+            R = self._sparse_tile(rows, _generator(self.seed, _KIND_ID[self.kind], b, t, stream))
+        else:
+            g = _generator(self.seed, _KIND_ID[self.kind], b, t, stream)
+            if self.kind in ("gaussian", "kronecker"):
+                R = torch.randn(rows, k, generator=g)
+            else:
+                R = _random_signs(rows * k, g).reshape(rows, k)
+            R.mul_(1.0 / math.sqrt(k))
         R = R.to(self.device)
         if self._persist:
             self._cache[key] = R

@@ -155,7 +155,7 @@ for c, ev in enumerate(spectra):
     axes[1].plot(np.arange(1, len(ev) + 1), np.cumsum(ev) / ev.sum(), color=cmap(c), lw=1)
 for t in taus:
     axes[1].axhline(t, color="gray", ls=":", lw=0.8)
-    axes[1].text(N * 0.98, t - 0.02, f"τ = {t}", ha="right", va="top", fontsize=8, color="gray")
+    axes[1].text(1.05, t, f"τ = {t}", ha="left", va="bottom", fontsize=8, color="gray")
 axes[0].set_xlabel("index i")
 axes[0].set_ylabel(r"$\lambda_i / \lambda_1$")
 axes[0].set_title("eigenvalues of the class kernels $K_c$")
@@ -312,6 +312,10 @@ axes[0].loglog(ks, med, "o-", label="median over classes")
 axes[0].fill_between(ks, [eps_by_k[k].min() for k in ks], [eps_by_k[k].max() for k in ks], alpha=0.2,
                      label="min–max over classes")
 axes[0].loglog(ks, med[0] * np.sqrt(ks[0] / ks), "k:", label=r"$\propto 1/\sqrt{k}$")
+for ax in axes:
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
 axes[0].set_xlabel("projection width k")
 axes[0].set_ylabel(r"$\varepsilon = \max_r |\tilde S_r / S_r - 1|$")
 axes[0].legend(fontsize=8)
@@ -320,7 +324,6 @@ for c in range(C):
     pts = [p for p in sel if p["c"] == c]
     axes[1].plot([p["k"] for p in pts], [p["r_proj"] for p in pts], color=cmap(c), lw=0.8, marker=".")
 axes[1].axhspan(r_tau[0.9].min(), r_tau[0.9].max(), color="gray", alpha=0.25, label="true r(0.9), all classes")
-axes[1].set_xscale("log")
 axes[1].set_xlabel("projection width k")
 axes[1].set_ylabel(r"projected $\tilde r(0.9)$")
 axes[1].legend(fontsize=8)

@@ -106,6 +106,7 @@ order = np.lexsort((y, labels))
 M = int(labels.max()) + 1
 table = np.zeros((M, C), dtype=int)
 np.add.at(table, (labels, y), 1)
+digit_of = table.argmax(1)                                    # the majority digit of each cluster
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
 im = axes[0].imshow(cos[order][:, order].numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
 axes[0].set_title(r"cosine-normalised $\bar K$, points sorted by cluster")
@@ -215,7 +216,7 @@ axes[0].set_xlabel("cluster j")
 axes[0].set_ylabel("class c")
 axes[0].set_xticks(range(M))
 axes[0].set_yticks(range(C))
-axes[0].set_title(f"(A): local variance inside the global top-r space (τ = {tau})")
+axes[0].set_title(f"(A), τ = {tau}: local variance in global top-r space", fontsize=10)
 fig.colorbar(im, ax=axes[0], fraction=0.046)
 w = 0.8 / (len(taus) + 1)
 for n, t in enumerate(taus):
@@ -225,7 +226,8 @@ axes[1].set_xlabel("class c")
 axes[1].set_ylabel("(B): global top-r variance outside local spans")
 axes[1].set_xticks(np.arange(C) + 0.4 - w / 2)
 axes[1].set_xticklabels(range(C))
-axes[1].legend(fontsize=7)
+axes[1].set_ylim(0, 1.4 * max(prop_b_rand.max(), max(v.max() for v in prop_b_tau.values())))
+axes[1].legend(fontsize=7, ncol=2, loc="upper left")
 fig.tight_layout();
 
 # %% [markdown]
@@ -239,7 +241,8 @@ fig.tight_layout();
 r0 = res[show_class]
 fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
 im = axes[0].imshow(r0.captured.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-axes[0].set_ylabel("cluster j")
+axes[0].set_ylabel("cluster (its digit)")
+axes[0].set_yticks(range(M), [f"{j} ({digit_of[j]})" for j in range(M)], fontsize=7)
 axes[0].set_title(f"class {show_class}: share of global direction i captured by cluster j (τ = {tau}, r = {r0.rank})")
 fig.colorbar(im, ax=axes, fraction=0.03)
 axes[1].bar(np.arange(r0.rank), r0.alignment.numpy(), color=["C3" if a < gamma else "C0" for a in r0.alignment])
@@ -250,13 +253,12 @@ axes[1].set_ylabel(r"alignment $\mathcal{A}_i$");
 
 # %%
 gap_pos = np.concatenate([r.gaps(gamma).numpy() / r.rank for r in res])
-digit_of = table.argmax(1)                                    # the majority digit of each cluster
 top_digit = [int(digit_of[int(r.captured[:, 0].argmax())]) for r in res]
 lead = np.mean([float(r.captured[:, i].max() / r.alignment[i]) for r in res for i in range(min(5, r.rank))])
 print(f"gaps (A_i < {gamma}) per class: {n_gaps.tolist()}")
 print(f"where they lie, as a fraction of r: median {np.median(gap_pos) if len(gap_pos) else float('nan'):.2f}")
 print(f"top global direction: alignment {np.mean([float(r.alignment[0]) for r in res]):.3f} (mean over classes); "
-      f"for class c = 0..{C - 1} it lives in the cluster of digit {top_digit}")
+      f"for class c = 0..{C - 1} its largest piece is in the cluster of digit {top_digit}")
 print(f"top 5 directions: the largest single cluster holds {lead:.0%} of the captured share (mean)")
 
 # %% [markdown]
