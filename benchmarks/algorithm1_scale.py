@@ -158,6 +158,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dense-max", type=int, default=4000, help="largest N for the dense path")
     ap.add_argument("--quick", action="store_true", help="fewer sizes")
+    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="the N to run (default: a ladder up to --n)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per case (default: torch's choice)")
     ap.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
@@ -168,8 +169,11 @@ def main():
 
     import torch
 
-    sizes = sorted({s for s in ([1000, 4000] if args.quick else [1000, 2000, 4000, 10_000, 30_000]) if s < args.n}
-                   | {args.n})
+    if args.sizes:
+        sizes = sorted(set(args.sizes))
+    else:
+        sizes = sorted({s for s in ([1000, 4000] if args.quick else [1000, 2000, 4000, 10_000, 30_000])
+                        if s < args.n} | {args.n})
     print(f"Algorithm 1 scale benchmark: C = {args.classes}, k = {args.k}, M = {args.clusters} clusters, "
           f"τ = {args.tau}, γ = {args.gamma}, budget = {args.budget or 'none'}; torch {torch.__version__}, "
           f"{args.threads or torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, "

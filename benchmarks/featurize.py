@@ -308,7 +308,7 @@ def _kernel_error(feats_path, K):
 def run_model(name, args, tmp):
     quick = args.quick
     if name == "convnet":
-        cfg = dict(model="convnet", n=64 if quick else 256, k=512, threads=args.threads, repeats=1 if quick else 3)
+        cfg = dict(model="convnet", n=64 if quick else 256, k=512, threads=args.threads, repeats=1 if quick else 7)
         methods = ["floor", "recipe", "trak-default", "trak-fp32", "dntk-gaussian", "dntk-rademacher",
                    "dntk-sparse", "dntk-srht", "dntk-kronecker", "dntk-orthonormal"]
         slow = {"trak-default": dict(repeats=1, warmup=False, n=64)}  # float16 on CPU: ~40x slower; fewer samples

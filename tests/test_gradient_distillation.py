@@ -157,7 +157,7 @@ def test_blocked_gram_schmidt_matches_sequential(block, budget):
                    torch.randn(n, 8, generator=g, dtype=torch.float64)], 1)          # more than n in all
     W = W[:, torch.randperm(W.shape[1], generator=g)]
     W = W / W.norm(dim=0)
-    Q, kept = _block_gram_schmidt(lambda a, b: W[:, a:b].clone(), W.shape[1], n, 1e-6, budget, block=block)
+    Q, kept = _block_gram_schmidt(lambda a, b: W[:, a:b].T.clone(), W.shape[1], n, 1e-6, budget, block=block)
     Q_ref, kept_ref = _gram_schmidt(list(W.T), 1e-6, budget, n)
     assert kept == kept_ref and len(kept) == (n if budget is None else 5)
     torch.testing.assert_close(Q, Q_ref, atol=1e-10, rtol=0)
