@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -220,6 +221,36 @@ def _truncation_rank(eigvals: torch.Tensor, tau: float) -> int:
     return int(truncation_rank(eigvals, tau))
 
 
+#: Symmetric eigenproblems up to this size run on one thread (see :func:`_one_thread`).
+_SMALL_EIGH = 1024
+
+
+@contextmanager
+def _one_thread(active: bool = True):
+    """Run small dense kernels on one torch thread, then restore the setting.
+
+    At this size (``eigh`` of ``k×k``, Gram–Schmidt on single vectors) extra threads gain little, and on
+    an oversubscribed CPU every parallel region waits for a descheduled thread: measured on a shared
+    2-core machine, ``eigh`` of 512×512 took 9× longer with two threads than with one.
+    """
+    n = torch.get_num_threads()
+    if not active or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _eigh_desc(A: torch.Tensor):
+    """``eigh`` with eigenvalues non-increasing (and their vectors), small problems on one thread."""
+    with _one_thread(A.shape[0] <= _SMALL_EIGH):
+        lam, U = torch.linalg.eigh(A)
+    return lam.flip(0), U.flip(1)
+
+
 def _sign_normalise(U: torch.Tensor) -> torch.Tensor:
     """Flip each column so its largest-magnitude entry is positive (a canonical eigenvector sign)."""
     if U.numel() == 0:
@@ -250,14 +281,14 @@ class _Eig:
         self.n = n
         self._G = G
         if dense or n <= k:
-            lam, U = torch.linalg.eigh(G @ G.T)
+            lam, U = _eigh_desc(G @ G.T)
             # Beyond min(n, k) the eigenvalues are 0 in exact arithmetic: keep both paths' spectra alike.
-            self.lam = lam.flip(0).clamp_min(0.0)[: min(n, k)]
-            self._U, self._W = U.flip(1), None
+            self.lam = lam.clamp_min(0.0)[: min(n, k)]
+            self._U, self._W = U, None
         else:
-            lam, W = torch.linalg.eigh(_gram(G) if gram is None else gram)
-            self.lam = lam.flip(0).clamp_min(0.0)
-            self._U, self._W = None, W.flip(1)
+            lam, W = _eigh_desc(_gram(G) if gram is None else gram)
+            self.lam = lam.clamp_min(0.0)
+            self._U, self._W = None, W
         self.rank = _numerical_rank(self.lam, max(n, k))
 
     def vectors(self, r: int) -> torch.Tensor:
@@ -326,19 +357,20 @@ def _block_gram_schmidt(get_block, n_cand: int, n: int, tol: float, budget: int 
         for _ in range(2):
             W -= (W @ Qm.T) @ Qm
         m0 = m
-        for i in range(W.shape[0]):
-            if m >= cap:
-                break
-            w = W[i]
-            Qb = Q[m0:m]
-            for _ in range(2):
-                w -= (Qb @ w) @ Qb
-            nrm = float(w.norm())
-            if nrm < tol:
-                continue
-            Q[m] = w / nrm
-            kept.append(start + i)
-            m += 1
+        with _one_thread():
+            for i in range(W.shape[0]):
+                if m >= cap:
+                    break
+                w = W[i]
+                Qb = Q[m0:m]
+                for _ in range(2):
+                    w -= (Qb @ w) @ Qb
+                nrm = float(w.norm())
+                if nrm < tol:
+                    continue
+                Q[m] = w / nrm
+                kept.append(start + i)
+                m += 1
     return Q[:m].T.contiguous(), kept
 
 

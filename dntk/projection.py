@@ -79,11 +79,12 @@ def _generator(seed: int, *ids: int) -> torch.Generator:
 _SIGN_LUT = torch.tensor([[1.0 if (b >> i) & 1 else -1.0 for i in range(8)] for b in range(256)], dtype=torch.float32)
 
 
-def _random_signs(n: int, g: torch.Generator) -> torch.Tensor:
-    """``n`` independent ±1 (float32) from random bytes, 8 signs per byte."""
+def _random_signs(n: int, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """``n`` independent ``±scale`` (float32) from random bytes, 8 signs per byte."""
     nbytes = (n + 7) // 8
     b = torch.empty(nbytes, dtype=torch.uint8).random_(0, 256, generator=g)
-    return torch.nn.functional.embedding(b.long(), _SIGN_LUT).reshape(-1)[:n]
+    lut = _SIGN_LUT if scale == 1.0 else _SIGN_LUT * scale
+    return torch.nn.functional.embedding(b.long(), lut).reshape(-1)[:n]
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
@@ -300,11 +301,10 @@ class Projector:
             R = self._sparse_tile(rows, _generator(self.seed, _KIND_ID[self.kind], b, t, stream))
         else:
             g = _generator(self.seed, _KIND_ID[self.kind], b, t, stream)
-            if self.kind in ("gaussian", "kronecker"):
-                R = torch.randn(rows, k, generator=g)
+            if self.kind in ("gaussian", "kronecker"):  # scaled in the same pass as the sampling
+                R = torch.empty(rows, k).normal_(0.0, 1.0 / math.sqrt(k), generator=g)
             else:
-                R = _random_signs(rows * k, g).reshape(rows, k)
-            R.mul_(1.0 / math.sqrt(k))
+                R = _random_signs(rows * k, g, 1.0 / math.sqrt(k)).reshape(rows, k)
         R = R.to(self.device)
         if self._persist:
             self._cache[key] = R
@@ -356,8 +356,17 @@ class Projector:
     def rows_matmul(self, b: int, start: int, G: torch.Tensor) -> torch.Tensor:
         """``G @ R[block b rows start:start+r]`` for ``G`` ``(n, r)`` → ``(n, k)`` (any rows-mode kind)."""
         stop = start + G.shape[1]
-        if self.kind != "sparse":
+        if self.kind == "orthonormal":
             return G @ self.rows(b, start, stop)
+        if self.kind != "sparse":  # tile by tile: no concatenated copy of R
+            tr = self.tile_rows
+            out = G.new_zeros(G.shape[0], self.dim)
+            for t in range(start // tr, (stop - 1) // tr + 1):
+                T = self._tile(b, t)
+                lo, hi = max(start - t * tr, 0), min(stop - t * tr, T.shape[0])
+                g0 = t * tr + lo - start
+                out.addmm_(G[:, g0 : g0 + hi - lo], T[lo:hi])
+            return out
         tr = self.tile_rows
         out = None
         for t in range(start // tr, (stop - 1) // tr + 1):

@@ -359,3 +359,10 @@ def test_bad_arrays(data):
     with pytest.raises(ValueError, match="features_c"):
         select("leverage", Xb, 3)
     assert set(SELECT_METHODS) == {"random", "leverage", "leverage_sampled", "fps", "kmeans", "pca"}
+
+
+def test_thread_setting_restored(data):
+    X, T, labels = data
+    before = torch.get_num_threads()
+    local_global(X, T, 4, tau=0.9, gamma=0.7, method="matrix_free", labels=labels)
+    assert torch.get_num_threads() == before

@@ -219,3 +219,27 @@ def test_fast_path_refuses_parameters_used_outside_their_module():
     with pytest.raises(ValueError, match="method='exact'"):
         tangent.class_gradients(model, x, method="fast")
     assert tangent.class_gradients(model, x, method="exact").shape == (2, 3, 15)
+
+
+class TupleOut(nn.Module):  # owns parameters but returns a tuple: no structured rule and no fallback
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.gain = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        y = self.lin(x.flatten(1)) * self.gain
+        return y, y
+
+
+def test_fast_path_rejects_layer_without_fallback():
+    inner = TupleOut()
+    model = nn.Sequential(inner, Pick())
+    with pytest.raises(ValueError, match="returns tuple"):
+        tangent.class_gradients(model, torch.randn(2, 4), method="fast")
+    assert tangent.class_gradients(model, torch.randn(2, 4), method="exact").shape == (2, 3, 18)
+
+
+class Pick(nn.Module):
+    def forward(self, t):
+        return t[0]
