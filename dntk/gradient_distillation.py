@@ -8,10 +8,16 @@ that no cluster explains (the *gaps*). Two exact paths:
 
 - ``"dense"`` — the reference: ``eigh`` of the ``N×N`` class kernel and of each cluster block, then
   Gram–Schmidt (classical, applied twice) on the candidate ``N``-vectors one at a time.
-- ``"matrix_free"`` — never forms an ``N×N`` matrix: eigenpairs of ``G Gᵀ`` from the ``k×k`` Gram
-  ``Gᵀ G`` (the thin SVD ``G = U Σ Wᵀ``, ``U = G W Σ⁻¹``, cost ``O(N k²)``; a cluster with
-  ``|S_j| ≤ k`` uses its own ``|S_j|×|S_j|`` block, the smaller side), and the same Gram–Schmidt run on
-  ``N×64`` blocks of candidates (``O(N·n·m)`` for ``n`` candidates and ``m`` kept).
+- ``"matrix_free"`` — never forms an ``N×N`` matrix: the matrix-free spectral clustering of
+  ``dntk.spectral``; eigenpairs of ``G Gᵀ`` from the ``k×k`` Gram ``Gᵀ G`` (the thin SVD
+  ``G = U Σ Wᵀ``, ``U = G W Σ⁻¹``, cost ``O(N k²)``; the class Gram is the sum of the cluster Grams; a
+  cluster with ``|S_j| ≤ k`` uses its own ``|S_j|×|S_j|`` block, the smaller side), and the same
+  Gram–Schmidt run on ``N×64`` blocks of candidates (``O(N·n·m)`` for ``n`` candidates, ``m`` kept).
+  Eigenvectors from the Gram are accurate where ``λ ≫ ε·λ_1``; eigenvalues below ``max(N, k)·ε·λ_1``
+  are treated as round-off and never selected.
+
+Step 6 uses classical Gram–Schmidt applied twice (CGS2) rather than MGS: the same keep/drop decisions
+in exact arithmetic, orthogonal to working precision, and it runs as matrix products.
 
 ``select(method, features_c (N, k), budget)`` gives the baselines of SPEC §4.3 at the same budget:
 ``random``, ``leverage`` (top-m ridge leverage scores), ``leverage_sampled``, ``fps`` (greedy
