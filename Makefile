@@ -54,7 +54,7 @@ run: setup
 	  --cwd notebooks --execution-timeout $(NB_TIMEOUT) $(if $(PARAMS),-f $(PARAMS)) $(P)
 
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf _build $(NBDIR) runs

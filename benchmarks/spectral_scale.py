@@ -18,40 +18,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 
 
 # ----------------------------------------------------------------------------- one case (child process)
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class PeakRSS:
-    """Peak resident memory while the block runs (sampled every 5 ms), in MB."""
-
-    def __enter__(self):
-        self.base = self.peak = _rss_mb()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, _rss_mb())
+from _memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def make_features(n, C, k, M, seed=0, r_shared=8, r_local=6, noise=0.05):
