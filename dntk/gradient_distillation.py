@@ -19,10 +19,10 @@ that no cluster explains (the *gaps*). Two exact paths:
 Step 6 uses classical Gram–Schmidt applied twice (CGS2) rather than MGS: the same keep/drop decisions
 in exact arithmetic, orthogonal to working precision, and it runs as matrix products.
 
-``select(method, features_c (N, k), budget)`` gives the baselines of SPEC §4.3 at the same budget:
-``random``, ``leverage`` (top-m ridge leverage scores), ``leverage_sampled``, ``fps`` (greedy
-k-center), ``kmeans`` (nearest real row to each centre) and the ``pca`` reference (top-m global
-eigenvectors: the rank-m KRR of SPEC §1).
+The row-selection baselines (``random``, ``leverage``, ``fps``, ``kmeans``, ``pca``) live in
+:mod:`dntk.baselines` (``select`` is re-exported here); :func:`compare` runs the paper's main experiment
+(Sec 5.3, Figs 1 and 6): Algorithm 1 against every baseline at equal budgets, scored by KRR accuracy,
+fidelity, coverage and Nyström error.
 
 Every eigenvector is sign-normalised (its largest-magnitude entry is positive), so both paths return
 the same vectors, not only the same spans.
@@ -31,24 +31,27 @@ from __future__ import annotations
 
 import logging
 import numbers
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from ._common import check_finite, check_int, progress_bar, real_tensor, torch_threads
+from .baselines import SEEDED_METHODS, SELECT_METHODS, Selection, leverage_scores, select
+from .linalg import gram, gram_eig, sign_normalise
+
 log = logging.getLogger("dntk")
 
 __all__ = [
-    "local_global", "local_global_grid", "LocalGlobalResult", "ClassSynthesis",
-    "select", "Selection", "leverage_scores", "SELECT_METHODS", "DEFAULT_TOL",
+    "local_global", "local_global_grid", "LocalGlobalResult", "ClassSynthesis", "DEFAULT_TOL",
+    "compare", "Comparison", "ComparisonRow", "COMPARE_METHODS", "METHOD_LABELS",
+    # re-exported from dntk.baselines
+    "select", "Selection", "leverage_scores", "SELECT_METHODS", "SEEDED_METHODS",
 ]
 
 #: Residual norm below which a unit candidate is dropped in step 6 (it lies in the span of the
 #: vectors before it). Far above the round-off of both paths (~1e-12), far below real directions.
 DEFAULT_TOL = 1e-6
-#: Baselines accepted by :func:`select`.
-SELECT_METHODS = ("random", "leverage", "leverage_sampled", "fps", "kmeans", "pca")
 _PATHS = ("auto", "dense", "matrix_free")
 _LOCAL, _GAP = 0, 1
 
@@ -143,31 +146,15 @@ class LocalGlobalResult:
 # ----------------------------------------------------------------------------- validation
 
 
-def _as_tensor(x, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}.")
-    if not (x.is_floating_point()):
-        raise TypeError(f"{name} must be floating point, got dtype {x.dtype}.")
-    return x
-
-
-def _check_finite(x: torch.Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf; remove or fix those rows before distilling.")
+def _float_tensor(x, name: str) -> torch.Tensor:
+    x = real_tensor(x, name)
+    return x if x.is_floating_point() else x.to(torch.float64)
 
 
 def _check_unit_interval(v, name: str) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0.0 < float(v) <= 1.0):
         raise ValueError(f"{name} must be a number in (0, 1], got {v!r}.")
     return float(v)
-
-
-def _check_int(v, name: str, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}.")
-    return int(v)
 
 
 def _check_tol(tol) -> float:
@@ -177,20 +164,20 @@ def _check_tol(tol) -> float:
 
 
 def _check_inputs(features, targets):
-    features = _as_tensor(features, "features")
+    features = _float_tensor(features, "features")
     if features.ndim != 3:
         raise ValueError(f"features must have shape (N, C, k), got {tuple(features.shape)}.")
     n, c, k = features.shape
     if n == 0 or c == 0 or k == 0:
         raise ValueError(f"features must be non-empty, got shape {tuple(features.shape)}.")
-    _check_finite(features, "features")
-    targets = _as_tensor(targets, "targets")
+    check_finite(features, "features")
+    targets = _float_tensor(targets, "targets")
     if targets.ndim != 2 or targets.shape[1] != c:
         raise ValueError(f"targets must have shape (N, C) = (N, {c}), got {tuple(targets.shape)}.")
     if targets.shape[0] != n:
         raise ValueError(f"features and targets have different N ({n} and {targets.shape[0]}); "
                          "pass targets for the same points as the features.")
-    _check_finite(targets, "targets")
+    check_finite(targets, "targets")
     return features, targets
 
 
@@ -227,96 +214,29 @@ def _truncation_rank(eigvals: torch.Tensor, tau: float) -> int:
     return int(truncation_rank(eigvals, tau))
 
 
-#: Symmetric eigenproblems up to this size run on one thread (see :func:`_one_thread`).
+#: Symmetric eigenproblems up to this size run on one torch thread: at this size (``eigh`` of ``k×k``,
+#: Gram–Schmidt on single vectors) extra threads gain little, and on an oversubscribed CPU every parallel
+#: region waits for a descheduled thread (measured on a shared 2-core machine: ``eigh`` of 512×512 took 9×
+#: longer with two threads than with one).
 _SMALL_EIGH = 1024
 
 
-@contextmanager
-def _one_thread(active: bool = True):
-    """Run small dense kernels on one torch thread, then restore the setting.
-
-    At this size (``eigh`` of ``k×k``, Gram–Schmidt on single vectors) extra threads gain little, and on
-    an oversubscribed CPU every parallel region waits for a descheduled thread: measured on a shared
-    2-core machine, ``eigh`` of 512×512 took 9× longer with two threads than with one.
-    """
-    n = torch.get_num_threads()
-    if not active or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+def _eig(G: torch.Tensor, dense: bool, gram_matrix: torch.Tensor | None = None):
+    """Eigenpairs of ``K = G Gᵀ`` (:func:`dntk.linalg.gram_eig`): the ``n×n`` kernel when ``dense`` (the
+    reference) or ``n ≤ k``, else the ``k×k`` Gram (optionally precomputed as ``gram_matrix``)."""
+    n, k = G.shape
+    side = "left" if (dense or n <= k) else "right"
+    with torch_threads(1 if (n if side == "left" else k) <= _SMALL_EIGH else None):
+        return gram_eig(G, side=side, gram_matrix=gram_matrix)
 
 
-def _eigh_desc(A: torch.Tensor):
-    """``eigh`` with eigenvalues non-increasing (and their vectors), small problems on one thread."""
-    with _one_thread(A.shape[0] <= _SMALL_EIGH):
-        lam, U = torch.linalg.eigh(A)
-    return lam.flip(0), U.flip(1)
+def _vectors(eig, r: int) -> torch.Tensor:
+    """The top ``r`` sign-normalised unit eigenvectors ``(n, r)`` of ``K`` (``r ≤`` the numerical rank)."""
+    return sign_normalise(eig.left_vectors(r))
 
 
-def _sign_normalise(U: torch.Tensor) -> torch.Tensor:
-    """Flip each column so its largest-magnitude entry is positive (a canonical eigenvector sign)."""
-    if U.numel() == 0:
-        return U
-    idx = U.abs().argmax(dim=0)
-    s = torch.sign(U[idx, torch.arange(U.shape[1])])
-    s[s == 0] = 1.0
-    return U * s
-
-
-def _numerical_rank(lam: torch.Tensor, dim: int) -> int:
-    """Eigenvalues above round-off (``λ_1 · dim · ε``); below it directions are noise."""
-    if lam.numel() == 0 or float(lam[0]) <= 0.0:
-        return 0
-    return int((lam > lam[0] * dim * torch.finfo(torch.float64).eps).sum())
-
-
-class _Eig:
-    """Eigenpairs of ``K = G Gᵀ`` for ``G (n, k)`` float64, eigenvalues non-increasing.
-
-    ``dense=True``: ``eigh`` of the ``n×n`` kernel (the reference). Otherwise the thin SVD through
-    the ``k×k`` Gram when ``n > k`` (and the ``n×n`` block itself when ``n ≤ k``, which is then the
-    smaller matrix). ``vectors(r)`` gives the top ``r`` sign-normalised unit eigenvectors ``(n, r)``.
-    """
-
-    def __init__(self, G: torch.Tensor, dense: bool, gram: torch.Tensor | None = None):
-        n, k = G.shape
-        self.n = n
-        self._G = G
-        if dense or n <= k:
-            lam, U = _eigh_desc(G @ G.T)
-            # Beyond min(n, k) the eigenvalues are 0 in exact arithmetic: keep both paths' spectra alike.
-            self.lam = lam.clamp_min(0.0)[: min(n, k)]
-            self._U, self._W = U, None
-        else:
-            lam, W = _eigh_desc(_gram(G) if gram is None else gram)
-            self.lam = lam.clamp_min(0.0)
-            self._U, self._W = None, W
-        self.rank = _numerical_rank(self.lam, max(n, k))
-
-    def vectors(self, r: int) -> torch.Tensor:
-        if r > self.rank:
-            raise RuntimeError("asked for eigenvectors beyond the numerical rank")  # guarded by callers
-        if self._U is not None:
-            return _sign_normalise(self._U[:, :r])
-        U = (self._G @ self._W[:, :r]) / self.lam[:r].sqrt()
-        return _sign_normalise(U)
-
-
-def _gram(G: torch.Tensor) -> torch.Tensor:
-    """``GᵀG (k, k)`` of a float64 ``G (n, k)``; on CPU one BLAS ``dsyrk`` (half the flops of a product)."""
-    if G.device.type != "cpu":
-        return G.T @ G
-    from scipy.linalg.blas import dsyrk
-    A = torch.from_numpy(dsyrk(1.0, G.contiguous().numpy().T, trans=0))    # upper triangle of GᵀG
-    return A.triu() + A.triu(1).T
-
-
-def _rank(eig: _Eig, tau: float) -> int:
-    return min(_truncation_rank(eig.lam, tau), eig.rank)
+def _rank(eig, tau: float) -> int:
+    return min(_truncation_rank(eig.eigenvalues, tau), eig.rank)
 
 
 def _gram_schmidt(vectors, tol: float, budget: int | None, n: int):
@@ -363,7 +283,7 @@ def _block_gram_schmidt(get_block, n_cand: int, n: int, tol: float, budget: int 
         for _ in range(2):
             W -= (W @ Qm.T) @ Qm
         m0 = m
-        with _one_thread():
+        with torch_threads(1):
             for i in range(W.shape[0]):
                 if m >= cap:
                     break
@@ -397,15 +317,15 @@ class _ClassSpectra:
         self.groups = groups
         n, k = G.shape
         # Matrix-free: the cluster Grams G[S_j]ᵀG[S_j] sum to the global GᵀG, so form each once.
-        grams = [_gram(G[idx]) for idx in groups] if (not dense and n > k and groups) else None
-        self.glob = _Eig(G, dense, gram=sum(grams) if grams else None)
+        grams = [gram(G[idx]) for idx in groups] if (not dense and n > k and groups) else None
+        self.glob = _eig(G, dense, gram_matrix=sum(grams) if grams else None)
         self.r_max = _rank(self.glob, tau_max)
-        self.U = self.glob.vectors(self.r_max)                      # (N, r_max)
+        self.U = _vectors(self.glob, self.r_max)                      # (N, r_max)
         self.loc, self.Uloc, self.rj_max, self.C = [], [], [], []
         for j, idx in enumerate(groups):
-            e = _Eig(G[idx], dense, gram=grams[j] if grams else None)
+            e = _eig(G[idx], dense, gram_matrix=grams[j] if grams else None)
             rj = _rank(e, tau_max)
-            Uj = e.vectors(rj)                                      # (|S_j|, rj)
+            Uj = _vectors(e, rj)                                     # (|S_j|, rj)
             self.loc.append(e)
             self.Uloc.append(Uj)
             self.rj_max.append(rj)
@@ -415,14 +335,14 @@ class _ClassSpectra:
         n, M = self.n, len(self.groups)
         r = _rank(self.glob, tau)
         rj = [_rank(e, tau) for e in self.loc]
-        lam = self.glob.lam[:r]
+        lam = self.glob.eigenvalues[:r]
         # Step 3: A_i = Σ_j ‖U^{(j)}_{r_j}ᵀ u_i[S_j]‖², gaps = {i < r : A_i < γ}.
         A = torch.zeros(r, dtype=torch.float64)
         for j in range(M):
             A += (self.C[j][: rj[j], :r] ** 2).sum(0)
         gaps = torch.nonzero(A < gamma).flatten()
         # Steps 4–5: candidates (kind, cluster, index, eigenvalue); step 6 order: eigenvalue desc.
-        cands = [(_LOCAL, j, l, float(self.loc[j].lam[l])) for j in range(M) for l in range(rj[j])]
+        cands = [(_LOCAL, j, l, float(self.loc[j].eigenvalues[l])) for j in range(M) for l in range(rj[j])]
         cands += [(_GAP, -1, int(i), float(lam[i])) for i in gaps]
         order = sorted(range(len(cands)), key=lambda a: (-cands[a][3], cands[a][0], cands[a][1], cands[a][2]))
         cands = [cands[a] for a in order]
@@ -473,14 +393,14 @@ def _partition(features, n_clusters, labels, path, seed):
 def _prepare(features, targets, n_clusters, taus, gammas, budget, method, seed, tol, labels):
     features, targets = _check_inputs(features, targets)
     n, C, k = features.shape
-    n_clusters = _check_int(n_clusters, "n_clusters", 0)
+    n_clusters = check_int(n_clusters, "n_clusters", 0)
     if n_clusters > n:
         raise ValueError(f"n_clusters ({n_clusters}) exceeds the number of points N ({n}); "
                          "use at most N clusters.")
     taus = [_check_unit_interval(t, "tau") for t in taus]
     gammas = [_check_unit_interval(g, "gamma") for g in gammas]
     if budget is not None:
-        budget = _check_int(budget, "budget", 1)
+        budget = check_int(budget, "budget", 1)
     tol = _check_tol(tol)
     path = _resolve_path(method, n, k)
     labels, groups = _partition(features, n_clusters, labels, path, seed)
@@ -554,146 +474,208 @@ def local_global_grid(features, targets, n_clusters: int, taus, gammas, budget: 
             for key, v in per.items()}
 
 
-# ----------------------------------------------------------------------------- baselines
+
+
+# ----------------------------------------------------------------------------- the main experiment
+
+#: Methods accepted by :func:`compare`: Algorithm 1 and every baseline of :mod:`dntk.baselines`.
+COMPARE_METHODS = ("local_global",) + SELECT_METHODS
+#: Display names of the methods (for tables and legends).
+METHOD_LABELS = {"local_global": "Algorithm 1", "pca": "PCA (rank m)", "random": "random",
+                 "leverage": "leverage (top)", "leverage_sampled": "leverage (sampled)", "fps": "FPS",
+                 "kmeans": "k-means"}
+_COMPARE_METRICS = ("accuracy", "fidelity", "coverage", "nystrom_error")
 
 
 @dataclass(frozen=True)
-class Selection:
-    """A baseline's compressed set for one class (SPEC §4.3).
+class ComparisonRow:
+    """One compressed set of :func:`compare`, scored on the test set.
 
-    indices: ``(m,)`` int64 chosen rows (``None`` for ``pca``); V: ``(N, m)`` orthonormal coefficients
-    for ``pca`` (``None`` for row selections); scores: ``(N,)`` ridge leverage scores for the leverage
-    methods. ``apply(features_c, targets_c)`` gives the KRR training set ``(G (m, k), t (m,))``.
+    Attributes
+    ----------
+    method : str
+        One of :data:`COMPARE_METHODS`.
+    m : int
+        The budget (gradients per class).
+    seed : int or None
+        The seed of a randomised baseline; ``None`` for the deterministic methods.
+    accuracy, fidelity : float
+        KRR on the compressed set (ridge of the uncompressed set), test accuracy and agreement with the
+        network's argmax.
+    coverage, nystrom_error : float
+        :func:`dntk.metrics.coverage` and :func:`dntk.metrics.nystrom_error` of the compressed set against
+        the uncompressed training features, averaged over the classes.
+    n_local, n_gap : int or None
+        Algorithm 1 only: local and gap gradients kept, summed over the classes.
     """
 
     method: str
-    indices: torch.Tensor | None
-    V: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
-
-    @property
-    def m(self) -> int:
-        return int(self.indices.numel() if self.indices is not None else self.V.shape[1])
-
-    def apply(self, features_c, targets_c):
-        """``(G̃_c[I], t_c[I])`` for a row selection, ``(Vᵀ G̃_c, Vᵀ t_c)`` for ``pca``; float64."""
-        G = _as_tensor(features_c, "features_c").to(torch.float64)
-        t = _as_tensor(targets_c, "targets_c").to(torch.float64)
-        if self.indices is not None:
-            return G[self.indices], t[self.indices]
-        return self.V.T @ G, self.V.T @ t
+    m: int
+    seed: int | None
+    accuracy: float
+    fidelity: float
+    coverage: float
+    nystrom_error: float
+    n_local: int | None = None
+    n_gap: int | None = None
 
 
-def _check_features_c(features_c) -> torch.Tensor:
-    features_c = _as_tensor(features_c, "features_c")
-    if features_c.ndim != 2 or features_c.shape[0] == 0 or features_c.shape[1] == 0:
-        raise ValueError(f"features_c must have shape (N, k) (one class), got {tuple(features_c.shape)}.")
-    _check_finite(features_c, "features_c")
-    return features_c.to(torch.float64)
+@dataclass(frozen=True)
+class Comparison:
+    """The result of :func:`compare`: one :class:`ComparisonRow` per method, budget and seed.
 
-
-def _ridge(G: torch.Tensor, lam, lam_rel) -> float:
-    if lam is not None:
-        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not float(lam) > 0:
-            raise ValueError(f"lam must be a positive number, got {lam!r}.")
-        return float(lam)
-    if isinstance(lam_rel, bool) or not isinstance(lam_rel, numbers.Real) or not float(lam_rel) > 0:
-        raise ValueError(f"lam_rel must be a positive number, got {lam_rel!r}.")
-    tr = float((G ** 2).sum())
-    if tr <= 0:
-        raise ValueError("features_c is all zeros: the kernel has zero trace, so no ridge scale exists; "
-                         "pass lam explicitly.")
-    return float(lam_rel) * tr / G.shape[0]
-
-
-def leverage_scores(features_c, lam: float | None = None, lam_rel: float = 1e-3) -> torch.Tensor:
-    """Ridge leverage scores ``l_i = (K (K + λI)⁻¹)_{ii}`` of ``K = G Gᵀ`` (SPEC §4.3), ``(N,)`` float64.
-
-    Computed without ``K``: ``l_i = g_iᵀ (GᵀG + λI)⁻¹ g_i`` (Woodbury) with one ``k×k`` Cholesky.
-    λ defaults to ``lam_rel · tr(K)/N`` (the KRR default of SPEC §1).
+    Attributes
+    ----------
+    rows : tuple of ComparisonRow
+    budgets : tuple of int
+    methods : tuple of str
+    full : dntk.metrics.Report
+        KRR on the whole uncompressed training set, on the same test set (the ceiling).
+    lam : torch.Tensor
+        ``(C,)`` the per-class ridge ``λ_c`` used by every fit (appendix §1, §4.3).
+    result : LocalGlobalResult or None
+        Algorithm 1 at the largest budget (a smaller budget keeps a prefix of it), if it was compared.
     """
-    G = _check_features_c(features_c)
-    lam = _ridge(G, lam, lam_rel)
-    k = G.shape[1]
-    L = torch.linalg.cholesky(G.T @ G + lam * torch.eye(k, dtype=torch.float64))
-    Z = torch.linalg.solve_triangular(L, G.T, upper=False)            # (k, N)
-    return (Z ** 2).sum(0)
+
+    rows: tuple
+    budgets: tuple
+    methods: tuple
+    full: object
+    lam: torch.Tensor
+    result: LocalGlobalResult | None = None
+
+    def values(self, method: str, metric: str) -> np.ndarray:
+        """``(len(budgets), n_seeds)`` values of one metric for one method (``n_seeds = 1`` if deterministic)."""
+        if method not in self.methods:
+            raise ValueError(f"method {method!r} was not compared; compared: {self.methods}.")
+        if metric not in _COMPARE_METRICS:
+            raise ValueError(f"metric must be one of {_COMPARE_METRICS}, got {metric!r}.")
+        return np.array([[getattr(r, metric) for r in self.rows if r.method == method and r.m == m]
+                         for m in self.budgets], dtype=np.float64)
+
+    def summary(self, metric: str) -> dict:
+        """``{method: (mean, min, max)}``, each ``(len(budgets),)``, over the seeds of one metric."""
+        out = {}
+        for method in self.methods:
+            v = self.values(method, metric)
+            out[method] = (v.mean(1), v.min(1), v.max(1))
+        return out
+
+    def counts(self) -> dict:
+        """Algorithm 1's ``{m: (local, gap)}`` gradients kept per budget, summed over the classes."""
+        return {r.m: (r.n_local, r.n_gap) for r in self.rows if r.method == "local_global"}
+
+    def table(self, metric: str) -> str:
+        """A plain-text table of one metric: a row per method (mean over seeds), a column per budget."""
+        lines = [f"{metric} (mean over seeds where seeded)",
+                 f"{'method':<22}" + "".join(f"{'m=' + str(m):>8}" for m in self.budgets)]
+        for method, (mean, _, _) in self.summary(metric).items():
+            lines.append(f"{METHOD_LABELS[method]:<22}" + "".join(f"{v:>8.3f}" for v in mean))
+        return "\n".join(lines)
 
 
-def _fps(G: torch.Tensor, m: int, start: int) -> torch.Tensor:
-    """Greedy k-center: each step the row farthest (Euclidean) from the chosen set; ties → lowest index."""
-    sq = (G ** 2).sum(1)
-    chosen = [start]
-    mind = (sq - 2 * G @ G[start] + sq[start]).clamp_min(0.0)
-    mind[start] = -np.inf
-    for _ in range(m - 1):
-        i = int(torch.argmax(mind))
-        chosen.append(i)
-        d = (sq - 2 * G @ G[i] + sq[i]).clamp_min(0.0)
-        mind = torch.minimum(mind, d)
-        mind[chosen] = -np.inf
-    return torch.tensor(chosen, dtype=torch.int64)
+def compare(features, targets, test_features, test_labels, test_logits, budgets,
+            methods=COMPARE_METHODS, seeds=(0,), *, n_clusters: int = 10, tau: float = 0.95,
+            gamma: float = 0.9, labels=None, lam_rel: float = 1e-3, seed: int = 0,
+            progress: bool = False) -> Comparison:
+    """Algorithm 1 against the row-selection baselines at equal budgets (the paper's Sec 5.3, Figs 1 and 6).
 
+    For every method and budget ``m`` a compressed training set per class is built — ``(Vᵀ G̃_c, Vᵀ t_c)``
+    for Algorithm 1 and ``pca``, ``(G̃_c[I], t_c[I])`` for the row selections — and scored identically:
+    per-class KRR on it with the ridge of the *uncompressed* set, ``λ_c = lam_rel · tr(K̃_c)/N``
+    (appendix §1, §4.3), predicting from the test features; test accuracy, fidelity, and the coverage and
+    Nyström error (appendix §3 eq. (10)) of the compressed set, averaged over classes.
 
-def _kmeans_rows(G: torch.Tensor, m: int, seed: int) -> torch.Tensor:
-    from sklearn.cluster import KMeans
-    km = KMeans(n_clusters=m, n_init=1, random_state=seed).fit(G.numpy())
-    centres = torch.from_numpy(km.cluster_centers_).to(torch.float64)
-    d = torch.cdist(centres, G)                                        # (m, N)
-    used, out = set(), []
-    for row in torch.argsort(d, dim=1):
-        i = next(int(x) for x in row if int(x) not in used)
-        used.add(i)
-        out.append(i)
-    return torch.tensor(out, dtype=torch.int64)
+    Parameters
+    ----------
+    features : array ``(N, C, k)``
+        Projected class gradients ``G̃`` of the training (or distilled) set.
+    targets : array ``(N, C)``
+        Regression targets ``t`` (normally the network's logits).
+    test_features : array ``(M, C, k)``
+        Projected class gradients of the test points (same projector).
+    test_labels : array ``(M,)``
+        Integer test labels (for accuracy).
+    test_logits : array ``(M, C)``
+        The network's test logits (for fidelity).
+    budgets : sequence of int
+        Gradients per class ``m``, each in ``[1, N]``.
+    methods : sequence of str
+        A subset of :data:`COMPARE_METHODS`.
+    seeds : sequence of int
+        Seeds of the randomised baselines (:data:`dntk.baselines.SEEDED_METHODS`); the deterministic
+        methods run once.
+    n_clusters, tau, gamma : int, float, float
+        Algorithm 1's ``M``, ``τ`` and ``γ`` (see :func:`local_global`); Algorithm 1 runs once at the
+        largest budget and each smaller budget keeps a prefix of its ``V`` (step 6).
+    labels : array ``(N,)``, optional
+        A precomputed partition for Algorithm 1's step 1 (default: spectral clustering with ``seed``).
+    lam_rel : float
+        Relative ridge, for KRR and the leverage scores.
+    seed : int
+        Seed of Algorithm 1's clustering.
+    progress : bool
+        Show a progress bar over methods.
 
-
-def select(method: str, features_c, budget: int, seed: int = 0, lam: float | None = None,
-           lam_rel: float = 1e-3, start: int | None = None, scores=None) -> Selection:
-    """A baseline compressed set of ``budget`` rows for one class (SPEC §4.3), from ``features_c (N, k)``.
-
-    method: ``"random"`` (seeded), ``"leverage"`` (top-m ridge leverage scores, λ as in
-    :func:`leverage_scores`), ``"leverage_sampled"`` (m rows without replacement, ∝ scores, seeded),
-    ``"fps"`` (greedy k-center from a seeded random start, or ``start``), ``"kmeans"`` (k-means with m
-    centres, seeded; the nearest unused real row to each centre) or ``"pca"`` (the top-m global
-    eigenvectors as coefficients: the rank-m KRR reference, not a row selection).
-    scores: precomputed :func:`leverage_scores` ``(N,)`` to reuse across budgets and seeds (leverage only).
-    Returns a :class:`Selection`.
+    Returns
+    -------
+    Comparison
+        Frozen: ``rows`` (method, m, seed, accuracy, fidelity, coverage, nystrom_error), the full-KRR
+        ceiling ``full``, and helpers ``values``/``summary``/``table``/``counts``.
     """
-    if method not in SELECT_METHODS:
-        raise ValueError(f"method must be one of {SELECT_METHODS}, got {method!r}.")
-    G = _check_features_c(features_c)
-    n = G.shape[0]
-    budget = _check_int(budget, "budget", 1)
-    if budget > n:
-        raise ValueError(f"budget ({budget}) exceeds the number of rows N ({n}).")
-    seed = int(seed)
-    gen = torch.Generator().manual_seed(seed)
-    if method == "random":
-        return Selection(method, torch.randperm(n, generator=gen)[:budget])
-    if method in ("leverage", "leverage_sampled"):
-        if scores is None:
-            scores = leverage_scores(G, lam=lam, lam_rel=lam_rel)
+    from . import metrics
+    from .krr import ClassKRR, default_lam
+
+    features, targets = _check_inputs(features, targets)
+    N, C, _ = features.shape
+    methods = tuple(methods)
+    unknown = [m for m in methods if m not in COMPARE_METHODS]
+    if not methods or unknown:
+        raise ValueError(f"methods must be a non-empty subset of {COMPARE_METHODS}, got unknown {unknown}.")
+    budgets = tuple(check_int(m, "budgets", 1) for m in np.atleast_1d(np.asarray(budgets, dtype=object)))
+    if not budgets or max(budgets) > N:
+        raise ValueError(f"budgets must be a non-empty list of integers in [1, N = {N}], got {list(budgets)}.")
+    seeds = tuple(int(check_int(s, "seeds", 0)) for s in seeds)
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed.")
+    lam = default_lam(features, lam_rel)
+    G64, T64 = features.to(torch.float64), targets.to(torch.float64)
+
+    def score(method, m, s, sets, n_local=None, n_gap=None):
+        Gs, ts = [a for a, _ in sets], [b for _, b in sets]
+        pred = ClassKRR().fit_synthetic(Gs, ts, lam=lam).predict(test_features)
+        return ComparisonRow(method=method, m=m, seed=s, accuracy=metrics.accuracy(pred, test_labels),
+                             fidelity=metrics.fidelity(pred, test_logits),
+                             coverage=float(metrics.coverage(G64, Gs).mean()),
+                             nystrom_error=float(metrics.nystrom_error(G64, Gs).mean()),
+                             n_local=n_local, n_gap=n_gap)
+
+    full_pred = ClassKRR(lam=lam).fit(G64, T64).predict(test_features)
+    full = metrics.report(full_pred, test_labels, test_logits)
+    rows, result = [], None
+    bar = progress_bar(len(methods), "compare", progress)
+    for method in methods:
+        if method == "local_global":
+            result = local_global(G64, T64, n_clusters, tau=tau, gamma=gamma, budget=max(budgets), seed=seed,
+                                  labels=labels)
+            for m in budgets:
+                cs = result.classes
+                rows.append(score(method, m, None, [(c.G_syn[:m], c.t_syn[:m]) for c in cs],
+                                  n_local=sum(int((c.source[:m, 0] >= 0).sum()) for c in cs),
+                                  n_gap=sum(int((c.source[:m, 0] < 0).sum()) for c in cs)))
+        elif method == "pca":
+            V = [select("pca", G64[:, c], max(budgets)).V for c in range(C)]
+            for m in budgets:
+                rows.append(score(method, m, None, [(V[c][:, :m].T @ G64[:, c], V[c][:, :m].T @ T64[:, c])
+                                                    for c in range(C)]))
         else:
-            scores = _as_tensor(scores, "scores").to(torch.float64)
-            if scores.shape != (n,) or not bool(torch.isfinite(scores).all()) or bool((scores < 0).any()):
-                raise ValueError(f"scores must be finite leverage scores >= 0 of shape ({n},), "
-                                 f"got shape {tuple(scores.shape)}.")
-        if method == "leverage":
-            idx = torch.sort(-scores, stable=True).indices[:budget]
-        else:
-            idx = torch.multinomial(scores.clamp_min(0.0), budget, replacement=False, generator=gen)
-        return Selection(method, idx, scores=scores)
-    if method == "fps":
-        if start is None:
-            start = int(torch.randint(n, (1,), generator=gen))
-        elif isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 <= start < n:
-            raise ValueError(f"start must be a row index in [0, {n}), got {start!r}.")
-        return Selection(method, _fps(G, budget, int(start)))
-    if method == "kmeans":
-        return Selection(method, _kmeans_rows(G, budget, seed))
-    eig = _Eig(G, dense=False)
-    if budget > eig.rank:
-        raise ValueError(f"budget ({budget}) exceeds the numerical rank of features_c ({eig.rank}); "
-                         "pca has no further directions.")
-    return Selection(method, None, V=eig.vectors(budget))
+            lev = ([leverage_scores(G64[:, c], lam_rel=lam_rel) for c in range(C)]
+                   if method.startswith("leverage") else [None] * C)
+            for m in budgets:
+                for s in (seeds if method in SEEDED_METHODS else (None,)):
+                    sets = [select(method, G64[:, c], m, seed=0 if s is None else s, lam_rel=lam_rel,
+                                   scores=lev[c]).apply(G64[:, c], T64[:, c]) for c in range(C)]
+                    rows.append(score(method, m, s, sets))
+        bar.update(1)
+    bar.close()
+    return Comparison(rows=tuple(rows), budgets=budgets, methods=methods, full=full, lam=lam, result=result)

@@ -16,8 +16,8 @@ The thin SVD is taken through the eigendecomposition of the smaller Gram matrix 
 (:func:`loo_gcv`; Allen's PRESS ``e = (I−H)t / diag(I−H)``, ``H = K(K+λI)^{-1}``).
 
 :meth:`ClassKRR.fit_synthetic` fits on a compressed set (SPEC §4.3: ``w_c = (G_synᵀ G_syn + λI)^{-1}
-G_synᵀ t_syn``) with λ carried over from the uncompressed set. :func:`error_decomposition` measures
-the three terms of Prop B.3 (SPEC §5).
+G_synᵀ t_syn``) with λ carried over from the uncompressed set. The error decomposition of Prop B.3
+(appendix §5) is in :mod:`dntk.error_decomposition`.
 """
 from __future__ import annotations
 
@@ -29,10 +29,23 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ._common import check_finite, class_features, per_class_positive, real_tensor
+from .linalg import gram_eig
+
 log = logging.getLogger("dntk")
 
-__all__ = ["ClassKRR", "default_lam", "loo_gcv", "ridge_weights", "error_decomposition",
-           "ErrorDecomposer", "ErrorDecomposition", "DEFAULT_LAM_GRID"]
+__all__ = ["ClassKRR", "default_lam", "loo_gcv", "ridge_weights", "DEFAULT_LAM_GRID"]
+
+_MOVED = ("ErrorDecomposer", "ErrorDecomposition", "error_decomposition")
+
+
+def __getattr__(name):
+    """The Prop B.3 decomposition moved to :mod:`dntk.error_decomposition`; the old names still resolve."""
+    if name in _MOVED:
+        from . import error_decomposition as moved
+
+        return getattr(moved, name)
+    raise AttributeError(f"module 'dntk.krr' has no attribute {name!r}")
 
 #: Grid of ``lam_rel`` values searched by ``select="loo"|"gcv"`` when ``lam_grid`` is not given.
 DEFAULT_LAM_GRID = tuple(float(v) for v in 10.0 ** np.arange(-8.0, 2.01, 0.5))
@@ -42,64 +55,6 @@ _SELECT = (None, "loo", "gcv")
 
 
 # ----------------------------------------------------------------------------- input checking
-def _as_tensor(x, name: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise TypeError(f"{name} must hold real numbers, got numpy dtype {x.dtype}.")
-        return torch.from_numpy(x)
-    if isinstance(x, (list, tuple)):
-        try:
-            return torch.as_tensor(np.asarray(x, dtype=np.float64))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be a torch tensor or a numpy array of numbers ({e}).") from None
-    raise TypeError(f"{name} must be a torch tensor or a numpy array, got {type(x).__name__}.")
-
-
-def _check_finite(x: torch.Tensor, name: str) -> None:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} contains {bad} NaN/inf value(s); clean or drop those entries before fitting.")
-
-
-def _check_real(x: torch.Tensor, name: str) -> None:
-    if x.is_complex() or x.dtype == torch.bool:
-        raise TypeError(f"{name} must be a real floating-point array, got dtype {x.dtype}.")
-
-
-def _features3(x, name: str = "features", check_finite: bool = True) -> torch.Tensor:
-    x = _as_tensor(x, name)
-    _check_real(x, name)
-    if x.ndim != 3:
-        raise ValueError(f"{name} must have shape (N, C, k) (points, classes, feature width), "
-                         f"got shape {tuple(x.shape)}.")
-    if min(x.shape) == 0:
-        raise ValueError(f"{name} has an empty dimension, shape {tuple(x.shape)}; need N, C, k ≥ 1.")
-    if check_finite:
-        _check_finite(x, name)
-    return x
-
-
-def _per_class(value, C: int, name: str, device) -> torch.Tensor:
-    """A positive scalar or a length-C sequence -> (C,) float64, all > 0 and finite."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive number or a length-{C} array, got a bool.")
-    if isinstance(value, numbers.Real):
-        v = torch.full((C,), float(value), dtype=torch.float64)
-    else:
-        v = _as_tensor(value, name).to(torch.float64).reshape(-1).cpu()
-        if v.numel() == 1:
-            v = v.expand(C).clone()
-        elif v.numel() != C:
-            raise ValueError(f"{name} must be a scalar or have one value per class (C={C}), "
-                             f"got {v.numel()} values.")
-    if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
-        raise ValueError(f"{name} must be finite and > 0 for every class, got {v.tolist()}; "
-                         f"ridge regression needs a positive regulariser.")
-    return v.to(device)
-
-
 def _positive_float(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive number, got {value!r}.")
@@ -111,19 +66,13 @@ def _positive_float(value, name: str) -> float:
 
 # ----------------------------------------------------------------------------- core solves
 def _gram_eig(G: torch.Tensor):
-    """Thin SVD ``G = UΣVᵀ`` of ``G (n, k)`` float64 through the eigendecomposition of its smaller Gram matrix.
+    """Thin SVD ``G = UΣVᵀ`` of ``G (n, k)`` float64 through :func:`dntk.linalg.gram_eig`.
 
-    Returns ``s2 = σ²`` (q,) descending and clamped at 0, ``B = UΣ (n, q)`` (so ``K = GGᵀ = BBᵀ``), and the
+    Returns ``s2 = σ²`` (q,) descending (round-off set to 0), ``B = UΣ (n, q)`` (so ``K = GGᵀ = BBᵀ``), and the
     eigenvector basis with its side: ``U`` (``"left"``, n ≤ k) or ``V`` (``"right"``, n > k).
     """
-    n, k = G.shape
-    if n <= k:
-        s2, U = torch.linalg.eigh(G @ G.T)
-        s2, U = s2.flip(0).clamp_min(0), U.flip(1)
-        return s2, U * s2.sqrt(), U, "left"
-    s2, V = torch.linalg.eigh(G.T @ G)
-    s2, V = s2.flip(0).clamp_min(0), V.flip(1)
-    return s2, G @ V, V, "right"
+    e = gram_eig(G)
+    return e.eigenvalues, e.factor(), e.basis, e.side
 
 
 def _cholesky(A: torch.Tensor, what: str) -> torch.Tensor:
@@ -142,8 +91,8 @@ def ridge_weights(G, t, lam: float, solver: str = "auto", rank: int | None = Non
     ``rank``: keep the top-``rank`` singular directions (spectral cut-off); ``rank ≥ min(n, k)`` is
     the full solve. No input checking (see :class:`ClassKRR`).
     """
-    G = _as_tensor(G, "G").to(torch.float64)
-    t = _as_tensor(t, "t").to(device=G.device, dtype=torch.float64).reshape(-1)
+    G = real_tensor(G, "G").to(torch.float64)
+    t = real_tensor(t, "t").to(device=G.device, dtype=torch.float64).reshape(-1)
     n, k = G.shape
     if rank is not None and rank < min(n, k):
         s2, _, basis, side = _gram_eig(G)
@@ -199,9 +148,9 @@ def loo_gcv(G, t, lams) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns ``(loo (L, N), gcv (L,))`` float64. SPEC §1.
     """
-    G = _as_tensor(G, "G").to(torch.float64)
-    t = _as_tensor(t, "t").to(device=G.device, dtype=torch.float64).reshape(-1)
-    lams = _as_tensor(lams, "lams").to(device=G.device, dtype=torch.float64).reshape(-1)
+    G = real_tensor(G, "G").to(torch.float64)
+    t = real_tensor(t, "t").to(device=G.device, dtype=torch.float64).reshape(-1)
+    lams = real_tensor(lams, "lams").to(device=G.device, dtype=torch.float64).reshape(-1)
     s2, B, _, _ = _gram_eig(G)                     # K = B Bᵀ, B = UΣ
     return _loo_gcv_eig(t, lams, s2, B)
 
@@ -216,14 +165,14 @@ def default_lam(features, lam_rel: float = 1e-3) -> torch.Tensor:
     if isinstance(features, (list, tuple)):
         out = []
         for c, g in enumerate(features):
-            g = _as_tensor(g, f"features[{c}]")
+            g = real_tensor(g, f"features[{c}]")
             if g.ndim != 2 or g.shape[0] == 0:
                 raise ValueError(f"features[{c}] must have shape (N_c, k) with N_c ≥ 1, got {tuple(g.shape)}.")
-            _check_finite(g, f"features[{c}]")
+            check_finite(g, f"features[{c}]")
             out.append(lam_rel * g.to(torch.float64).pow(2).sum() / g.shape[0])
         lam = torch.stack(out)
     else:
-        F = _features3(features)
+        F = class_features(features)
         N, C, _ = F.shape
         lam = torch.stack([F[:, c, :].to(torch.float64).pow(2).sum() for c in range(C)]) * (lam_rel / N)
     if bool((lam <= 0).any()):
@@ -306,19 +255,18 @@ class ClassKRR:
     def fit(self, features, targets) -> "ClassKRR":
         """Fit on ``features (N, C, k)`` and ``targets (N, C)`` (e.g. the network's logits)."""
         self._check_params()
-        F = _features3(features, check_finite=False)     # checked per class below, without an extra pass
+        F = class_features(features, finite=False)     # checked per class below, without an extra pass
         N, C, k = F.shape
-        T = _as_tensor(targets, "targets")
-        _check_real(T, "targets")
+        T = real_tensor(targets, "targets")
         if T.ndim != 2 or T.shape[0] != N or T.shape[1] != C:
             raise ValueError(f"targets must have shape (N, C) = ({N}, {C}) to match features {tuple(F.shape)}, "
                              f"got {tuple(T.shape)}.")
-        _check_finite(T, "targets")
+        check_finite(T, "targets")
         dev = F.device
         T = T.to(device=dev, dtype=torch.float64)
         intercept = T.mean(0) if self.center else torch.zeros(C, dtype=torch.float64, device=dev)
         T = T - intercept
-        fixed = None if self.lam is None else _per_class(self.lam, C, "lam", dev)
+        fixed = None if self.lam is None else per_class_positive(self.lam, C, "lam", dev)
         if self.select is not None:
             grid = torch.tensor(self.lam_grid if self.lam_grid is not None else DEFAULT_LAM_GRID,
                                 dtype=torch.float64, device=dev).reshape(-1)
@@ -332,7 +280,7 @@ class ClassKRR:
             G = F[:, c, :].to(torch.float64)                 # one float64 copy per class
             sq = torch.dot(G.reshape(-1), G.reshape(-1))     # tr(K_c); non-finite iff G holds NaN/inf
             if not bool(torch.isfinite(sq)):
-                _check_finite(F, "features")
+                check_finite(F, "features")
                 raise ValueError("features hold values too large to square in float64; rescale them.")
             scale[c] = sq / N
             if fixed is None and float(sq) <= 0:
@@ -403,14 +351,14 @@ class ClassKRR:
         if lam is None:
             raise ValueError("fit_synthetic needs λ from the uncompressed set: pass lam=default_lam(features_full, "
                              "lam_rel) (SPEC §4.3) or construct ClassKRR(lam=...).")
-        lam = _per_class(lam, C, "lam", dev)
+        lam = per_class_positive(lam, C, "lam", dev)
         if intercept is None:
             b = torch.zeros(C, dtype=torch.float64, device=dev)
         else:
-            b = _as_tensor(intercept, "intercept").to(device=dev, dtype=torch.float64).reshape(-1)
+            b = real_tensor(intercept, "intercept").to(device=dev, dtype=torch.float64).reshape(-1)
             if b.numel() != C:
                 raise ValueError(f"intercept must have one value per class (C={C}), got {b.numel()}.")
-            _check_finite(b, "intercept")
+            check_finite(b, "intercept")
         W = torch.empty(C, k, dtype=torch.float64, device=dev)
         for c in range(C):
             W[c] = ridge_weights(feats[c].to(device=dev, dtype=torch.float64),
@@ -427,9 +375,9 @@ class ClassKRR:
     @staticmethod
     def _class_list(x, name: str, ndim: int) -> list[torch.Tensor]:
         if isinstance(x, (list, tuple)):
-            items = [_as_tensor(v, f"{name}[{c}]") for c, v in enumerate(x)]
+            items = [real_tensor(v, f"{name}[{c}]") for c, v in enumerate(x)]
         else:
-            x = _as_tensor(x, name)
+            x = real_tensor(x, name)
             if x.ndim != ndim + 1:
                 raise ValueError(f"{name} must be a list of C arrays of {ndim} dimension(s) or one array with "
                                  f"{ndim + 1} dimensions (classes first), got shape {tuple(x.shape)}.")
@@ -437,14 +385,13 @@ class ClassKRR:
         if not items:
             raise ValueError(f"{name} is empty; give one entry per class.")
         for c, v in enumerate(items):
-            _check_real(v, f"{name}[{c}]")
             if ndim == 1:
                 if v.ndim == 2 and v.shape[1] == 1:
                     v = items[c] = v.reshape(-1)
             if v.ndim != ndim:
                 shape = "(m_c, k)" if ndim == 2 else "(m_c,)"
                 raise ValueError(f"{name}[{c}] must have shape {shape}, got {tuple(v.shape)}.")
-            _check_finite(v, f"{name}[{c}]")
+            check_finite(v, f"{name}[{c}]")
         return items
 
     # -- prediction
@@ -453,7 +400,7 @@ class ClassKRR:
         if not hasattr(self, "weights_"):
             raise ValueError("this ClassKRR is not fitted yet; call fit(features, targets) or fit_synthetic(...) first.")
         was_numpy = isinstance(features, np.ndarray)
-        F = _features3(features, check_finite=False)
+        F = class_features(features, finite=False)
         M, C, k = F.shape
         if C != self.n_classes_ or k != self.n_features_in_:
             raise ValueError(f"features have C={C} classes and width k={k}, but the model was fitted with "
@@ -463,137 +410,7 @@ class ClassKRR:
         for c in range(C):
             out[:, c] = F[:, c, :].to(torch.float64) @ W[c]
         if not bool(torch.isfinite(out).all()):      # NaN/inf in a feature row always reaches its output
-            _check_finite(F, "features")
+            check_finite(F, "features")
             raise ValueError("predictions overflowed float64; rescale the features.")
         out += self.intercept_.to(F.device)
         return out.cpu().numpy() if was_numpy else out
-
-
-# ----------------------------------------------------------------------------- Prop B.3 (SPEC §5)
-@dataclass(frozen=True)
-class ErrorDecomposition:
-    """The three terms of Prop B.3 at the evaluation points, float64.
-
-    ``total = target − f_hat = approximation + bias + variance`` with ``approximation = f − f*``
-    (nonlinearity), ``bias = f* − f_λ`` (regularisation), ``variance = f_λ − f̂`` (finite sample).
-    ``target``, ``f_star``, ``f_lam`` are ``(n_eval, C)``; ``f_hat`` (and so ``variance``, ``total``) is
-    ``(n_eval, C)`` for one training set or ``(D, n_eval, C)`` for ``D`` draws of it.
-    """
-
-    target: torch.Tensor
-    f_star: torch.Tensor
-    f_lam: torch.Tensor
-    f_hat: torch.Tensor
-    lam_pop: torch.Tensor
-
-    @property
-    def approximation(self) -> torch.Tensor:
-        return self.target - self.f_star
-
-    @property
-    def bias(self) -> torch.Tensor:
-        return self.f_star - self.f_lam
-
-    @property
-    def variance(self) -> torch.Tensor:
-        return self.f_lam - self.f_hat
-
-    @property
-    def total(self) -> torch.Tensor:
-        return self.target - self.f_hat
-
-    def mean_squares(self) -> dict[str, float]:
-        """Mean over points, classes (and training draws) of each term squared, plus the total error."""
-        return {name: float(getattr(self, name).pow(2).mean())
-                for name in ("approximation", "bias", "variance", "total")}
-
-
-class ErrorDecomposer:
-    """Prop B.3 on a fixed pool: factorise once, then :meth:`decompose` for any training draw and λ (SPEC §5).
-
-    A pool ``(n, C, k)`` of gradient features with targets ``(n, C)`` stands in for the population.
-    One thin SVD per class ``G_c = UΣVᵀ`` (float64) gives
-
-    - ``f*``: least squares on the pool, ``w* = VΣ^+Uᵀt = Σ_pop^+ E[g f]`` (singular values below
-      ``max(n, k)·eps·σ_max`` dropped, as ``numpy.linalg.lstsq``);
-    - ``f_λ``: population ridge ``w_λ = (Σ_pop + λ_pop I)^{-1} E[g f]`` with ``Σ_pop = GᵀG/n``, i.e. KRR on
-      the pool with ``λ = n·λ_pop``: ``w_λ = V Σ(Σ² + nλ_pop)^{-1} Uᵀt``;
-
-    and :meth:`decompose` adds ``f̂``, the same ridge estimated from ``N`` pool points,
-    ``(Σ̂ + λ_pop I)^{-1}Gᵀt/N`` — KRR on those points with ``λ = N·λ_pop``.
-
-    ``eval_index`` (default: the whole pool) picks where the terms are evaluated. ``center``: subtract the
-    pool (population) mean of the targets first, as App B assumes.
-    """
-
-    def __init__(self, pool_features, pool_targets, eval_index=None, center: bool = True):
-        F = _features3(pool_features, "pool_features")
-        n, C, k = F.shape
-        T = _as_tensor(pool_targets, "pool_targets")
-        _check_real(T, "pool_targets")
-        if T.ndim != 2 or tuple(T.shape) != (n, C):
-            raise ValueError(f"pool_targets must have shape (n, C) = ({n}, {C}) to match pool_features, "
-                             f"got {tuple(T.shape)}.")
-        _check_finite(T, "pool_targets")
-        dev = F.device
-        T = T.to(device=dev, dtype=torch.float64)
-        if center:
-            T = T - T.mean(0)
-        self.features, self.targets, self.n, self.n_classes = F, T, n, C
-        self.eval_index = (torch.arange(n, device=dev) if eval_index is None
-                           else self._index(eval_index, "eval_index", 1).reshape(-1))
-        ev = self.eval_index
-        eps = torch.finfo(torch.float64).eps
-        self.f_star = torch.empty(ev.numel(), C, dtype=torch.float64, device=dev)
-        self._svd = []
-        for c in range(C):
-            G = F[:, c, :].to(torch.float64)
-            U, S, Vh = torch.linalg.svd(G, full_matrices=False)
-            Ut = U.T @ T[:, c]
-            keep = S > max(n, k) * eps * S[0]
-            w_star = Vh[keep].T @ (Ut[keep] / S[keep])
-            self.f_star[:, c] = G[ev] @ w_star
-            self._svd.append((S, Vh, Ut, G[ev]))
-
-    def _index(self, ix, name, max_dim):
-        ix = torch.as_tensor(np.asarray(ix)) if isinstance(ix, (list, tuple, range)) else _as_tensor(ix, name)
-        if ix.is_floating_point() or ix.numel() == 0 or ix.ndim > max_dim:
-            shape = "(N,) or (D, N)" if max_dim == 2 else "(n_eval,)"
-            raise ValueError(f"{name} must be a non-empty integer index array of shape {shape} into the pool.")
-        ix = ix.to(torch.int64)
-        if bool((ix < 0).any()) or bool((ix >= self.n).any()):
-            raise ValueError(f"{name} has indices outside [0, {self.n}).")
-        return ix.to(self.features.device)
-
-    def decompose(self, train_index, lam_pop) -> ErrorDecomposition:
-        """The three terms for training set(s) ``train_index`` — ``(N,)``, or ``(D, N)`` for ``D`` random
-        draws (the variance term is then averaged over them by :meth:`ErrorDecomposition.mean_squares`) —
-        and population ridge ``lam_pop`` (scalar or ``(C,)``)."""
-        tr = self._index(train_index, "train_index", 2)
-        single = tr.ndim <= 1
-        tr = tr.reshape(1, -1) if single else tr
-        C, n = self.n_classes, self.n
-        lam_pop = _per_class(lam_pop, C, "lam_pop", self.features.device)
-        D, N = tr.shape
-        f_lam = torch.empty_like(self.f_star)
-        f_hat = torch.empty(D, *self.f_star.shape, dtype=torch.float64, device=self.f_star.device)
-        for c in range(C):
-            S, Vh, Ut, Gev = self._svd[c]
-            lam = float(lam_pop[c])
-            f_lam[:, c] = Gev @ (Vh.T @ (Ut * S / (S * S + n * lam)))
-            G = self.features[:, c, :]
-            for d in range(D):
-                rows = tr[d]
-                f_hat[d, :, c] = Gev @ ridge_weights(G[rows].to(torch.float64), self.targets[rows, c], N * lam)
-        return ErrorDecomposition(target=self.targets[self.eval_index], f_star=self.f_star, f_lam=f_lam,
-                                  f_hat=f_hat[0] if single else f_hat, lam_pop=lam_pop)
-
-
-def error_decomposition(pool_features, pool_targets, train_index, lam_pop, eval_index=None,
-                        center: bool = True) -> ErrorDecomposition:
-    """Prop B.3's decomposition ``f − f̂ = (f − f*) + (f* − f_λ) + (f_λ − f̂)`` (SPEC §5), in one call.
-
-    Shapes and meaning as in :class:`ErrorDecomposer` (use that class to reuse the pool's factorisation
-    across several training draws and λ values).
-    """
-    return ErrorDecomposer(pool_features, pool_targets, eval_index, center).decompose(train_index, lam_pop)

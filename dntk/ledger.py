@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
-__all__ = ["Sizes", "UnitCosts", "Row", "Ledger", "PIPELINES", "PHASES", "build_ledger", "model_stats",
+__all__ = ["Sizes", "UnitCosts", "MeasuredTimes", "Row", "Ledger", "PIPELINES", "PHASES", "build_ledger", "model_stats",
            "measure_unit_costs", "from_config", "projection_cost", "DATASET_SIZES"]
 
 PIPELINES = ("full_ntk", "class_kernels", "jl", "dd_jl", "dntk")
@@ -76,8 +76,11 @@ class Sizes:
                 raise ValueError(f"Sizes.{name} must be a positive int, got {v!r}")
         if not self.F > 0:
             raise ValueError(f"Sizes.F (forward MACs) must be > 0, got {self.F!r}")
-        if self.projector not in ("orthonormal", "gaussian", "rademacher", "sparse", "srht", "kronecker"):
-            raise ValueError(f"Sizes.projector {self.projector!r} is not a projector kind of SPEC §4.2")
+        from .projection import KINDS
+
+        if self.projector not in KINDS:
+            raise ValueError(f"Sizes.projector {self.projector!r} is not a projector kind; choose one of "
+                             f"{', '.join(KINDS)} (appendix §4.2)")
         if self.projector == "kronecker" and not self.layers:
             raise ValueError("a kronecker ledger needs Sizes.layers = ((T_l, d_in, d_out), ...); "
                              "get them with dntk.ledger.model_stats(model, input_shape)")
@@ -108,6 +111,61 @@ class UnitCosts:
     mac_rate: float
     device: str = "cpu"
     note: str = ""
+
+
+@dataclass(frozen=True)
+class MeasuredTimes:
+    """Seconds a pipeline run measured for its stages (``None``: that stage did not run).
+
+    Featurisation is one pass (per-sample gradients streamed into the projection), so its time is
+    recorded on the Jacobian rows and the projection rows say "measured, in jacobians".
+
+    Attributes
+    ----------
+    featurize_distilled, featurize_test, featurize_train : float or None
+        Projected class gradients of the ``N_d`` distilled points, the ``N*`` test points and the
+        ``N`` training points (the last only for the JL-only reference).
+    wmdd, algorithm1 : float or None
+        One-time stages: WMDD synthesis and Algorithm 1 (appendix §4.3).
+    krr_fit, krr_predict : float or None
+        The DNTK's KRR fit on the synthetic gradients and its test predictions.
+    krr_distilled_fit, krr_full_fit : float or None
+        KRR on all distilled gradients (DD + JL) and on the whole training set (JL only).
+    """
+    featurize_distilled: Optional[float] = None
+    featurize_test: Optional[float] = None
+    featurize_train: Optional[float] = None
+    wmdd: Optional[float] = None
+    algorithm1: Optional[float] = None
+    krr_fit: Optional[float] = None
+    krr_predict: Optional[float] = None
+    krr_distilled_fit: Optional[float] = None
+    krr_full_fit: Optional[float] = None
+
+    def rows(self) -> dict:
+        """``{(pipeline, phase, stage): seconds or (seconds, label)}`` for :meth:`Ledger.attach_measured`."""
+        in_jac = (0.0, "measured, in jacobians")
+        out = {}
+
+        def put(value, *keys, projection=None):
+            if value is None:
+                return
+            for key in keys:
+                out[key] = float(value)
+            for key in projection or ():
+                out[key] = in_jac
+
+        put(self.featurize_distilled, ("dntk", "build", "jacobians"), ("dd_jl", "build", "jacobians"),
+            projection=(("dntk", "build", "projection"), ("dd_jl", "build", "projection")))
+        put(self.featurize_test, ("dntk", "predict", "jacobians"), projection=(("dntk", "predict", "projection"),))
+        put(self.featurize_train, ("jl", "build", "jacobians"), projection=(("jl", "build", "projection"),))
+        put(self.wmdd, ("dntk", "one_time", "wmdd"), ("dd_jl", "one_time", "wmdd"))
+        put(self.algorithm1, ("dntk", "one_time", "algorithm1"))
+        put(self.krr_fit, ("dntk", "build", "krr"))
+        put(self.krr_predict, ("dntk", "predict", "kernel"))
+        put(self.krr_distilled_fit, ("dd_jl", "build", "krr"))
+        put(self.krr_full_fit, ("jl", "build", "krr"))
+        return out
 
 
 @dataclass
@@ -266,6 +324,10 @@ class Ledger:
                     r.seconds, r.source, hit = float(sec), label, True
             if not hit:
                 raise KeyError(f"no ledger row {key}")
+
+    def attach_times(self, times: MeasuredTimes) -> None:
+        """Replace the seconds of the stages a pipeline run measured (see :class:`MeasuredTimes`)."""
+        self.attach_measured(times.rows())
 
     # ------------------------------------------------------------------------- totals
     def total(self, pipeline: str, phases: Sequence[str] = ("build",)) -> dict:
@@ -436,8 +498,17 @@ def measure_unit_costs(model, inputs, projector=None, repeats: int = 3, device="
 
     from . import tangent
 
-    model = model.to(device).eval()
-    X = torch.as_tensor(inputs).to(device)
+    from ._common import eval_mode, on_device
+
+    with on_device(model, device), eval_mode(model):
+        return _measure_unit_costs(model, torch.as_tensor(inputs).to(device), projector, repeats, device)
+
+
+def _measure_unit_costs(model, X, projector, repeats: int, device) -> UnitCosts:
+    import torch
+
+    from . import tangent
+
     n = len(X)
 
     def sync():

@@ -8,11 +8,13 @@ return a ``(C,)`` float64 tensor.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import torch
 
 __all__ = ["accuracy", "fidelity", "logit_r2", "relative_logit_error", "row_space_basis",
-           "coverage", "nystrom_error"]
+           "coverage", "nystrom_error", "Report", "report"]
 
 
 def _tensor(x, name: str) -> torch.Tensor:
@@ -166,3 +168,62 @@ def nystrom_error(G, G_syn, rtol: float | None = None):
     their relative accuracy. Shapes as in :func:`coverage`.
     """
     return _per_class(_nystrom2, G, G_syn, rtol)
+
+
+# ----------------------------------------------------------------------------- one report
+@dataclass(frozen=True)
+class Report:
+    """The prediction metrics of one kernel model on one test set (appendix §1); ``None`` where not asked.
+
+    Attributes
+    ----------
+    accuracy : float or None
+        :func:`accuracy` against the labels.
+    fidelity : float or None
+        :func:`fidelity`, agreement with the network's argmax.
+    logit_r2 : float or None
+        :func:`logit_r2` against the network's logits (``None`` when they are constant in every class).
+    relative_logit_error : float or None
+        :func:`relative_logit_error` against the network's logits.
+    """
+
+    accuracy: float | None = None
+    fidelity: float | None = None
+    logit_r2: float | None = None
+    relative_logit_error: float | None = None
+
+    def as_dict(self) -> dict:
+        """The metrics as a plain ``{name: value}`` dict (for JSON and tables)."""
+        return asdict(self)
+
+
+def report(pred, labels=None, net_logits=None) -> Report:
+    """Every prediction metric of ``pred`` that the given references allow.
+
+    Parameters
+    ----------
+    pred : array ``(N, C)``
+        A kernel model's predictions (e.g. :meth:`dntk.krr.ClassKRR.predict`).
+    labels : array ``(N,)``, optional
+        Integer labels: gives ``accuracy``.
+    net_logits : array ``(N, C)``, optional
+        The network's logits at the same points: gives ``fidelity``, ``logit_r2`` and
+        ``relative_logit_error``.
+
+    Returns
+    -------
+    Report
+        Frozen; ``None`` for the metrics whose reference was not given.
+    """
+    if labels is None and net_logits is None:
+        raise ValueError("report needs labels (for accuracy) or net_logits (for fidelity and the logit errors), "
+                         "or both.")
+    out = {}
+    if labels is not None:
+        out["accuracy"] = accuracy(pred, labels)
+    if net_logits is not None:
+        out["fidelity"] = fidelity(pred, net_logits)
+        f = _pred(net_logits, "net_logits").to(torch.float64)
+        out["logit_r2"] = logit_r2(pred, net_logits) if float((f - f.mean(0)).pow(2).sum()) > 0 else None
+        out["relative_logit_error"] = relative_logit_error(pred, net_logits)
+    return Report(**out)

@@ -4,36 +4,94 @@ Every network is a :class:`Classifier`: ``features`` maps an input ``(N, C_in, H
 penultimate representation ``(N, D)`` (after global pooling and flatten) and ``head`` is an
 ``nn.Linear(D, C)``, so ``model(x) == model.head(model.features(x))`` gives logits ``(N, C)``.
 
-``trained(...)`` trains a model once per machine and caches it (weights + a JSON sidecar) under
-``$DNTK_CACHE`` or ``~/.cache/dntk``; every notebook uses it for "the trained digits convnet".
+:func:`training_loop` is the one optimisation loop of the package (optimizer, cosine schedule,
+divergence check, progress bar); :func:`train` (cross-entropy on hard labels) and
+:func:`dntk.wmdd.train_student` (distillation on soft labels) are thin users of it. Training settings
+default to :data:`TEACHER_DEFAULTS` everywhere (``train``, ``trained`` and the pipeline's teacher).
+
+``trained(...)`` trains a model once per machine and caches it, checksummed, in a
+:class:`dntk.store.Store` under ``$DNTK_CACHE`` or ``~/.cache/dntk``; every notebook uses it for
+"the trained digits convnet". Checkpoints written by :func:`save` carry a SHA-256 of their weights
+that :func:`load` verifies.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
+import io
 import logging
 import math
 import os
-import tempfile
+import pickle
 import time
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from . import _common
+from .store import Store, atomic_write_bytes, content_hash
+
 log = logging.getLogger("dntk")
 
-__all__ = ["Classifier", "MODELS", "build", "train", "evaluate", "save", "load", "trained",
-           "resolve_cache_dir", "TRAINED_DEFAULTS"]
+__all__ = ["Classifier", "MODELS", "build", "train", "training_loop", "evaluate", "save", "load", "trained",
+           "resolve_cache_dir", "TrainingSettings", "TEACHER_DEFAULTS", "TEACHER_EPOCHS", "TRAINED_DEFAULTS",
+           "TRAINING_VERSION", "TrainingDivergedError"]
 
 #: Names accepted by :func:`build`.
 MODELS = ("convnet", "resnet18", "mlp")
-#: Settings of :func:`trained` unless overridden (chosen for digits: ~97% test accuracy, seconds on CPU).
-TRAINED_DEFAULTS = {"epochs": 20, "lr": 3e-3, "optimizer": "adam", "batch_size": 64, "weight_decay": 0.0,
-                    "schedule": "cosine"}
-_CACHE_VERSION = 1  # bump when training code changes in a way that changes the weights
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Optimisation settings of a network trained on hard labels (the teacher).
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training set.
+    lr : float
+        Peak learning rate (decayed to 0 by the cosine ``schedule``).
+    optimizer : {"adam", "sgd"}
+        ``"sgd"`` uses ``momentum``.
+    batch_size : int
+        Samples per step.
+    weight_decay : float
+        L2 penalty of the optimizer.
+    schedule : {"cosine", None}
+        Per-step cosine decay (:func:`dntk._common.cosine_factor`) or a constant lr.
+    momentum : float
+        SGD momentum (unused by Adam).
+    """
+
+    epochs: int = 20
+    lr: float = 3e-3
+    optimizer: str = "adam"
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    schedule: str | None = "cosine"
+    momentum: float = 0.9
+
+
+#: The teacher's training settings, used by :func:`train`, :func:`trained` and the pipeline's teacher
+#: (chosen for digits: about 97% test accuracy in seconds on a CPU).
+TEACHER_DEFAULTS = TrainingSettings()
+#: Teacher epochs (``TEACHER_DEFAULTS.epochs``), the one default for every teacher of the package.
+TEACHER_EPOCHS = TEACHER_DEFAULTS.epochs
+#: ``TEACHER_DEFAULTS`` as a dict (without ``momentum``), kept for existing callers.
+TRAINED_DEFAULTS = {k: v for k, v in dataclasses.asdict(TEACHER_DEFAULTS).items() if k != "momentum"}
+#: Bump when the training code changes in a way that changes the weights (part of every teacher cache key).
+TRAINING_VERSION = 1
+_CACHE_VERSION = TRAINING_VERSION  # old name, read by pipeline.py until it uses TRAINING_VERSION
+
+
+class TrainingDivergedError(ValueError):
+    """Training produced a non-finite loss or non-finite weights (the message names the epoch)."""
 
 
 class Classifier(nn.Module):
@@ -183,16 +241,37 @@ def build(name: str, num_classes: int, in_channels: int = 1, width: int | None =
 
 
 # --------------------------------------------------------------------------- data plumbing
+def _check_labels_dtype(y: torch.Tensor, what: str = "labels") -> None:
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{what} must be integer class indices, got dtype {y.dtype}; convert whole-number "
+                        "labels with y.long() (soft labels belong to dntk.wmdd.train_student).")
+
+
+def _check_images(x: torch.Tensor, where: str) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"{where}: images must be floating point (e.g. in [0, 1]), got dtype {x.dtype}; "
+                        "convert with X.float() / 255 or load them with dntk.data.")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{where}: the images contain NaN or inf; clean the data before training or evaluating.")
+
+
 def _as_dataset(data) -> Dataset:
+    """A map-style Dataset from ``(X (N, C, H, W), y (N,))`` (checked here, once) or a Dataset (as is)."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
         X, y = data
-        y = torch.as_tensor(y, dtype=torch.int64)
+        y = torch.as_tensor(y)
         if X.ndim != 4 or y.ndim != 1 or len(X) != len(y):
             raise ValueError(f"(X, y) must be X (N, C, H, W) and y (N,), got {tuple(X.shape)} and {tuple(y.shape)}.")
-        return TensorDataset(X.float(), y)
+        if len(X) == 0:
+            raise ValueError("the data set is empty (N = 0); pass at least one sample.")
+        _check_labels_dtype(y)
+        _check_images(X, "(X, y)")
+        return TensorDataset(X, y.long())
     if isinstance(data, Dataset) or hasattr(data, "__getitem__"):
+        if not hasattr(data, "__len__"):
+            raise TypeError("the dataset must be map-style (define __len__ and __getitem__).")
         if len(data) == 0:
-            raise ValueError("dataset is empty.")
+            raise ValueError("the dataset is empty (N = 0); pass at least one sample.")
         return data
     raise TypeError(f"expected a Dataset or a tuple (X, y) of tensors, got {type(data).__name__}.")
 
@@ -213,132 +292,293 @@ def _check_channels(model, ds):
                          f"in_channels={dc} (e.g. dntk.models.build(name, num_classes, in_channels={dc})).")
 
 
-# --------------------------------------------------------------------------- training
-def train(model: nn.Module, dataset, epochs: int = 30, lr: float = 1e-3, optimizer: str = "adam",
-          batch_size: int = 128, weight_decay: float = 0.0, seed: int = 0, device="cpu",
-          progress: bool = False, schedule: str | None = "cosine", momentum: float = 0.9) -> dict:
-    """Train with cross-entropy, seeded (same seed -> identical weights on the same device).
+def _num_outputs(model) -> int | None:
+    c = getattr(model, "num_classes", None)
+    return int(c) if isinstance(c, int) else None
 
-    dataset: a map-style Dataset of ``(image (C, H, W), label)`` or a tuple ``(X (N, C, H, W), y (N,))``.
-    optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``); schedule: ``"cosine"`` (per-step cosine
-        decay to 0) or ``None`` (constant lr).
-    Returns ``{"loss": [...], "accuracy": [...]}`` per epoch (mean training loss, training accuracy
-    measured on the fly). The model is left in eval mode on ``device``.
+
+def _check_batch(xb: torch.Tensor, yb: torch.Tensor, num_classes: int, where: str) -> None:
+    """Per-batch checks for Dataset inputs (tensors were checked once in :func:`_as_dataset`)."""
+    _check_labels_dtype(yb)
+    _check_images(xb, where)
+    _check_label_range(yb, num_classes, where)
+
+
+def _check_label_range(y: torch.Tensor, num_classes: int, where: str) -> None:
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{where}: labels must lie in 0..{num_classes - 1} (the model has {num_classes} outputs), "
+                         f"got labels from {int(y.min())} to {int(y.max())}; build the model with "
+                         "num_classes = the number of classes, or fix the labels.")
+
+
+def _positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}.")
+    return v
+
+
+def _check_lr(lr) -> float:
+    try:
+        lr = float(lr)
+    except (TypeError, ValueError):
+        raise TypeError(f"lr must be a number, got {type(lr).__name__}.") from None
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}.")
+    return lr
+
+
+# --------------------------------------------------------------------------- training
+def training_loop(model: nn.Module, batches: Callable[[int], Iterable[Any]],
+                  step_loss: Callable[[nn.Module, Any], tuple[torch.Tensor, int, dict] | None], *,
+                  epochs: int, steps_per_epoch: int, lr: float, optimizer: str = "adam",
+                  weight_decay: float = 0.0, momentum: float = 0.9, schedule: str | None = "cosine",
+                  progress: bool = False, desc: str = "train") -> dict[str, list[float]]:
+    """The package's one optimisation loop: optimizer, per-step cosine schedule, divergence check, progress.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Trained in place (train mode inside, eval mode on return, also after an error). It must already
+        be on the device its batches go to.
+    batches : callable
+        ``batches(epoch)`` yields the batch objects of one epoch (any type ``step_loss`` understands).
+    step_loss : callable
+        ``step_loss(model, batch) -> (loss, n, sums)`` with ``loss`` the scalar mean loss of the batch,
+        ``n`` its sample count and ``sums`` a dict of per-batch totals (e.g. ``{"accuracy": correct}``);
+        or ``None`` to skip the batch (no optimizer or scheduler step).
+    epochs, steps_per_epoch : int
+        The cosine schedule runs over ``epochs * steps_per_epoch`` steps.
+    lr, optimizer, weight_decay, momentum, schedule
+        As in :class:`TrainingSettings`; Adam uses its default betas.
+    progress : bool
+        Show a ``tqdm`` bar over epochs.
+    desc : str
+        Label of the bar and of error messages.
+
+    Returns
+    -------
+    dict
+        ``{"loss": [...], **{name: [...] for name in sums}}``: per epoch, the sample-weighted mean loss
+        and ``sum(sums[name]) / sum(n)``.
+
+    Raises
+    ------
+    TrainingDivergedError
+        A non-finite loss (naming the epoch and step), or non-finite weights after an epoch.
     """
-    ds = _as_dataset(dataset)
-    _check_channels(model, ds)
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}.")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}.")
+    lr = _check_lr(lr)
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'sgd'.")
     if schedule not in (None, "cosine"):
         raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or None.")
-    torch.manual_seed(int(seed))
-    model.to(device)
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}.")
+    if not (math.isfinite(momentum) and 0 <= momentum < 1):
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}.")
+    _common.check_model_finite(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    total = max(1, epochs * steps_per_epoch)
+    sched = _common.cosine_schedule(opt, total) if schedule == "cosine" else None
+    history: dict[str, list[float]] = {"loss": []}
+    bar = _common.progress_bar(epochs, desc, progress)
+    model.train()
+    try:
+        for epoch in range(epochs):
+            tot_loss, n_tot, sums = 0.0, 0, {}
+            for step, batch in enumerate(batches(epoch)):
+                out = step_loss(model, batch)
+                if out is None:
+                    continue
+                loss, n, extra = out
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingDivergedError(
+                        f"{desc}: training diverged in epoch {epoch + 1} of {epochs} (step {step + 1}): the loss "
+                        f"is {loss_value}; lower lr (now {lr:g}) or check the data and the model's weights.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                tot_loss += loss_value * n
+                n_tot += n
+                for k, v in extra.items():
+                    sums[k] = sums.get(k, 0) + v
+            try:
+                _common.check_model_finite(model)
+            except ValueError as e:
+                raise TrainingDivergedError(f"{desc}: training diverged in epoch {epoch + 1} of {epochs}: {e}") from None
+            history["loss"].append(tot_loss / max(n_tot, 1))
+            for k, v in sums.items():
+                history.setdefault(k, []).append(v / max(n_tot, 1))
+            bar.update(1)
+            bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+    finally:
+        bar.close()
+        model.eval()
+    return history
+
+
+def train(model: nn.Module, dataset, epochs: int = TEACHER_DEFAULTS.epochs, lr: float = TEACHER_DEFAULTS.lr,
+          optimizer: str = TEACHER_DEFAULTS.optimizer, batch_size: int = TEACHER_DEFAULTS.batch_size,
+          weight_decay: float = TEACHER_DEFAULTS.weight_decay, seed: int = 0, device="cpu",
+          progress: bool = False, schedule: str | None = TEACHER_DEFAULTS.schedule,
+          momentum: float = TEACHER_DEFAULTS.momentum) -> dict:
+    """Train with cross-entropy on hard labels, seeded (same seed -> identical weights on the same device).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Trained in place; its weights must be finite.
+    dataset : Dataset or (X, y)
+        A map-style Dataset of ``(image (C, H, W), label)`` or a tuple ``(X (N, C, H, W) float, y (N,) int)``
+        with at least two samples, finite pixels and labels in ``0..C-1``.
+    epochs, lr, optimizer, batch_size, weight_decay, schedule, momentum
+        As in :class:`TrainingSettings`; defaults :data:`TEACHER_DEFAULTS`.
+    seed : int
+        Seeds the shuffling through a local ``torch.Generator`` (the global RNG is untouched).
+    device : str or torch.device
+        Where to train; the model is left there.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        ``{"loss": [...], "accuracy": [...]}`` per epoch (mean training loss, training accuracy measured
+        on the fly). The model is left in eval mode on ``device``.
+
+    Raises
+    ------
+    TrainingDivergedError
+        The loss or the weights became non-finite (the message names the epoch).
+    """
+    _common.check_model(model)
+    ds = _as_dataset(dataset)
+    _check_channels(model, ds)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}.")
+    batch_size = _positive_int("batch_size", batch_size)
+    _check_lr(lr)
+    if len(ds) < 2:
+        raise ValueError(f"training needs at least 2 samples (BatchNorm cannot train on one), got {len(ds)}.")
+    _common.check_model_finite(model)
+    C = _num_outputs(model)
+    if isinstance(ds, TensorDataset) and C is not None:
+        _check_label_range(ds.tensors[1], C, "train")
+    dev = _common.resolve_device(device)
+    model.to(dev)
     g = torch.Generator().manual_seed(int(seed))
     # a last batch of one sample breaks BatchNorm in train mode: drop it only in that case
     drop_last = len(ds) % batch_size == 1
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g, drop_last=drop_last, num_workers=0)
-    total_steps = max(1, epochs * len(loader))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))) if schedule else (lambda s: 1.0))
-    history = {"loss": [], "accuracy": []}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, desc=f"train {getattr(model, 'name', '')}".strip())
-    model.train()
-    try:
-        for _ in range(epochs):
-            tot_loss, correct, n = 0.0, 0, 0
-            for xb, yb in loader:
-                xb, yb = xb.to(device), torch.as_tensor(yb).to(device)
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot_loss += float(loss.detach()) * len(yb)
-                correct += int((logits.detach().argmax(1) == yb).sum())
-                n += len(yb)
-            history["loss"].append(tot_loss / n)
-            history["accuracy"].append(correct / n)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", acc=f"{history['accuracy'][-1]:.3f}")
-    finally:
-        if bar is not None:
-            bar.close()
-        model.eval()
+    checked = isinstance(ds, TensorDataset)
+
+    def step_loss(m, batch):
+        xb, yb = batch
+        yb = torch.as_tensor(yb)
+        if not checked:
+            _check_batch(torch.as_tensor(xb), yb, C if C is not None else 2**62, "train")
+        xb, yb = xb.to(dev), yb.to(dev)
+        logits = m(xb)
+        if C is None:
+            _check_label_range(yb, logits.shape[1], "train")
+        loss = F.cross_entropy(logits, yb)
+        return loss, len(yb), {"accuracy": int((logits.detach().argmax(1) == yb).sum())}
+
+    history = training_loop(model, lambda epoch: loader, step_loss, epochs=epochs, steps_per_epoch=len(loader),
+                            lr=lr, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
+                            schedule=schedule, progress=progress,
+                            desc=f"train {getattr(model, 'name', '')}".strip())
+    history.setdefault("accuracy", [])
     return history
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, batch_size: int = 256, device=None) -> float:
-    """Accuracy of ``model`` (in eval mode) on a Dataset or ``(X (N, C, H, W), y (N,))``."""
+    """Accuracy of ``model`` (in eval mode) on a Dataset or ``(X (N, C, H, W) float, y (N,) int)``.
+
+    The model's weights and the images must be finite and the labels must lie in ``0..C-1``
+    (``C`` = the model's outputs); anything else raises instead of returning a meaningless number.
+    """
+    _common.check_model(model)
     ds = _as_dataset(data)
     _check_channels(model, ds)
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else "cpu"
-    was_training = model.training
-    model.eval()
+    batch_size = _positive_int("batch_size", batch_size)
+    _common.check_model_finite(model)
+    checked = isinstance(ds, TensorDataset)
     correct, n = 0, 0
-    try:
+    with _common.on_device(model, device) as dev, _common.eval_mode(model):
         for xb, yb in DataLoader(ds, batch_size=batch_size, shuffle=False):
-            pred = model(xb.to(device)).argmax(1).cpu()
-            correct += int((pred == torch.as_tensor(yb)).sum())
+            yb = torch.as_tensor(yb)
+            if not checked:
+                _check_labels_dtype(yb)
+                _check_images(torch.as_tensor(xb), "evaluate")
+            logits = model(xb.to(dev))
+            _check_label_range(yb, logits.shape[1], "evaluate")
+            correct += int((logits.argmax(1).cpu() == yb).sum())
             n += len(yb)
-    finally:
-        model.train(was_training)
     return correct / n
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _atomic_write(path: Path, write):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+_CHECKPOINT_FORMAT = "dntk-checkpoint-1"
 
 
 def save(model: nn.Module, path) -> Path:
-    """Save ``model.state_dict()`` (tensors only, on CPU) to ``path`` atomically (tmp file + os.replace)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
-    return Path(path)
+    """Save ``model.state_dict()`` (tensors on CPU) with its SHA-256 to ``path``, atomically.
+
+    The file holds ``{"format", "sha256", "state_dict"}`` (:func:`dntk.store.content_hash` of the state),
+    written through :func:`dntk.store.atomic_write_bytes` (temporary file, fsync, rename).
+    """
+    _common.check_model(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save({"format": _CHECKPOINT_FORMAT, "sha256": content_hash(state), "state_dict": state}, buf)
+    return atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def load(model: nn.Module, path, device=None) -> nn.Module:
-    """Load weights saved by :func:`save` into ``model`` (``torch.load(weights_only=True)``); returns it in eval mode."""
+    """Load weights saved by :func:`save` into ``model`` (``torch.load(weights_only=True)``); returns it in eval mode.
+
+    A file written by :func:`save` is verified against its SHA-256; a plain ``state_dict`` saved with
+    ``torch.save`` is accepted too. Unreadable files, checksum mismatches, other architectures and
+    non-finite weights raise ``ValueError`` naming the file.
+    """
+    _common.check_model(model)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state_dict (got {type(state).__name__}).")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError,
+            UnicodeDecodeError, AttributeError, IndexError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''}); save one with dntk.models.save.") from None
+    if isinstance(obj, dict) and obj.get("format") == _CHECKPOINT_FORMAT:
+        state = obj.get("state_dict")
+        if not isinstance(state, dict) or content_hash(state) != obj.get("sha256"):
+            raise ValueError(f"the checkpoint {path} is corrupt (its weights do not match their recorded SHA-256); "
+                             "restore it or save it again.")
+    else:
+        state = obj
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors (got {type(state).__name__}).")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"the checkpoint {path} does not match this model's architecture; build the model "
                          f"with the same name/num_classes/in_channels/width it was saved with. Details: {e}") from None
+    try:
+        _common.check_model_finite(model)
+    except ValueError as e:
+        raise ValueError(f"the checkpoint {path} holds non-finite weights: {e}") from None
     if device is not None:
-        model.to(device)
+        model.to(_common.resolve_device(device))
     return model.eval()
 
 
@@ -361,15 +601,18 @@ def trained(name: str = "convnet", dataset: str = "digits", seed: int = 0, epoch
             weight_decay: float | None = None, device="cpu") -> Classifier:
     """The trained ``name`` on ``dataset``'s train split, trained once and cached; returned in eval mode on CPU.
 
-    Defaults (``TRAINED_DEFAULTS``): Adam, lr 3e-3 with cosine decay, 20 epochs, batch 64 — the
-    digits convnet reaches about 97% test accuracy in seconds on CPU.
-    Cache: ``<cache_dir>/<name>-<dataset>-s<seed>-<hash>.pt`` (weights) and ``.json`` (settings,
-    history, test accuracy), the hash covering every setting and the architecture's parameter
-    shapes; ``cache_dir`` defaults to ``$DNTK_CACHE`` or ``~/.cache/dntk``. Writes are atomic.
+    Settings left ``None`` take :data:`TEACHER_DEFAULTS` (Adam, lr 3e-3 with cosine decay, 20 epochs,
+    batch 64: the digits convnet reaches about 97% test accuracy in seconds on CPU).
+
+    Cache: the stage ``teacher`` of a :class:`dntk.store.Store` at ``cache_dir`` (default
+    ``$DNTK_CACHE`` or ``~/.cache/dntk``), keyed by every setting, :data:`TRAINING_VERSION` and the
+    architecture's parameter shapes; the artifact holds the weights, the training history and the test
+    accuracy, each checksummed. A corrupted or replaced cached weight fails verification and is
+    retrained (with a one-line warning), never loaded.
     """
     from . import data as _data
 
-    settings = dict(TRAINED_DEFAULTS)
+    settings = dataclasses.asdict(TEACHER_DEFAULTS)
     for k, v in (("epochs", epochs), ("lr", lr), ("optimizer", optimizer), ("batch_size", batch_size),
                  ("weight_decay", weight_decay)):
         if v is not None:
@@ -377,31 +620,25 @@ def trained(name: str = "convnet", dataset: str = "digits", seed: int = 0, epoch
     train_ds = _data.load(dataset, "train", root=root, resize=resize)
     model = build(name, train_ds.num_classes, in_channels=train_ds.in_channels, width=width, seed=seed,
                   **({"input_shape": (train_ds.in_channels, *train_ds.image_size)} if name == "mlp" else {}))
-    key = {"version": _CACHE_VERSION, "name": name, "dataset": dataset, "root": None if root is None else str(root),
-           "resize": resize, "seed": seed, "width": width, **settings, "arch": _arch_signature(model)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    safe_ds = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset)[:40]
-    d = resolve_cache_dir(cache_dir)
-    wpath = d / f"{name}-{safe_ds}-s{seed}-{digest}.pt"
-    jpath = wpath.with_suffix(".json")
-    if wpath.is_file():
-        try:
-            load(model, wpath)
-            log.info("dntk: loaded cached %s from %s", name, wpath)
-            return model.cpu().eval()
-        except (ValueError, RuntimeError, OSError, EOFError) as e:  # corrupt/partial file: retrain
-            log.warning("dntk: cached checkpoint %s unreadable (%s); retraining", wpath, e)
-    t0 = time.perf_counter()
-    history = train(model, train_ds, epochs=settings["epochs"], lr=settings["lr"], optimizer=settings["optimizer"],
-                    batch_size=settings["batch_size"], weight_decay=settings["weight_decay"], seed=seed,
-                    device=device, progress=progress)
-    seconds = time.perf_counter() - t0
-    model.cpu().eval()
-    test_acc = evaluate(model, _data.load(dataset, "test", root=root, resize=resize))
-    save(model, wpath)
-    meta = {"settings": {k: v for k, v in key.items() if k != "arch"}, "hash": digest, "history": history,
-            "test_accuracy": test_acc, "train_seconds": seconds, "num_params": sum(p.numel() for p in model.parameters()),
-            "torch": torch.__version__}
-    _atomic_write(jpath, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
-    log.info("dntk: trained %s on %s in %.1fs, test accuracy %.4f -> %s", name, dataset, seconds, test_acc, wpath)
-    return model
+    key = {"version": TRAINING_VERSION, "name": name, "dataset": dataset,
+           "root": None if root is None else str(root), "resize": resize, "seed": seed, "width": width,
+           **settings, "arch": _arch_signature(model)}
+
+    def compute() -> dict:
+        t0 = time.perf_counter()
+        history = train(model, train_ds, seed=seed, device=device, progress=progress,
+                        **{k: settings[k] for k in ("epochs", "lr", "optimizer", "batch_size", "weight_decay",
+                                                    "schedule", "momentum")})
+        seconds = time.perf_counter() - t0
+        model.cpu().eval()
+        test_acc = evaluate(model, _data.load(dataset, "test", root=root, resize=resize))
+        log.info("dntk: trained %s on %s in %.1fs, test accuracy %.4f", name, dataset, seconds, test_acc)
+        return {"state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "history": history, "test_accuracy": test_acc, "train_seconds": seconds,
+                "num_params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__}
+
+    got = Store(resolve_cache_dir(cache_dir)).fetch("teacher", key, compute)
+    if got.status == "cached":
+        log.info("dntk: loaded cached %s (%s)", name, got.key)
+    model.load_state_dict(got.artifact["state"])
+    return model.cpu().eval()

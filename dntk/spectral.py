@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .linalg import gram_eig, roundoff_cutoff
+
 log = logging.getLogger("dntk")
 
 __all__ = [
@@ -30,7 +32,6 @@ __all__ = [
 ]
 
 _NEG_RTOL = 1e-6          # eigenvalues below -_NEG_RTOL * max|λ| mean "not PSD", not round-off
-_EPS = float(np.finfo(np.float64).eps)
 _DENSE_CLUSTER_MAX_N = 5000  # spectral_clusters(method="auto") switches to matrix-free above this N
 
 
@@ -111,7 +112,7 @@ def eig_from_features(G, method: str = "auto", rank: int | None = None) -> tuple
     ``method="gram"``: ``eigh`` of the *smaller* Gram matrix — ``G Gᵀ`` when ``N ≤ k`` (that is ``K`` itself,
     exact, and smaller than ``G``), else ``GᵀG`` (``k×k``) with ``U = G V Σ⁻¹`` (about 2× faster than the SVD
     for ``N ≫ k``; those eigenvectors are accurate only where ``λ ≫ ε·λ₁``, so ``rank`` then defaults to the
-    eigenvalues above ``1e-10·λ₁``). ``method="auto"``: ``"gram"`` when ``N ≤ k``, else ``"svd"`` — never a matrix
+    numerical rank of :func:`dntk.linalg.gram_eig`, eigenvalues above ``max(N, k)·ε·λ₁``). ``method="auto"``: ``"gram"`` when ``N ≤ k``, else ``"svd"`` — never a matrix
     larger than ``G`` and always exact to round-off.
     Returns ``(eigenvalues (r,) descending, eigenvectors (N, r))`` float64, ``r = min(N, k)`` (or ``rank``);
     the kernel's remaining ``N − r`` eigenvalues are 0.
@@ -120,34 +121,28 @@ def eig_from_features(G, method: str = "auto", rank: int | None = None) -> tuple
     n, k = G.shape
     if n == 0 or k == 0:
         raise ValueError(f"G must be non-empty, got shape {tuple(G.shape)}.")
+    if method not in ("auto", "svd", "gram"):
+        raise ValueError(f"method must be 'auto', 'svd' or 'gram', got {method!r}.")
     if method == "auto":
         method = "gram" if n <= k else "svd"
+    if rank is not None and not (1 <= int(rank) <= min(n, k)):
+        raise ValueError(f"rank must lie in [1, {min(n, k)}], got {rank}.")
     if method == "svd":
         U, S, _ = torch.linalg.svd(G, full_matrices=False)
         ev = S**2
-    elif method == "gram" and n <= k:
-        ev, U = torch.linalg.eigh(G @ G.T)
-        ev, U = ev.flip(0).clamp(min=0.0), U.flip(1)
-    elif method == "gram":
-        ev, V = torch.linalg.eigh(G.T @ G)
-        ev, V = ev.flip(0).clamp(min=0.0), V.flip(1)
-        if rank is None:
-            rank = max(1, int((ev > 1e-10 * ev[0]).sum().item()))
-        ev, V = ev[:rank], V[:, :rank]
-        U = (G @ V) / ev.sqrt().clamp(min=np.finfo(float).tiny)
     else:
-        raise ValueError(f"method must be 'auto', 'svd' or 'gram', got {method!r}.")
+        e = gram_eig(G)
+        if e.side == "left":
+            ev, U = e.eigenvalues, e.left_vectors()
+        else:                                    # U_r = G V_r Σ_r⁻¹ exists only above round-off
+            r = e.rank if rank is None else int(rank)
+            if r > e.rank:
+                raise ValueError(f"rank = {r} exceeds the numerical rank {e.rank} of G, beyond which method='gram' "
+                                 "has no accurate eigenvectors; use method='svd' or a smaller rank.")
+            ev, U = e.eigenvalues[:r], e.left_vectors(r)
     if rank is not None:
-        if not (1 <= int(rank) <= ev.numel()):
-            raise ValueError(f"rank must lie in [1, {ev.numel()}], got {rank}.")
         ev, U = ev[: int(rank)], U[:, : int(rank)]
     return ev, U
-
-
-def _eigvals_features(G: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues ``σ²`` of ``G Gᵀ`` (the first ``min(N, k)``), from the smaller Gram matrix, descending."""
-    A = G @ G.T if G.shape[0] <= G.shape[1] else G.T @ G
-    return torch.linalg.eigvalsh(A).flip(0).clamp(min=0.0)
 
 
 # ----------------------------------------------------------------------------- spectrum statistics
@@ -163,7 +158,7 @@ def truncation_rank(eigenvalues, tau: float) -> int:
     ev = _check_eigenvalues(eigenvalues)
     if ev[0].item() <= 0:
         raise ValueError("the spectrum is all zero, so the truncation rank is undefined (zero kernel).")
-    ev = torch.where(ev > ev.numel() * _EPS * ev[0], ev, 0.0)   # round-off level counts as zero
+    ev = torch.where(ev > roundoff_cutoff(ev[0].item(), ev.numel(), ev.numel()), ev, 0.0)   # round-off: zero
     cum = torch.cumsum(ev, 0)
     if tau == 1.0:
         return int((ev > 0).sum().item())
@@ -225,7 +220,7 @@ def parameter_redundancy(G, tau: float) -> tuple[float, int]:
     values come from the smaller of ``G Gᵀ`` and ``GᵀG`` (a matrix no larger than ``G``).
     """
     G = _tensor(G, "G", ndim=2)
-    r = truncation_rank(_eigvals_features(G), tau)
+    r = truncation_rank(gram_eig(G, vectors=False).eigenvalues, tau)
     return G.shape[1] / r, r
 
 
@@ -260,7 +255,7 @@ def jl_rank_bracket(projected, tau: float, eps: float, n: int | None = None) -> 
     if x.ndim == 2:
         if n is None:
             n = x.shape[0]
-        ev = _eigvals_features(x)
+        ev = gram_eig(x, vectors=False).eigenvalues
     else:
         ev = x
         if n is None:
@@ -474,10 +469,9 @@ def _top_eig(G: torch.Tensor, tau: float, method: str):
     if method == "dense":
         ev, U = eig_from_kernel(G @ G.T)
     elif method == "gram" and n > k:            # eigh of GᵀG, then only the r eigenvectors that are needed
-        ev, V = torch.linalg.eigh(G.T @ G)
-        ev, V = ev.flip(0).clamp(min=0.0), V.flip(1)
-        r = truncation_rank(ev, tau)
-        return ev[:r], (G @ V[:, :r]) / ev[:r].sqrt()
+        e = gram_eig(G, side="right")
+        r = min(truncation_rank(e.eigenvalues, tau), e.rank)
+        return e.eigenvalues[:r], e.left_vectors(r)
     else:
         ev, U = eig_from_features(G, method="auto")
     r = truncation_rank(ev, tau)

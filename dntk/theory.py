@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linalg import gram_eig
+
 __all__ = [
     "Check", "basis", "chain_rule", "loss_gradients", "smoothness", "one_step_regret", "upper_model",
     "pca_residual", "nystrom", "kernel_fidelity", "energy_gap", "principal_gradient",
@@ -83,9 +85,9 @@ def _svd(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _sq_norms(A: torch.Tensor) -> torch.Tensor:
-    """Squared singular values of ``A (n, P)``, descending, from the smaller Gram matrix."""
-    M = A @ A.T if A.shape[0] <= A.shape[1] else A.T @ A
-    return torch.linalg.eigvalsh(M).flip(0).clamp(min=0.0)
+    """Squared singular values of ``A (n, P)``, descending, from the smaller Gram matrix
+    (:func:`dntk.linalg.gram_eig`, its round-off rule)."""
+    return gram_eig(A, vectors=False).eigenvalues
 
 
 def basis(rows, rtol: float = 1e-10) -> torch.Tensor:

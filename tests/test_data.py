@@ -190,3 +190,187 @@ def test_cifar10_reads_local_batches(tmp_path, monkeypatch):
     assert len(ds) == 4 and ds.num_classes == 10 and ds.in_channels == 3 and ds.image_size == (32, 32)
     x, y = ds[2]
     assert x.shape == (3, 32, 32) and y == 2 and 0 <= x.min() and x.max() <= 1
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST (IDX files)
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    """An IDX file written independently of dntk: big-endian magic 0x0000080<ndim>, dims, raw bytes."""
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def _write_fashion(d, n_train=30, n_test=20, gz=True, seed=0):
+    """Small Fashion-MNIST copy in ``d``: labels cycle 0..9, random pixel bytes. Returns the arrays."""
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        imgs = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labs = (np.arange(n) % 10).astype(np.uint8)
+        rng.shuffle(labs)
+        arrays[split] = (imgs, labs)
+        for stem, arr in zip(data.FASHION_MNIST_FILES[split], (imgs, labs)):
+            if gz:
+                with gzip.open(d / f"{stem}.gz", "wb") as f:
+                    f.write(_idx_bytes(arr))
+            else:
+                (d / stem).write_bytes(_idx_bytes(arr))
+    return arrays
+
+
+@pytest.fixture
+def no_fashion_env(monkeypatch, tmp_path):
+    """No $DNTK_DATA and an empty system directory, so only what a test writes is found."""
+    monkeypatch.delenv("DNTK_DATA", raising=False)
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system-empty")
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_matches_raw_bytes(tmp_path, no_fashion_env, gz):
+    arrays = _write_fashion(tmp_path / "fm", gz=gz)
+    for split in ("train", "test"):
+        ds = data.load("fashion-mnist", split, root=tmp_path / "fm")
+        imgs, labs = arrays[split]
+        assert len(ds) == len(labs) and ds.num_classes == 10 and ds.in_channels == 1 and ds.image_size == (28, 28)
+        assert ds.classes == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                              "Bag", "Ankle boot"]
+        X, y = data.as_tensors(ds)
+        assert X.dtype == torch.float32 and X.shape == (len(labs), 1, 28, 28)
+        np.testing.assert_array_equal(X.numpy()[:, 0], imgs.astype(np.float32) / 255.0)  # pixels = byte / 255
+        np.testing.assert_array_equal(y.numpy(), labs.astype(np.int64))
+    assert len(data.load("fashion-mnist", "val", root=tmp_path / "fm")) == 20  # "val" = the test split
+
+
+def test_fashion_mnist_search_order(tmp_path, monkeypatch, no_fashion_env):
+    system = tmp_path / "system"
+    sys_arrays = _write_fashion(system, n_train=10, seed=1)
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", system)
+    assert len(data.load("fashion-mnist", "train")) == 10  # only the system copy exists
+    # torchvision's layout under $DNTK_DATA comes before the system directory
+    env = tmp_path / "env"
+    _write_fashion(env / "FashionMNIST" / "raw", n_train=40, seed=2)
+    monkeypatch.setenv("DNTK_DATA", str(env))
+    assert len(data.load("fashion-mnist", "train")) == 40
+    # $DNTK_DATA/fashion-mnist comes first
+    _write_fashion(env / "fashion-mnist", n_train=50, seed=3)
+    assert len(data.load("fashion-mnist", "train")) == 50
+    assert data.resolve_root("fashion-mnist") == env / "fashion-mnist"
+    # an explicit root wins, in its own torchvision layout too, and never falls back
+    explicit = tmp_path / "explicit"
+    _write_fashion(explicit / "FashionMNIST" / "raw", n_train=60, seed=4)
+    assert len(data.load("fashion-mnist", "train", root=explicit)) == 60
+    with pytest.raises(ValueError, match="not found"):
+        data.load("fashion-mnist", "train", root=tmp_path / "elsewhere")
+    X, _ = data.as_tensors(data.load("fashion-mnist", "train", root=system))
+    np.testing.assert_array_equal(X.numpy()[:, 0] * 255.0, sys_arrays["train"][0].astype(np.float32))
+
+
+def test_fashion_mnist_missing_files_message(tmp_path, no_fashion_env):
+    with pytest.raises(ValueError) as e:
+        data.load("fashion-mnist", "train")
+    msg = str(e.value)
+    assert "train-images-idx3-ubyte" in msg and str(tmp_path / "system-empty") in msg
+    assert "dataset-fashion-mnist" in msg and "DNTK_DATA" in msg and "download=True" in msg  # both routes
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError) as e:
+        data.load("fashion-mnist", "test", root=empty)
+    assert str(empty) in str(e.value) and str(empty / "FashionMNIST" / "raw") in str(e.value)
+
+
+def test_fashion_mnist_corrupt_files(tmp_path, no_fashion_env):
+    d = tmp_path / "fm"
+    _write_fashion(d, gz=False)
+    img = d / "train-images-idx3-ubyte"
+    good = img.read_bytes()
+    img.write_bytes(good[:-100])  # truncated payload
+    with pytest.raises(ValueError, match="truncated") as e:
+        data.load("fashion-mnist", "train", root=d)
+    assert str(img) in str(e.value)
+    img.write_bytes(good[:6])  # truncated inside the header
+    with pytest.raises(ValueError, match="truncated") as e:
+        data.load("fashion-mnist", "train", root=d)
+    assert str(img) in str(e.value)
+    img.write_bytes(b"\x00\x00\x08\x02" + good[4:])  # wrong magic (a 2-D file)
+    with pytest.raises(ValueError, match="magic") as e:
+        data.load("fashion-mnist", "train", root=d)
+    assert str(img) in str(e.value)
+    img.write_bytes(good)
+    lab = d / "train-labels-idx1-ubyte"
+    lab.write_bytes(_idx_bytes(np.zeros(29, dtype=np.uint8)))  # 30 images, 29 labels
+    with pytest.raises(ValueError, match="30 images") as e:
+        data.load("fashion-mnist", "train", root=d)
+    assert str(lab) in str(e.value)
+    lab.write_bytes(_idx_bytes(np.full(30, 12, dtype=np.uint8)))  # label out of range
+    with pytest.raises(ValueError, match="label 12"):
+        data.load("fashion-mnist", "train", root=d)
+    img.write_bytes(_idx_bytes(np.zeros((30, 32, 32), dtype=np.uint8)))  # wrong image shape
+    with pytest.raises(ValueError, match="28, 28"):
+        data.load("fashion-mnist", "train", root=d)
+    # a cut-off gzip stream
+    d2 = tmp_path / "fm2"
+    _write_fashion(d2, gz=True)
+    gzf = d2 / "t10k-images-idx3-ubyte.gz"
+    gzf.write_bytes(gzf.read_bytes()[:200])
+    with pytest.raises(ValueError) as e:
+        data.load("fashion-mnist", "test", root=d2)
+    assert str(gzf) in str(e.value)
+    gzf.write_bytes(b"not a gzip file at all")
+    with pytest.raises(ValueError) as e:
+        data.load("fashion-mnist", "test", root=d2)
+    assert str(gzf) in str(e.value)
+
+
+def test_fashion_mnist_train_per_class(tmp_path, no_fashion_env):
+    d = tmp_path / "fm"
+    arrays = _write_fashion(d, n_train=50)  # 5 per class
+    full = data.load("fashion-mnist", "train", root=d)
+    sub = data.load("fashion-mnist", "train", root=d, train_per_class=3, seed=7)
+    assert len(sub) == 30 and np.array_equal(np.bincount(sub.targets.numpy(), minlength=10), [3] * 10)
+    # independent reference: the same seeded per-class permutation written out with torch directly
+    labs = torch.as_tensor(arrays["train"][1].astype(np.int64))
+    g = torch.Generator().manual_seed(7)
+    ref = []
+    for c in range(10):
+        idx_c = torch.nonzero(labs == c).flatten()
+        ref.append(idx_c[torch.randperm(len(idx_c), generator=g)[:3]])
+    ref = torch.sort(torch.cat(ref)).values
+    assert torch.equal(sub.images, full.images[ref]) and torch.equal(sub.targets, labs[ref])
+    # the same subset as as_tensors(per_class=...), which the pipeline uses
+    Xp, yp = data.as_tensors(full, per_class=3, seed=7)
+    assert torch.equal(Xp, sub.images) and torch.equal(yp, sub.targets)
+    assert not torch.equal(data.load("fashion-mnist", "train", root=d, train_per_class=3, seed=8).images, sub.images)
+    assert len(data.load("digits", "train", train_per_class=4)) == 40
+    with pytest.raises(ValueError, match="larger than class"):
+        data.load("fashion-mnist", "train", root=d, train_per_class=6)
+    with pytest.raises(ValueError, match="split"):
+        data.load("fashion-mnist", "test", root=d, train_per_class=2)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="train_per_class"):
+            data.load("fashion-mnist", "train", root=d, train_per_class=bad)
+    with pytest.raises(ValueError, match="per_class"):
+        data.load("imagenette", "train", root=d, train_per_class=2)
+
+
+def test_fashion_mnist_resize(tmp_path, no_fashion_env):
+    d = tmp_path / "fm"
+    _write_fashion(d)
+    ds = data.load("fashion-mnist", "test", root=d, resize=32)
+    ref = F.interpolate(data.load("fashion-mnist", "test", root=d).images, size=(32, 32), mode="bilinear",
+                        align_corners=False).clamp(0, 1)
+    assert ds.image_size == (32, 32)
+    torch.testing.assert_close(ds.images, ref)
+
+
+def test_fashion_mnist_installed_copy_if_present():
+    """The real files on this machine (the Debian package), when installed: official counts and balance."""
+    if not all((data.FASHION_MNIST_SYSTEM_DIR / (s + ".gz")).is_file()
+               for pair in data.FASHION_MNIST_FILES.values() for s in pair):
+        pytest.skip("dataset-fashion-mnist is not installed here (make data installs it)")
+    tr = data.load("fashion-mnist", "train", root=data.FASHION_MNIST_SYSTEM_DIR)
+    te = data.load("fashion-mnist", "test", root=data.FASHION_MNIST_SYSTEM_DIR)
+    assert len(tr) == 60000 and len(te) == 10000
+    assert np.array_equal(np.bincount(te.targets.numpy()), [1000] * 10)
+    assert np.array_equal(np.bincount(tr.targets.numpy()), [6000] * 10)

@@ -1,11 +1,12 @@
-"""Tests for dntk.models: architectures, seeded training, checkpoints, the cached trained model."""
-import json
+"""Tests for dntk.models: architectures, seeded training, guards, checkpoints, the cached trained model."""
+import dataclasses
 
 import pytest
 import torch
 import torch.nn as nn
 
 from dntk import data, models
+from dntk.store import Store, content_hash
 
 
 def _nparams(m):
@@ -149,16 +150,20 @@ def test_save_load_round_trip_exact(tmp_path, digits_small):
         models.load(m2, tmp_path / "missing.pt")
 
 
-def test_trained_caches(tmp_path, monkeypatch):
+def test_trained_caches_in_the_store_and_equals_direct_training(tmp_path, monkeypatch):
     monkeypatch.setenv("DNTK_CACHE", str(tmp_path))
     kw = dict(name="convnet", dataset="digits", seed=0, epochs=2, width=8)
     m1 = models.trained(**kw)
     assert not m1.training
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".pt")
-    meta = json.loads((tmp_path / files[0]).read_text())
-    assert meta["settings"]["epochs"] == 2 and len(meta["history"]["loss"]) == 2
-    assert 0 <= meta["test_accuracy"] <= 1
+    store = Store(tmp_path)
+    (key,) = store.keys("teacher")
+    art = store.load("teacher", key)
+    assert store.settings("teacher", key)["epochs"] == 2 and len(art["history"]["loss"]) == 2
+    assert art["test_accuracy"] == pytest.approx(models.evaluate(m1, data.load("digits", "test")))
+    # the cached weights are those of training by hand with the same settings
+    ref = models.build("convnet", 10, width=8, seed=0)
+    models.train(ref, data.load("digits", "train"), epochs=2, seed=0)
+    assert all(torch.equal(ref.state_dict()[k], m1.state_dict()[k]) for k in ref.state_dict())
 
     def boom(*a, **k):
         raise AssertionError("trained() retrained despite a cache hit")
@@ -172,3 +177,48 @@ def test_trained_caches(tmp_path, monkeypatch):
         models.trained(**{**kw, "epochs": 3})
     with pytest.raises(AssertionError, match="retrained"):
         models.trained(**{**kw, "cache_dir": tmp_path / "other"})
+
+
+def test_teacher_defaults_are_defined_once():
+    import inspect
+
+    d = models.TEACHER_DEFAULTS
+    sig = inspect.signature(models.train).parameters
+    for name in ("epochs", "lr", "optimizer", "batch_size", "weight_decay", "schedule", "momentum"):
+        assert sig[name].default == getattr(d, name)
+    assert models.TEACHER_EPOCHS == d.epochs == models.TRAINED_DEFAULTS["epochs"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.epochs = 1
+
+
+def test_train_leaves_global_rng_and_threads_alone(digits_small):
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    threads = torch.get_num_threads()
+    models.train(models.build("mlp", 10, width=8), digits_small, epochs=1, seed=3)
+    assert torch.equal(torch.rand(4), expected) and torch.get_num_threads() == threads
+
+
+def test_training_diverges_with_a_clear_error_naming_the_epoch(digits_small):
+    m = models.build("mlp", 10, width=16, seed=0)
+    with pytest.raises(models.TrainingDivergedError, match=r"diverged in epoch \d+ of 5") as e:
+        models.train(m, digits_small, epochs=5, lr=1e12, optimizer="sgd", schedule=None, momentum=0.0)
+    assert "lower lr" in str(e.value) or "NaN" in str(e.value)
+    assert not m.training
+
+
+def test_save_writes_a_verified_checksum_and_load_refuses_corruption(tmp_path):
+    m = models.build("mlp", 3, width=4, seed=0)
+    p = models.save(m, tmp_path / "w.pt")
+    obj = torch.load(p, weights_only=True)
+    assert obj["sha256"] == content_hash(m.state_dict())
+    # same file layout, one weight changed but the recorded checksum kept: refused
+    obj["state_dict"]["head.bias"] = obj["state_dict"]["head.bias"] + 1.0
+    torch.save(obj, tmp_path / "tampered.pt")
+    with pytest.raises(ValueError, match="corrupt"):
+        models.load(models.build("mlp", 3, width=4), tmp_path / "tampered.pt")
+    # a plain state_dict (torch.save(model.state_dict())) still loads
+    torch.save(m.state_dict(), tmp_path / "plain.pt")
+    m2 = models.load(models.build("mlp", 3, width=4, seed=5), tmp_path / "plain.pt")
+    assert torch.equal(m2.head.weight, m.head.weight)
