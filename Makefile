@@ -41,7 +41,7 @@ data:
 	echo "Fashion-MNIST (needed by chapter 13) is missing: no $(FM_FILES:=[.gz]) in $(FASHION_MNIST_DIR)$${DNTK_DATA:+ or $$DNTK_DATA/fashion-mnist}." >&2; \
 	echo "Get it either way, then rerun make:" >&2; \
 	echo "  1. the Debian package:  sudo apt-get install dataset-fashion-mnist   (files in /usr/share/datasets/fashion-mnist)" >&2; \
-	echo "  2. on a networked machine: $(BIN)/python -c \"import torchvision; torchvision.datasets.FashionMNIST('$$DNTK_DATA', download=True)\"  (with DNTK_DATA set; files in \$$DNTK_DATA/FashionMNIST/raw)" >&2; \
+	echo "  2. torchvision on a networked machine:  export DNTK_DATA=<dir>; $(BIN)/python -c \"import os, torchvision; torchvision.datasets.FashionMNIST(os.environ['DNTK_DATA'], download=True)\"   (files in <dir>/FashionMNIST/raw)" >&2; \
 	exit 1
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -23,7 +23,6 @@ import time
 
 import numpy as np
 
-
 # ----------------------------------------------------------------------------- one case (child process)
 from _memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 

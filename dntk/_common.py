@@ -116,6 +116,22 @@ def check_int(value, name: str, low: int) -> int:
     return int(value)
 
 
+def check_positive(value, name: str) -> float:
+    """``float(value)`` if ``value`` is a finite real number ``> 0`` (not a bool).
+
+    Raises ``TypeError`` for a non-number and ``ValueError`` for zero, a negative, NaN or inf, naming ``name``.
+    """
+    import math
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}.")
+    return value
+
+
 def class_features(x, name: str = "features", finite: bool = True):
     """Per-class features as a real tensor of shape ``(N, C, k)`` (points, classes, feature width), all ≥ 1.
 
@@ -270,6 +286,25 @@ def split_parameters(model) -> tuple[dict, dict]:
     rest = {n: p.detach() for n, p in model.named_parameters() if n not in params}
     rest.update(dict(model.named_buffers()))
     return params, rest
+
+
+def call_model(model, x):
+    """``model(x)`` checked to be logits ``(batch, C)``; a failure inside torch becomes a ``ValueError``
+    that names the input shape and dtype (a channel or size mismatch otherwise surfaces deep in torch)."""
+    import torch
+
+    try:
+        out = model(x)
+    except Exception as e:
+        raise ValueError(
+            f"the model could not be evaluated on inputs of shape {tuple(x.shape)} (dtype {x.dtype}): {e}"
+        ) from e
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ValueError(
+            "the model must return logits of shape (batch, C); got "
+            + (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__)
+        )
+    return out
 
 
 # --- progress bars and schedules ------------------------------------------------------------

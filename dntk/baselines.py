@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._common import check_finite, check_int, real_tensor
+from ._common import check_finite, check_int, check_positive, real_tensor
 from .linalg import gram_eig, sign_normalise
 
 __all__ = ["select", "Selection", "leverage_scores", "SELECT_METHODS", "SEEDED_METHODS"]
@@ -95,11 +95,8 @@ def _features_c(features_c) -> torch.Tensor:
 def _ridge(G: torch.Tensor, lam, lam_rel) -> float:
     """``λ`` given, or ``lam_rel · tr(K)/N`` (the KRR default of appendix §1)."""
     if lam is not None:
-        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not float(lam) > 0 or not np.isfinite(lam):
-            raise ValueError(f"lam must be a positive number, got {lam!r}.")
-        return float(lam)
-    if isinstance(lam_rel, bool) or not isinstance(lam_rel, numbers.Real) or not float(lam_rel) > 0:
-        raise ValueError(f"lam_rel must be a positive number, got {lam_rel!r}.")
+        return check_positive(lam, "lam")
+    lam_rel = check_positive(lam_rel, "lam_rel")
     tr = float((G ** 2).sum())
     if tr <= 0:
         raise ValueError("features_c is all zeros: the kernel has zero trace, so no ridge scale exists; "

@@ -1,13 +1,17 @@
 """Command line: ``dntk run``, ``dntk ledger``, ``dntk notebook``, ``dntk book``, ``dntk info``.
 
-    dntk run params/digits-full.yaml [--set krr.lam_rel=1e-2 ...] [--quiet]
+    dntk run params/digits-full.yaml [--set krr.lam_rel=1e-2 ...] [--quiet] [--nproc N]
+    torchrun --nproc-per-node N -m dntk run params/smoke.yaml       (one shared run over N ranks)
     dntk ledger params/imagenette-resnet18.yaml [--set ...] [--json]
     dntk notebook 09_end_to_end [-p name value ...] [-f params.yaml] [--timeout 900]
     dntk book
     dntk info
 
-Configuration problems (unknown key, wrong type, missing dataset root, …) are reported as one line
-``dntk: error: …`` with exit status 2, before any heavy work.
+Every user error — a configuration problem (unknown key, wrong type, non-finite value, missing dataset
+root, unreadable file), a corrupt cached artifact, a bad checkpoint, a process group that cannot start —
+is reported as one line ``dntk: error: …`` with exit status 2, before any heavy work where it can be
+checked; ``-v`` adds the traceback. Any other failure prints one line too (exit status 1) and the
+traceback with ``-v``.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -38,14 +43,46 @@ def _repo_root() -> Path:
 
 # ======================================================================================= run
 def _cmd_run(args) -> int:
-    from . import pipeline
+    from . import distributed, pipeline
 
     cfg = pipeline.load_config(args.config, args.set or [])
     if args.quiet:
         cfg = cfg.replace(progress=False)
-    result = pipeline.run(cfg)
-    print(result.table())
-    print(f"\nresult: {result.path}")
+    if args.nproc is not None:
+        return _launch_ranks(args)
+    ranks = distributed.init_from_env(args.backend, device=cfg.device)
+    try:
+        result = pipeline.run(cfg, ranks)
+    finally:
+        if ranks.world_size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if ranks.rank == 0:
+        print(result.table())
+        print(f"\nresult: {result.path}")
+    return 0
+
+
+def _launch_ranks(args) -> int:
+    """``dntk run CONFIG --nproc N``: start N ranks on this machine with torchrun (``torch.distributed.run``)."""
+    if args.nproc < 1:
+        raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
+    if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] != "1":
+        raise CLIError("--nproc starts its own ranks; do not combine it with torchrun")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "dntk"] + (["-v"] if args.verbose else []) + ["run", str(args.config)]
+    for s in args.set or []:
+        cmd += ["--set", s]
+    if args.quiet:
+        cmd.append("-q")
+    if args.backend:
+        cmd += ["--backend", args.backend]
+    print("dntk: " + " ".join(cmd[1:]), file=sys.stderr)
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        raise CLIError(f"{args.nproc} ranks finished with exit status {rc} (the first failing rank's message is "
+                       "above)")
     return 0
 
 
@@ -83,18 +120,15 @@ def _resolve_notebook(name: str, root: Path) -> Path:
 
 def notebook_parameters(params_file=None, pairs=()) -> dict:
     """Parameters for papermill: the YAML file's mapping, then ``-p name value`` pairs (values read as YAML)."""
-    import yaml
-    from .pipeline import _Loader, parse_value
+    from .pipeline import ConfigError, parse_value, read_yaml
 
     params: dict = {}
     if params_file is not None:
         f = Path(params_file)
-        if not f.is_file():
-            raise CLIError(f"parameters file {f} does not exist")
         try:
-            loaded = yaml.load(f.read_text(), Loader=_Loader) or {}
-        except yaml.YAMLError as e:
-            raise CLIError(f"{f}: not valid YAML ({str(e).splitlines()[0]})") from None
+            loaded = read_yaml(f, "parameters file") or {}
+        except ConfigError as e:
+            raise CLIError(str(e)) from None
         if not isinstance(loaded, dict):
             raise CLIError(f"{f}: expected a mapping of parameter names to values")
         params.update(loaded)
@@ -217,24 +251,34 @@ def _cmd_info(args) -> int:
 # ==================================================================================== parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dntk", description="The Distilled Neural Tangent Kernel, reproduced.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress messages (logging level INFO)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log progress messages (logging level INFO) and show tracebacks of errors")
+    # -v is accepted after the command too (dntk run CONFIG -v)
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log progress messages and show tracebacks of errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    r = sub.add_parser("run", help="run the whole pipeline from a YAML config")
+    r = sub.add_parser("run", help="run the whole pipeline from a YAML config", parents=[verbose])
     r.add_argument("config", help="YAML config, e.g. params/digits-full.yaml")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value (dotted key, value read as YAML); repeatable")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--nproc", type=int, metavar="N",
+                   help="share the run over N processes on this machine (starts them with torchrun)")
+    r.add_argument("--backend", choices=("gloo", "nccl"),
+                   help="torch.distributed backend under torchrun/--nproc (default: nccl on CUDA, else gloo)")
     r.set_defaults(func=_cmd_run)
 
-    lg = sub.add_parser("ledger", help="print the SPEC §7 cost ledger for a config's sizes (nothing is run)")
+    lg = sub.add_parser("ledger", help="print the cost ledger (appendix §7) for a config's sizes (nothing is run)",
+                        parents=[verbose])
     lg.add_argument("config")
     lg.add_argument("--set", action="append", metavar="KEY=VALUE")
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(func=_cmd_ledger)
 
-    nb = sub.add_parser("notebook", help="execute one chapter with papermill into runs/")
+    nb = sub.add_parser("notebook", help="execute one chapter with papermill into runs/", parents=[verbose])
     nb.add_argument("name", help="chapter name or prefix, e.g. 09_end_to_end or 09")
     nb.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", metavar=("NAME", "VALUE"),
                     help="set a notebook parameter (value read as YAML); repeatable")
@@ -247,30 +291,46 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("-q", "--quiet", action="store_true")
     nb.set_defaults(func=_cmd_notebook)
 
-    b = sub.add_parser("book", help="build the HTML book (jupyter-book build . -W -n --keep-going)")
+    b = sub.add_parser("book", help="build the HTML book (jupyter-book build . -W -n --keep-going)",
+                       parents=[verbose])
     b.set_defaults(func=_cmd_book)
 
-    i = sub.add_parser("info", help="versions, device and threads")
+    i = sub.add_parser("info", help="versions, device and threads", parents=[verbose])
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_cmd_info)
     return p
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # before the heavy imports, so --help is instant
+#: Exceptions that mean the user asked for something that cannot be done as given: one line, exit status 2.
+def _user_errors() -> tuple:
+    from .distributed import DistributedError
     from .pipeline import ConfigError
     from .store import StoreError
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    return (CLIError, ConfigError, StoreError, DistributedError, ValueError, TypeError, OSError)
+
+
+def main(argv=None) -> int:
+    """The ``dntk`` command; returns the exit status (0 ok, 2 user error, 1 other failure, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # before the heavy imports, so --help is instant
+    verbose = bool(getattr(args, "verbose", False))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ConfigError, StoreError) as e:
-        print(f"dntk: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("dntk: interrupted; finished stages are cached and the next run resumes from them", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into one line
+        user = isinstance(e, _user_errors())
+        if verbose:
+            traceback.print_exc()
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not user:
+            msg = f"{type(e).__name__}: {msg}"
+        hint = "" if verbose else " (run with -v for the traceback)"
+        print(f"dntk: error: {msg}{hint if not user else ''}", file=sys.stderr)
+        return 2 if user else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

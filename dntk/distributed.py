@@ -1,13 +1,21 @@
-"""Sharded featurisation over ``torch.distributed`` ranks, into one array on disk.
+"""Work shared by ``torch.distributed`` ranks: sharded featurisation into one array on disk, classes split
+over ranks, and the process group a pipeline run uses.
 
-Each rank computes the projected class gradients (SPEC §0, §4.2) of a contiguous slice of the ``N``
-inputs and writes its rows into a shared ``np.memmap`` of shape ``(N, C, k)``, so ``N×C×k`` never has to
-fit in one process's memory and the work splits evenly over machines or GPUs. Projectors are
-counter-seeded, so the sharded result equals the single-process :func:`dntk.tangent.class_gradients`
-whatever the number of ranks.
+Featurisation (:func:`class_gradients`): each rank computes the projected class gradients (appendix §0,
+§4.2) of a contiguous slice of the ``N`` inputs and writes its rows into a shared ``np.memmap`` of shape
+``(N, C, k)``, so ``N×C×k`` never has to fit in one process's memory. Projectors are counter-seeded, so the
+sharded result equals the single-process :func:`dntk.tangent.class_gradients` whatever the number of ranks.
 
-Interruption is safe: a rank marks its shard done (an atomically written marker file) only after its
-rows are flushed, and a rerun with the same settings and world size skips finished shards.
+Nothing stale is ever returned: the array's header (``<path>.json``) records the model's content hash
+(:func:`dntk.store.content_hash` of its weights), the projector, ``P``, the shape and the world size; each
+shard's completion record (``<path>.shard<r>of<w>.json``, written atomically after its rows are flushed)
+records the content hash of that shard's inputs and the SHA-256 of the rows written. A rerun with the
+same settings reuses a shard only if its inputs hash equally and its rows still match their checksum; an
+array made by another model or projector is refused with a clear error.
+
+Pipeline runs (:func:`dntk.pipeline.run`) get a :class:`Ranks` — the rank, the world size and a record of
+which rank did what — and use :func:`featurize` (samples split over ranks) and :func:`per_class`
+(whole classes split over ranks, results gathered in class order).
 
 Usage (one process per rank, e.g. under ``torchrun``)::
 
@@ -18,17 +26,29 @@ or on one machine without a launcher: ``dntk.distributed.launch(worker, world_si
 """
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from . import tangent
+from .store import atomic_write_text, content_hash
 
-__all__ = ["shard", "class_gradients", "is_complete", "launch"]
+__all__ = ["shard", "class_gradients", "is_complete", "launch", "Ranks", "init_from_env", "featurize",
+           "per_class", "DistributedError", "DEFAULT_TIMEOUT_S"]
+
+#: Seconds a rank waits for the others (rendezvous, barriers) before failing with a clear error.
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class DistributedError(RuntimeError):
+    """The process group cannot be set up or used as asked (one line saying what to do)."""
 
 
 def shard(n: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -41,35 +61,57 @@ def shard(n: int, world_size: int, rank: int) -> tuple[int, int]:
     return start, start + base + (rank < extra)
 
 
-def _marker(path: str, rank: int, world_size: int) -> str:
-    return f"{path}.shard{rank}of{world_size}.done"
+# ----------------------------------------------------------------------------- the on-disk array
+def _record_path(path: str, rank: int, world_size: int) -> str:
+    return f"{path}.shard{rank}of{world_size}.json"
 
 
 def _header_path(path: str) -> str:
     return f"{path}.json"
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {"unreadable": True}
+
+
+def _rows_sha256(mm, start: int, stop: int) -> str:
+    h = hashlib.sha256()
+    step = max(1, (64 << 20) // max(1, mm[0:1].nbytes))
+    for i in range(start, stop, step):
+        h.update(np.ascontiguousarray(mm[i:min(stop, i + step)]).reshape(-1).view(np.uint8))
+    return h.hexdigest()
 
 
 def is_complete(path: str) -> bool:
-    """True when every shard of the array at ``path`` has been written."""
-    try:
-        header = json.loads(open(_header_path(path)).read())
-    except FileNotFoundError:
+    """True when every shard of the array at ``path`` has a completion record (checksums are verified
+    by :func:`class_gradients`, which every rank calls before using the array)."""
+    header = _read_json(_header_path(path))
+    if not header or "world_size" not in header:
         return False
     w = header["world_size"]
-    return all(os.path.exists(_marker(path, r, w)) for r in range(w))
+    return all((_read_json(_record_path(path, r, w)) or {}).get("rows") for r in range(w))
 
 
 def _slice_inputs(inputs, start: int, stop: int):
     if isinstance(inputs, (torch.Tensor, np.ndarray)):
         return inputs[start:stop]
     return torch.utils.data.Subset(inputs, range(start, stop))
+
+
+def _inputs_hash(inputs) -> str:
+    """Content hash of inputs: a tensor/array, or a Dataset of ``(x, y)`` read item by item."""
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        return content_hash(inputs)
+    h = hashlib.sha256()
+    for i in range(len(inputs)):
+        h.update(content_hash(torch.as_tensor(inputs[i][0])).encode())
+    return h.hexdigest()
 
 
 def class_gradients(
@@ -87,10 +129,29 @@ def class_gradients(
 ) -> np.memmap:
     """Projected class gradients ``(N, C, k)`` of ``inputs`` computed by all ranks into ``path``.
 
-    ``rank``/``world_size`` default to the initialised ``torch.distributed`` process group (or ``0``/``1``
-    without one). Every rank must pass the same model, inputs and projector. Returns the finished array
-    opened read-only, on every rank. ``path`` holding features of other settings raises ``ValueError``
-    (delete it or choose another path) instead of being overwritten.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network; every rank passes the same weights (its content hash is in the header).
+    inputs : Tensor ``(N, c, h, w)``, array, or Dataset of ``(x, y)``
+        Every rank passes the same inputs; each rank reads (and hashes) only its own shard.
+    projector : dntk.projection.Projector
+        The JL projector (appendix §4.2).
+    path : str
+        The array file; ``<path>.json`` and ``<path>.shard<r>of<w>.json`` are written beside it.
+    rank, world_size : int, optional
+        Default: the initialised ``torch.distributed`` process group, else ``0``/``1``.
+
+    Returns
+    -------
+    numpy.memmap ``(N, C, k)``
+        The finished array, opened read-only, on every rank.
+
+    Raises
+    ------
+    ValueError
+        ``path`` holds features of another model, projector, size or world size (delete ``path*``
+        or choose another path), or the inputs are empty.
     """
     if projector is None:
         raise ValueError("distributed featurisation needs a projector (dntk.projection.make(...)); "
@@ -105,23 +166,33 @@ def class_gradients(
 
     x0 = inputs[0:1] if isinstance(inputs, (torch.Tensor, np.ndarray)) else torch.as_tensor(inputs[0][0])[None]
     C = tangent.logits(model, x0).shape[1]
-    header = {"shape": [n, C, projector.dim], "dtype": np.dtype(dtype).name, "projector": [projector.kind, projector.dim, projector.seed],
-              "num_params": tangent.num_params(model), "world_size": world_size}
-    if rank == 0:
+    header = {"shape": [n, C, projector.dim], "dtype": np.dtype(dtype).name,
+              "projector": [projector.kind, projector.dim, projector.seed],
+              "num_params": tangent.num_params(model), "model": content_hash(model), "world_size": world_size}
+    if rank == 0 or not initialised:
         _create_or_check(path, header)
     if initialised:
         dist.barrier()
-    else:
-        _create_or_check(path, header)
+        if rank != 0:
+            _create_or_check(path, header)
 
-    if not os.path.exists(_marker(path, rank, world_size)) and stop > start:
-        mm = np.memmap(path, dtype=header["dtype"], mode="r+", shape=tuple(header["shape"]))
-        tangent.class_gradients(model, _slice_inputs(inputs, start, stop), projector=projector,
-                                batch_size=batch_size, device=device, out=mm[start:stop], progress=progress)
+    part = _slice_inputs(inputs, start, stop)
+    wanted = _inputs_hash(part) if stop > start else content_hash([])
+    rec_path = _record_path(path, rank, world_size)
+    rec = _read_json(rec_path) or {}
+    mm = np.memmap(path, dtype=header["dtype"], mode="r+", shape=tuple(header["shape"]))
+    reuse = (rec.get("rows") == [start, stop] and rec.get("inputs") == wanted
+             and rec.get("sha256") == _rows_sha256(mm, start, stop))
+    if not reuse:
+        if os.path.exists(rec_path):
+            os.remove(rec_path)  # invalid from here until the new rows are flushed
+        if stop > start:
+            tangent.class_gradients(model, part, projector=projector, batch_size=batch_size, device=device,
+                                    out=mm[start:stop], progress=progress)
         mm.flush()
-        del mm
-    if not os.path.exists(_marker(path, rank, world_size)):
-        _atomic_write_text(_marker(path, rank, world_size), f"{start} {stop}\n")
+        atomic_write_text(rec_path, json.dumps({"rows": [start, stop], "inputs": wanted,
+                                                "sha256": _rows_sha256(mm, start, stop)}))
+    del mm
     if initialised:
         dist.barrier()
     return np.memmap(path, dtype=header["dtype"], mode="r", shape=tuple(header["shape"]))
@@ -130,23 +201,164 @@ def class_gradients(
 def _create_or_check(path: str, header: dict) -> None:
     """Create the array and its header, or check that an existing one was made with the same settings."""
     hp = _header_path(path)
-    if os.path.exists(hp):
-        old = json.loads(open(hp).read())
+    old = _read_json(hp)
+    if old is not None:
         if old != header:
-            diff = {k: (old.get(k), header[k]) for k in header if old.get(k) != header[k]}
-            raise ValueError(f"{path} holds features from other settings {diff}; delete {path}* or choose "
-                             "another path.")
-        if os.path.exists(path):
+            diff = {k: ("…" if k == "model" else old.get(k), "…" if k == "model" else header[k])
+                    for k in header if old.get(k) != header[k]}
+            what = "another model" if "model" in diff else "other settings"
+            raise ValueError(f"{path} holds features from {what} {diff}; delete {path}* or choose another path.")
+        if os.path.exists(path) and os.path.getsize(path) == int(np.prod(header["shape"])) * np.dtype(header["dtype"]).itemsize:
             return
-    for r in range(header["world_size"]):  # a fresh array: stale markers would skip work
-        if os.path.exists(_marker(path, r, header["world_size"])):
-            os.remove(_marker(path, r, header["world_size"]))
+    for r in range(header["world_size"]):  # a fresh array: stale records would skip work
+        if os.path.exists(_record_path(path, r, header["world_size"])):
+            os.remove(_record_path(path, r, header["world_size"]))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     mm = np.memmap(path, dtype=header["dtype"], mode="w+", shape=tuple(header["shape"]))
     del mm
-    _atomic_write_text(hp, json.dumps(header))
+    atomic_write_text(hp, json.dumps(header))
 
 
+# ----------------------------------------------------------------------------- process groups
+@dataclass
+class Ranks:
+    """The processes sharing one pipeline run: this process's ``rank``, the ``world_size``, and
+    ``work_log`` — for each stage, which rank computed which rows or classes (``result.json``'s ``info``).
+
+    ``Ranks.single()`` is one process; ``Ranks.current()`` reads the initialised ``torch.distributed``
+    process group (or is single without one).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    work_log: dict = field(default_factory=dict)
+
+    @classmethod
+    def single(cls) -> "Ranks":
+        return cls(0, 1)
+
+    @classmethod
+    def current(cls) -> "Ranks":
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls.single()
+
+    def barrier(self) -> None:
+        """Wait for every rank (a no-op for one process)."""
+        if self.world_size > 1:
+            dist.barrier()
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, obj) -> list:
+        """``[obj of rank 0, obj of rank 1, …]`` on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def check_work(self, num_classes: int) -> None:
+        """Refuse a world size that leaves a rank without a class to work on."""
+        if self.world_size > num_classes:
+            raise DistributedError(f"world size {self.world_size} exceeds the {num_classes} classes that the "
+                                   f"ranks share; use at most {num_classes} processes (--nproc / torchrun "
+                                   "--nproc-per-node)")
+
+
+def init_from_env(backend: str | None = None, device: str = "cpu",
+                  timeout_s: float | None = None) -> Ranks:
+    """Join the process group described by ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``); a single process when ``WORLD_SIZE`` is unset or 1.
+
+    Parameters
+    ----------
+    backend : {"gloo", "nccl"}, optional
+        Default: ``nccl`` for a CUDA ``device``, else ``gloo``. NCCL without CUDA is refused.
+    device : str
+        The config's device.
+    timeout_s : float, optional
+        Seconds to wait for the other ranks (rendezvous and every collective); default
+        ``$DNTK_DIST_TIMEOUT`` or :data:`DEFAULT_TIMEOUT_S`. A rank that cannot reach the others fails
+        with :class:`DistributedError` after this long instead of hanging.
+    """
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise DistributedError("WORLD_SIZE and RANK must be integers (set by torchrun)") from None
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DistributedError(f"bad process group: RANK={rank}, WORLD_SIZE={world_size}; need 0 <= RANK < WORLD_SIZE")
+    if world_size == 1:
+        return Ranks.single()
+    if dist.is_initialized():
+        return Ranks.current()
+    backend = backend or ("nccl" if str(device).startswith("cuda") else "gloo")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise DistributedError("the nccl backend needs CUDA, and no CUDA device is available here; use "
+                               "--backend gloo (and device: cpu)")
+    if backend not in ("gloo", "nccl"):
+        raise DistributedError(f"backend {backend!r} is not supported; use gloo (CPU) or nccl (CUDA)")
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise DistributedError(f"WORLD_SIZE={world_size} but {var} is not set; start the ranks with torchrun "
+                                   "(torchrun --nproc-per-node N -m dntk run CONFIG) or `dntk run CONFIG --nproc N`")
+    timeout_s = float(os.environ.get("DNTK_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)) if timeout_s is None else timeout_s
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    except Exception as e:  # torch raises several types (RuntimeError, DistStoreError, TimeoutError)
+        raise DistributedError(
+            f"rank {rank} could not join the {world_size} processes at {os.environ['MASTER_ADDR']}:"
+            f"{os.environ['MASTER_PORT']} within {timeout_s:g} s ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            "check that every rank was started and can reach rank 0") from None
+    return Ranks.current()
+
+
+def featurize(run, model, X, shard_name: str, label: str) -> dict:
+    """Projected class gradients ``(n, C, k)`` and logits ``(n, C)`` of `X` for a pipeline run: one process
+    computes them directly; several ranks each compute a contiguous shard of the samples into one array
+    under ``<cache>/shards/`` (:func:`class_gradients`), and every rank returns the whole result."""
+    cfg, ranks = run.cfg, run.ranks
+    from .pipeline import make_projector
+
+    projector = make_projector(cfg)
+    if ranks.world_size == 1:
+        feats = tangent.class_gradients(model, X, projector=projector, batch_size=cfg.projection.batch_size,
+                                        device=cfg.device, progress=cfg.progress)
+    else:
+        path = str(run.store.root / "shards" / f"{shard_name}.f32")
+        mm = class_gradients(model, X, projector, path, batch_size=cfg.projection.batch_size, device=cfg.device,
+                             progress=cfg.progress and ranks.rank == 0)
+        feats = torch.from_numpy(np.array(mm))
+        del mm
+        ranks.work_log[label] = {str(r): list(shard(len(X), ranks.world_size, r)) for r in range(ranks.world_size)}
+    logits = tangent.logits(model, X, device=cfg.device)
+    return {"features": feats.float().cpu(), "logits": logits.float().cpu()}
+
+
+def per_class(ranks: Ranks, num_classes: int, fn, label: str) -> list:
+    """``[fn(0), …, fn(C-1)]`` with whole classes split over the ranks (contiguous blocks, sizes differing
+    by at most one) and gathered on every rank in class order; records the split in ``ranks.work_log``."""
+    lo, hi = shard(num_classes, ranks.world_size, ranks.rank)
+    mine = [fn(c) for c in range(lo, hi)]
+    if ranks.world_size == 1:
+        return mine
+    parts = ranks.all_gather(mine)
+    ranks.work_log[label] = {str(r): list(range(*shard(num_classes, ranks.world_size, r)))
+                             for r in range(ranks.world_size)}
+    return [x for part in parts for x in part]
+
+
+# ----------------------------------------------------------------------------- local launcher
 def _worker(rank, world_size, init_file, backend, fn, args):
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
@@ -160,6 +372,8 @@ def launch(fn, world_size: int, args: tuple = (), backend: str = "gloo") -> None
     or for testing; on a cluster use ``torchrun``). ``fn`` must be importable (defined at module level)."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}.")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise DistributedError("the nccl backend needs CUDA, and no CUDA device is available here; use gloo")
     with tempfile.TemporaryDirectory() as tmp:
         torch.multiprocessing.spawn(_worker, args=(world_size, os.path.join(tmp, "init"), backend, fn, args),
                                     nprocs=world_size, join=True)

@@ -43,18 +43,22 @@ class ErrorDecomposition:
 
     @property
     def approximation(self) -> torch.Tensor:
+        """``f − f*`` (the nonlinearity), ``(n_eval, C)``."""
         return self.target - self.f_star
 
     @property
     def bias(self) -> torch.Tensor:
+        """``f* − f_λ`` (the regularisation), ``(n_eval, C)``."""
         return self.f_star - self.f_lam
 
     @property
     def variance(self) -> torch.Tensor:
+        """``f_λ − f̂`` (the finite sample), shaped like ``f_hat``."""
         return self.f_lam - self.f_hat
 
     @property
     def total(self) -> torch.Tensor:
+        """``f − f̂``, shaped like ``f_hat``."""
         return self.target - self.f_hat
 
     def mean_squares(self) -> dict[str, float]:
@@ -77,8 +81,16 @@ class ErrorDecomposer:
     and :meth:`decompose` adds ``f̂``, the same ridge estimated from ``N`` pool points,
     ``(Σ̂ + λ_pop I)^{-1}Gᵀt/N`` — KRR on those points with ``λ = N·λ_pop``.
 
-    ``eval_index`` (default: the whole pool) picks where the terms are evaluated. ``center``: subtract the
-    pool (population) mean of the targets first, as App B assumes.
+    Parameters
+    ----------
+    pool_features : array ``(n, C, k)``
+        Gradient features of the pool (the stand-in population); finite.
+    pool_targets : array ``(n, C)``
+        The target function at the pool (the network's logits); finite.
+    eval_index : array ``(n_eval,)`` of int, optional
+        Pool points where the terms are evaluated (default: all).
+    center : bool
+        Subtract the pool (population) mean of the targets first, as App B assumes.
     """
 
     def __init__(self, pool_features, pool_targets, eval_index=None, center: bool = True):
@@ -120,9 +132,20 @@ class ErrorDecomposer:
         return ix.to(self.features.device)
 
     def decompose(self, train_index, lam_pop) -> ErrorDecomposition:
-        """The three terms for training set(s) ``train_index`` — ``(N,)``, or ``(D, N)`` for ``D`` random
-        draws (the variance term is then averaged over them by :meth:`ErrorDecomposition.mean_squares`) —
-        and population ridge ``lam_pop`` (scalar or ``(C,)``)."""
+        """The three terms of Prop B.3 for one or several training draws (appendix §5).
+
+        Parameters
+        ----------
+        train_index : array ``(N,)`` or ``(D, N)`` of int
+            Pool indices of one training set, or of ``D`` random draws (the variance term is then averaged
+            over them by :meth:`ErrorDecomposition.mean_squares`).
+        lam_pop : float or array ``(C,)``
+            Population ridge ``λ_pop > 0``; the sample fit uses ``λ = N·λ_pop``.
+
+        Returns
+        -------
+        ErrorDecomposition
+        """
         tr = self._index(train_index, "train_index", 2)
         single = tr.ndim <= 1
         tr = tr.reshape(1, -1) if single else tr
@@ -147,7 +170,16 @@ def error_decomposition(pool_features, pool_targets, train_index, lam_pop, eval_
                         center: bool = True) -> ErrorDecomposition:
     """Prop B.3's decomposition ``f − f̂ = (f − f*) + (f* − f_λ) + (f_λ − f̂)`` (appendix §5), in one call.
 
-    Shapes and meaning as in :class:`ErrorDecomposer` (use that class to reuse the pool's factorisation
-    across several training draws and λ values).
+    Parameters
+    ----------
+    pool_features, pool_targets, eval_index, center
+        As in :class:`ErrorDecomposer` (use that class to reuse the pool's factorisation across several
+        training draws and λ values).
+    train_index, lam_pop
+        As in :meth:`ErrorDecomposer.decompose`.
+
+    Returns
+    -------
+    ErrorDecomposition
     """
     return ErrorDecomposer(pool_features, pool_targets, eval_index, center).decompose(train_index, lam_pop)

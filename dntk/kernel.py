@@ -1,7 +1,8 @@
 """Class kernels, cross kernels and the full empirical NTK from tangent features; NTK-vector products.
 
-SPEC §0: ``K_c = G_c G_cᵀ`` (class kernel), ``K_c(X*, X) = G_c(X*) G_cᵀ`` (cross kernel) and the full
-empirical NTK ``Θ(x, x') = J(x) J(x')ᵀ ∈ R^{C×C}`` (eq 1), whose diagonal blocks are the class kernels.
+Appendix §0: ``K_c = G_c G_cᵀ`` (class kernel), ``K_c(X*, X) = G_c(X*) G_cᵀ`` (cross kernel) and the
+full empirical NTK ``Θ(x, x') = J(x) J(x')ᵀ ∈ R^{C×C}`` (appendix eq. (eq-empirical-ntk)), whose
+diagonal blocks are the class kernels.
 Kernels are accumulated in float64 whatever the feature dtype.
 
 Two exact recipes for Θ:
@@ -15,7 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .tangent import _call, _check_model, _eval_mode, _Inputs, _model_dtype, _on_device, _trainable
+from ._common import (
+    BatchedInputs,
+    call_model,
+    check_model,
+    eval_mode,
+    model_dtype,
+    on_device,
+    split_parameters,
+)
 
 __all__ = [
     "class_kernels",
@@ -41,6 +50,13 @@ def _as_features(f, name="features") -> torch.Tensor:
     return f
 
 
+def _finite(t, name):
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contain NaN or inf ({int((~torch.isfinite(t)).sum())} entries in this block); "
+                         "recompute them from a finite model and inputs.")
+    return t
+
+
 def _pair(features, features_b):
     A = _as_features(features)
     B = A if features_b is None else _as_features(features_b, "features_b")
@@ -52,10 +68,11 @@ def _pair(features, features_b):
 
 
 def class_kernels(features, features_b=None) -> torch.Tensor:
-    """Class kernels ``K_c = G_c G_cᵀ`` (SPEC §0), shape ``(C, N, M)``, float64.
+    """Class kernels ``K_c = G_c G_cᵀ`` (appendix §0), shape ``(C, N, M)``, float64.
 
     ``features`` ``(N, C, w)`` (tangent features, projected or not); with ``features_b`` ``(M, C, w)`` the
     cross kernels ``K_c(X, X_b) = G_c(X) G_c(X_b)ᵀ``. Accumulated in float64 over blocks of the width.
+    Raises ``ValueError`` if the features hold NaN or inf (checked block by block, in the same pass).
     """
     A, B = _pair(features, features_b)
     N, C, w = A.shape
@@ -63,16 +80,17 @@ def class_kernels(features, features_b=None) -> torch.Tensor:
     K = torch.zeros(C, N, M, dtype=torch.float64)
     step = max(1, _BLOCK_ELEMS // max(1, (N + M) * C))
     for s in range(0, w, step):
-        a = A[:, :, s : s + step].to(torch.float64).permute(1, 0, 2)  # (C, N, b)
-        b = a if features_b is None else B[:, :, s : s + step].to(torch.float64).permute(1, 0, 2)
+        a = _finite(A[:, :, s : s + step].to(torch.float64), "features").permute(1, 0, 2)  # (C, N, b)
+        b = a if features_b is None else _finite(B[:, :, s : s + step].to(torch.float64), "features_b").permute(1, 0, 2)
         K += torch.bmm(a, b.transpose(1, 2)).cpu()
     return K
 
 
 def empirical_ntk(features, features_b=None) -> torch.Tensor:
-    """Full empirical NTK ``Θ[i, j] = J(x_i) J(x_j)ᵀ`` (eq 1), shape ``(N, M, C, C)``, float64.
+    """Full empirical NTK ``Θ[i, j] = J(x_i) J(x_j)ᵀ`` (appendix eq. (eq-empirical-ntk)), shape ``(N, M, C, C)``, float64.
 
     ``Θ[:, :, c, c]`` is the class kernel ``K_c``. Memory ``O(N M C²)``: for small sizes only.
+    Raises ``ValueError`` if the features hold NaN or inf.
     """
     A, B = _pair(features, features_b)
     N, C, w = A.shape
@@ -80,8 +98,8 @@ def empirical_ntk(features, features_b=None) -> torch.Tensor:
     T = torch.zeros(N * C, M * C, dtype=torch.float64)
     step = max(1, _BLOCK_ELEMS // max(1, (N + M) * C))
     for s in range(0, w, step):
-        a = A[:, :, s : s + step].to(torch.float64).reshape(N * C, -1)
-        b = a if features_b is None else B[:, :, s : s + step].to(torch.float64).reshape(M * C, -1)
+        a = _finite(A[:, :, s : s + step].to(torch.float64), "features").reshape(N * C, -1)
+        b = a if features_b is None else _finite(B[:, :, s : s + step].to(torch.float64), "features_b").reshape(M * C, -1)
         T += (a @ b.T).cpu()
     return T.reshape(N, C, M, C).permute(0, 2, 1, 3).contiguous()
 
@@ -95,12 +113,22 @@ def ntk_matrix(theta: torch.Tensor) -> torch.Tensor:
 
 
 def relative_error(approx, exact) -> float:
-    """Relative Frobenius error ``‖approx − exact‖_F / ‖exact‖_F`` over all entries (e.g. all class kernels)."""
+    """Relative Frobenius error ``‖approx − exact‖_F / ‖exact‖_F`` over all entries (e.g. all class kernels).
+
+    Raises ``ValueError`` for different shapes, NaN/inf entries, or an all-zero ``exact`` (the ratio
+    is undefined: compare absolute errors instead).
+    """
     a = torch.as_tensor(approx, dtype=torch.float64)
     e = torch.as_tensor(exact, dtype=torch.float64)
     if a.shape != e.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(e.shape)}.")
-    return float(torch.linalg.vector_norm(a - e) / torch.linalg.vector_norm(e))
+    _finite(a, "approx")
+    _finite(e, "exact")
+    den = torch.linalg.vector_norm(e)
+    if float(den) == 0.0:
+        raise ValueError("exact is all zeros, so the relative error is undefined; compare absolute errors "
+                         "(torch.linalg.vector_norm(approx - exact)) instead.")
+    return float(torch.linalg.vector_norm(a - e) / den)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -109,9 +137,7 @@ def relative_error(approx, exact) -> float:
 def _functional(model):
     from torch.func import functional_call
 
-    params = {n: p.detach() for n, p in _trainable(model)}
-    rest = {n: p.detach() for n, p in model.named_parameters() if n not in params}
-    rest.update(dict(model.named_buffers()))
+    params, rest = split_parameters(model)
 
     def f(p, x):
         return functional_call(model, {**p, **rest}, (x,))
@@ -127,7 +153,7 @@ def _vjp_sum(f, params, src, v, dev, batch_size):
     for s in range(0, src.n, batch_size):
         e = min(src.n, s + batch_size)
         x = src.get(s, e, dev)
-        _, pull = vjp(lambda p: f(p, x), params)
+        _, pull = vjp(lambda p, x=x: f(p, x), params)
         (g,) = pull(v[s:e].to(dev, x.dtype))
         for n in u:
             u[n] += g[n]
@@ -145,7 +171,7 @@ def _jvp_apply(f, params, src, u, dev, batch_size):
         x = src.get(s, min(src.n, s + batch_size), dev)
         with warnings.catch_warnings():  # torch's forward-mode BatchNorm rule triggers a jit deprecation notice
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-            _, t = jvp(lambda p: f(p, x), (params,), (u,))
+            _, t = jvp(lambda p, x=x: f(p, x), (params,), (u,))
         outs.append(t.detach().cpu())
     return torch.cat(outs)
 
@@ -160,18 +186,18 @@ def _check_v(v, M, C):
 
 
 def ntk_vector_product(model: nn.Module, inputs, v, inputs_b=None, batch_size: int = 64, device=None) -> torch.Tensor:
-    """Matrix-free ``(Θ(X, X_b) v)_i = Σ_j Θ(x_i, x_j) v_j`` (eq 1), shape ``(N, C)``, without forming ``J``.
+    """Matrix-free ``(Θ(X, X_b) v)_i = Σ_j Θ(x_i, x_j) v_j`` (appendix eq. (eq-empirical-ntk)), shape ``(N, C)``, without forming ``J``.
 
     ``v`` has shape ``(M, C)`` for ``M = len(inputs_b)`` (``inputs_b`` defaults to ``inputs``). One VJP pass
     over ``X_b`` gives ``u = Σ_j J(x_j)ᵀ v_j ∈ R^P``; one JVP pass over ``X`` gives ``J(x_i) u``. Cost
     ``O((N + M)·F)``-ish per product and ``O(P)`` memory, against ``O(N M C² P)`` for forming Θ.
     """
-    _check_model(model)
-    with _eval_mode(model), _on_device(model, device) as dev:
-        dtype = _model_dtype(model)
-        src = _Inputs(inputs, dtype)
-        src_b = src if inputs_b is None else _Inputs(inputs_b, dtype)
-        C = _call(model, src.get(0, 1, dev)).shape[1]
+    check_model(model)
+    with eval_mode(model), on_device(model, device) as dev:
+        dtype = model_dtype(model)
+        src = BatchedInputs(inputs, dtype)
+        src_b = src if inputs_b is None else BatchedInputs(inputs_b, dtype)
+        C = call_model(model, src.get(0, 1, dev)).shape[1]
         v = _check_v(v, src_b.n, C)
         f, params = _functional(model)
         u = _vjp_sum(f, params, src_b, v, dev, batch_size)
@@ -179,17 +205,17 @@ def ntk_vector_product(model: nn.Module, inputs, v, inputs_b=None, batch_size: i
 
 
 def class_kernel_vector_product(model: nn.Module, inputs, v, inputs_b=None, batch_size: int = 64, device=None) -> torch.Tensor:
-    """Matrix-free class-kernel products: column ``c`` of the result is ``K_c(X, X_b) v[:, c]`` (SPEC §0).
+    """Matrix-free class-kernel products: column ``c`` of the result is ``K_c(X, X_b) v[:, c]`` (appendix §0).
 
     ``v`` ``(M, C)``; result ``(N, C)``. One VJP/JVP pair per class (the class kernel is the ``(c, c)``
     block of Θ, so the other ``C − 1`` output columns of each JVP are discarded).
     """
-    _check_model(model)
-    with _eval_mode(model), _on_device(model, device) as dev:
-        dtype = _model_dtype(model)
-        src = _Inputs(inputs, dtype)
-        src_b = src if inputs_b is None else _Inputs(inputs_b, dtype)
-        C = _call(model, src.get(0, 1, dev)).shape[1]
+    check_model(model)
+    with eval_mode(model), on_device(model, device) as dev:
+        dtype = model_dtype(model)
+        src = BatchedInputs(inputs, dtype)
+        src_b = src if inputs_b is None else BatchedInputs(inputs_b, dtype)
+        C = call_model(model, src.get(0, 1, dev)).shape[1]
         v = _check_v(v, src_b.n, C)
         f, params = _functional(model)
         cols = []

@@ -1,4 +1,4 @@
-"""Kernel ridge regression on per-class tangent features (SPEC §1, §4.3, §5; paper App A.3, eqs 16–18).
+"""Kernel ridge regression on per-class tangent features (appendix §1, §4.3; paper App A.3, eqs 16–18).
 
 Per class ``c`` with features ``G_c (N, k)`` (rows ``g_c(x_i)``) and targets ``t_c (N,)``:
 
@@ -9,13 +9,13 @@ Per class ``c`` with features ``G_c (N, k)`` (rows ``g_c(x_i)``) and targets ``t
 Both are solved by a float64 Cholesky factorisation in whichever space is smaller. The rank-``r``
 variant keeps the top ``r`` singular triplets of ``G_c = UΣVᵀ``: ``w = V_r Σ_r (Σ_r² + λ)^{-1} U_rᵀ t``.
 The thin SVD is taken through the eigendecomposition of the smaller Gram matrix (``G Gᵀ`` when
-``N ≤ k``, ``GᵀG`` otherwise), which costs ``O(N k min(N, k))`` instead of an SVD of ``G`` itself.
+``N ≤ k``, ``GᵀG`` otherwise; :func:`dntk.linalg.gram_eig`), which costs ``O(N k min(N, k))``.
 
 λ defaults to ``λ_c = lam_rel · tr(K_c)/N`` (:func:`default_lam`). ``select="loo"|"gcv"`` picks
 ``lam_rel`` per class on a grid in closed form from one eigendecomposition per class
 (:func:`loo_gcv`; Allen's PRESS ``e = (I−H)t / diag(I−H)``, ``H = K(K+λI)^{-1}``).
 
-:meth:`ClassKRR.fit_synthetic` fits on a compressed set (SPEC §4.3: ``w_c = (G_synᵀ G_syn + λI)^{-1}
+:meth:`ClassKRR.fit_synthetic` fits on a compressed set (appendix §4.3: ``w_c = (G_synᵀ G_syn + λI)^{-1}
 G_synᵀ t_syn``) with λ carried over from the uncompressed set. The error decomposition of Prop B.3
 (appendix §5) is in :mod:`dntk.error_decomposition`.
 """
@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import logging
 import numbers
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ._common import check_finite, class_features, per_class_positive, real_tensor
+from ._common import check_finite, check_positive, class_features, per_class_positive, real_tensor
 from .linalg import gram_eig
 
 log = logging.getLogger("dntk")
@@ -54,16 +53,6 @@ _SOLVERS = ("auto", "dual", "primal")
 _SELECT = (None, "loo", "gcv")
 
 
-# ----------------------------------------------------------------------------- input checking
-def _positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number, got {value!r}.")
-    value = float(value)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value}.")
-    return value
-
-
 # ----------------------------------------------------------------------------- core solves
 def _gram_eig(G: torch.Tensor):
     """Thin SVD ``G = UΣVᵀ`` of ``G (n, k)`` float64 through :func:`dntk.linalg.gram_eig`.
@@ -84,12 +73,28 @@ def _cholesky(A: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def ridge_weights(G, t, lam: float, solver: str = "auto", rank: int | None = None) -> torch.Tensor:
-    """Ridge weights ``w (k,)`` float64 for one class (SPEC §1, eqs 16–17).
+    """Ridge weights for one class (appendix §1, eqs. (16)–(17)).
 
-    ``G (n, k)``, ``t (n,)``, ``λ > 0``. ``solver``: ``"dual"`` (Cholesky of ``GGᵀ + λI``, n×n),
-    ``"primal"`` (Cholesky of ``GᵀG + λI``, k×k, Woodbury) or ``"auto"`` (dual when n ≤ k).
-    ``rank``: keep the top-``rank`` singular directions (spectral cut-off); ``rank ≥ min(n, k)`` is
-    the full solve. No input checking (see :class:`ClassKRR`).
+    Dual ``w = Gᵀ(GGᵀ + λI)⁻¹t`` or primal ``w = (GᵀG + λI)⁻¹Gᵀt`` (equal by Woodbury), or with ``rank``
+    the spectral cut-off ``w = V_r Σ_r (Σ_r² + λ)⁻¹ U_rᵀ t``. No input checking (see :class:`ClassKRR`).
+
+    Parameters
+    ----------
+    G : array ``(n, k)``
+        Features of one class.
+    t : array ``(n,)``
+        Targets.
+    lam : float
+        Ridge ``λ > 0``.
+    solver : {"auto", "dual", "primal"}
+        Cholesky of the ``n×n`` dual or the ``k×k`` primal system; ``"auto"``: dual when ``n ≤ k``.
+    rank : int, optional
+        Keep the top-``rank`` singular directions; ``rank ≥ min(n, k)`` is the full solve.
+
+    Returns
+    -------
+    torch.Tensor
+        ``w (k,)`` float64.
     """
     G = real_tensor(G, "G").to(torch.float64)
     t = real_tensor(t, "t").to(device=G.device, dtype=torch.float64).reshape(-1)
@@ -137,16 +142,27 @@ def _loo_gcv_eig(t, lams, s2, B):
 
 
 def loo_gcv(G, t, lams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closed-form leave-one-out residuals and GCV scores of ridge regression over a grid of λ.
+    """Closed-form leave-one-out residuals and GCV scores of ridge regression over a grid of λ (appendix §1).
 
-    ``G (N, k)``, ``t (N,)``, ``lams (L,)`` absolute ridge values. With ``H_λ = G(GᵀG + λI)^{-1}Gᵀ
-    = K(K + λI)^{-1}`` (one eigendecomposition of the smaller Gram matrix serves every λ):
+    With ``H_λ = G(GᵀG + λI)⁻¹Gᵀ = K(K + λI)⁻¹`` (one :func:`dntk.linalg.gram_eig` serves every λ):
 
     - LOO (Allen's PRESS): ``e_i = [(I − H)t]_i / (1 − H_ii)``, equal to ``t_i`` minus the prediction of
       the model refitted without point ``i``;
     - GCV: ``(1/N)‖(I − H)t‖² / (1 − tr(H)/N)²``.
 
-    Returns ``(loo (L, N), gcv (L,))`` float64. SPEC §1.
+    Parameters
+    ----------
+    G : array ``(N, k)``
+        Features of one class.
+    t : array ``(N,)``
+        Targets.
+    lams : array ``(L,)``
+        Absolute ridge values.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``loo (L, N)`` residuals and ``gcv (L,)`` scores, float64.
     """
     G = real_tensor(G, "G").to(torch.float64)
     t = real_tensor(t, "t").to(device=G.device, dtype=torch.float64).reshape(-1)
@@ -156,12 +172,24 @@ def loo_gcv(G, t, lams) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def default_lam(features, lam_rel: float = 1e-3) -> torch.Tensor:
-    """Per-class ridge ``λ_c = lam_rel · tr(K_c)/N = lam_rel · ‖G_c‖_F²/N`` (SPEC §1), shape ``(C,)`` float64.
+    """Per-class ridge ``λ_c = lam_rel · tr(K_c)/N = lam_rel · ‖G_c‖_F²/N`` (appendix §1).
 
-    ``features``: ``(N, C, k)``, or a list of ``C`` arrays ``(N_c, k)``. Compute it on the uncompressed
-    set and pass it to :meth:`ClassKRR.fit_synthetic` so compression keeps the regularisation (SPEC §4.3).
+    Compute it on the uncompressed set and pass it to :meth:`ClassKRR.fit_synthetic` so that compression
+    keeps the regularisation (appendix §4.3).
+
+    Parameters
+    ----------
+    features : array ``(N, C, k)`` or list of ``C`` arrays ``(N_c, k)``
+        Per-class features; finite, no class all zero.
+    lam_rel : float
+        Relative ridge ``> 0``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C,)`` float64.
     """
-    lam_rel = _positive_float(lam_rel, "lam_rel")
+    lam_rel = check_positive(lam_rel, "lam_rel")
     if isinstance(features, (list, tuple)):
         out = []
         for c, g in enumerate(features):
@@ -184,7 +212,7 @@ def default_lam(features, lam_rel: float = 1e-3) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the estimator
 class ClassKRR:
-    """Per-class kernel ridge regression on tangent features (SPEC §1; paper eqs 16–18).
+    """Per-class kernel ridge regression on tangent features (appendix §1; paper eqs. (16)–(18)).
 
     Parameters
     ----------
@@ -232,14 +260,14 @@ class ClassKRR:
             raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}.")
         if self.select not in _SELECT:
             raise ValueError(f"select must be one of {_SELECT}, got {self.select!r}.")
-        _positive_float(self.lam_rel, "lam_rel")
+        check_positive(self.lam_rel, "lam_rel")
         if self.rank is not None:
             if isinstance(self.rank, bool) or not isinstance(self.rank, numbers.Integral) or self.rank < 1:
                 raise ValueError(f"rank must be a positive integer or None, got {self.rank!r}.")
         if not isinstance(self.center, (bool, np.bool_)):
             raise TypeError(f"center must be True or False, got {self.center!r}.")
         if self.lam is not None and not isinstance(self.lam, bool) and isinstance(self.lam, numbers.Real):
-            _positive_float(self.lam, "lam")
+            check_positive(self.lam, "lam")
         if self.select is not None:
             if self.lam is not None:
                 raise ValueError("give either lam (a fixed λ) or select='loo'/'gcv' (λ chosen on lam_grid), not both.")
@@ -253,7 +281,20 @@ class ClassKRR:
 
     # -- fitting
     def fit(self, features, targets) -> "ClassKRR":
-        """Fit on ``features (N, C, k)`` and ``targets (N, C)`` (e.g. the network's logits)."""
+        """Fit per-class KRR (appendix §1, eqs. (16)–(17)).
+
+        Parameters
+        ----------
+        features : array ``(N, C, k)``
+            Per-class features ``G_c``; finite.
+        targets : array ``(N, C)``
+            Targets ``t_c`` (e.g. the network's logits); finite.
+
+        Returns
+        -------
+        ClassKRR
+            ``self``, fitted (see the class docstring for the attributes).
+        """
         self._check_params()
         F = class_features(features, finite=False)     # checked per class below, without an extra pass
         N, C, k = F.shape
@@ -313,13 +354,26 @@ class ClassKRR:
         return self
 
     def fit_synthetic(self, features, targets, lam=None, intercept=None) -> "ClassKRR":
-        """Fit on a compressed (synthetic) set, one per class (SPEC §4.3).
+        """Fit on a compressed (synthetic) set, one per class (appendix §4.3).
 
-        ``features``: list of ``C`` arrays ``G_syn,c (m_c, k)`` (or one ``(C, m, k)`` array);
-        ``targets``: list of ``C`` arrays ``t_syn,c (m_c,)`` (or ``(C, m)``); ``lam``: per-class λ ``(C,)``
-        or a scalar, normally :func:`default_lam` of the *uncompressed* features (falls back to the
-        constructor's ``lam``). Solves ``w_c = (G_synᵀ G_syn + λ_c I)^{-1} G_synᵀ t_syn``.
-        ``intercept (C,)``: added back at prediction (the mean removed from the uncompressed targets).
+        Solves ``w_c = (G_synᵀ G_syn + λ_c I)⁻¹ G_synᵀ t_syn`` with ``λ_c`` of the uncompressed set.
+
+        Parameters
+        ----------
+        features : list of ``C`` arrays ``(m_c, k)``, or one ``(C, m, k)`` array
+            Compressed gradients ``G_syn,c``.
+        targets : list of ``C`` arrays ``(m_c,)``, or one ``(C, m)`` array
+            Their targets ``t_syn,c``.
+        lam : float or array ``(C,)``, optional
+            Per-class ridge, normally :func:`default_lam` of the *uncompressed* features (default: the
+            constructor's ``lam``).
+        intercept : array ``(C,)``, optional
+            Added back at prediction (the mean removed from the uncompressed targets).
+
+        Returns
+        -------
+        ClassKRR
+            ``self``, fitted.
         """
         self._check_params()
         if self.select is not None:
@@ -350,7 +404,7 @@ class ClassKRR:
             lam = self.lam
         if lam is None:
             raise ValueError("fit_synthetic needs λ from the uncompressed set: pass lam=default_lam(features_full, "
-                             "lam_rel) (SPEC §4.3) or construct ClassKRR(lam=...).")
+                             "lam_rel) (appendix §4.3) or construct ClassKRR(lam=...).")
         lam = per_class_positive(lam, C, "lam", dev)
         if intercept is None:
             b = torch.zeros(C, dtype=torch.float64, device=dev)
@@ -396,7 +450,18 @@ class ClassKRR:
 
     # -- prediction
     def predict(self, features):
-        """Predictions ``(M, C)`` float64 from test features ``(M, C, k)`` (eq 18). numpy in → numpy out."""
+        """Predictions ``f̂_c(x) = g_c(x)ᵀ w_c + b_c`` (appendix eq. (18)).
+
+        Parameters
+        ----------
+        features : array ``(M, C, k)``
+            Test features, from the same model and projector as the fit.
+
+        Returns
+        -------
+        torch.Tensor or numpy.ndarray
+            ``(M, C)`` float64; a numpy array when ``features`` is one.
+        """
         if not hasattr(self, "weights_"):
             raise ValueError("this ClassKRR is not fitted yet; call fit(features, targets) or fit_synthetic(...) first.")
         was_numpy = isinstance(features, np.ndarray)

@@ -496,8 +496,6 @@ def measure_unit_costs(model, inputs, projector=None, repeats: int = 3, device="
     """
     import torch
 
-    from . import tangent
-
     from ._common import eval_mode, on_device
 
     with on_device(model, device), eval_mode(model):

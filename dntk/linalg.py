@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["GramEig", "gram_eig", "gram", "roundoff_cutoff", "sign_normalise", "SIDES"]
+__all__ = ["GramEig", "gram_eig", "gram_matrix_eig", "gram", "roundoff_cutoff", "sign_normalise", "SIDES"]
 
 #: Accepted values of ``side`` in :func:`gram_eig`.
 SIDES = ("auto", "left", "right")
@@ -122,15 +122,16 @@ class GramEig:
         ``"left"`` or ``"right"``: which Gram matrix was decomposed.
     rank : int
         Numerical rank: the number of eigenvalues above ``max(n, k)·ε·λ₁``.
-    G : torch.Tensor
-        The float64 features ``(n, k)`` (needed to map right to left vectors).
+    G : torch.Tensor or None
+        The float64 features ``(n, k)`` (needed to map right to left vectors); ``None`` from
+        :func:`gram_matrix_eig`.
     """
 
     eigenvalues: torch.Tensor
     basis: torch.Tensor | None
     side: str
     rank: int
-    G: torch.Tensor
+    G: torch.Tensor | None
 
     @property
     def singular_values(self) -> torch.Tensor:
@@ -140,6 +141,8 @@ class GramEig:
     def _need_vectors(self) -> torch.Tensor:
         if self.basis is None:
             raise ValueError("this GramEig was computed with vectors=False; call gram_eig(G) for eigenvectors.")
+        if self.G is None and self.side == "right":
+            raise ValueError("this GramEig was computed from GᵀG alone (gram_matrix_eig); vectors of G Gᵀ need G.")
         return self.basis
 
     def left_vectors(self, r: int | None = None) -> torch.Tensor:
@@ -216,6 +219,11 @@ def gram_eig(G, side: str = "auto", vectors: bool = True, gram_matrix: torch.Ten
         A = 0.5 * (A + A.T)
     else:
         A = gram(G) if gram_matrix is None else gram_matrix.to(device=G.device, dtype=torch.float64)
+    return _decompose(A, n, k, side, vectors, G)
+
+
+def _decompose(A: torch.Tensor, n: int, k: int, side: str, vectors: bool, G) -> GramEig:
+    """``eigh`` of the Gram matrix ``A`` of a ``G (n, k)``, non-increasing, with the round-off rule."""
     if vectors:
         lam, basis = torch.linalg.eigh(A)
         lam, basis = lam.flip(0), basis.flip(1)
@@ -228,3 +236,27 @@ def gram_eig(G, side: str = "auto", vectors: bool = True, gram_matrix: torch.Ten
     lam = torch.where(lam > cut, lam, torch.zeros_like(lam))
     rank = int((lam > 0).sum())
     return GramEig(eigenvalues=lam, basis=basis, side=side, rank=rank, G=G)
+
+
+def gram_matrix_eig(gram_matrix: torch.Tensor, n: int) -> GramEig:
+    """:func:`gram_eig` on the right side from ``GᵀG`` alone, for features ``G (n, k)`` that are not in memory.
+
+    The same eigendecomposition and round-off rule; only :meth:`GramEig.left_vectors` and
+    :meth:`GramEig.factor` (which need ``G``) are unavailable.
+
+    Parameters
+    ----------
+    gram_matrix : torch.Tensor
+        ``GᵀG (k, k)``, symmetric PSD (e.g. accumulated over blocks of rows).
+    n : int
+        The number of rows of ``G`` (it bounds the rank and sets the round-off threshold).
+
+    Returns
+    -------
+    GramEig
+        ``side="right"``, ``basis = V (k, min(n, k))``, ``G = None``.
+    """
+    A = gram_matrix.to(torch.float64)
+    if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0 or int(n) < 1:
+        raise ValueError(f"gram_matrix must be a square (k, k) matrix and n ≥ 1, got shape {tuple(A.shape)}, n = {n}.")
+    return _decompose(0.5 * (A + A.T), int(n), A.shape[0], "right", True, None)

@@ -1,4 +1,4 @@
-"""Metrics for kernel models of a network (SPEC §1) and for compressed gradient sets (SPEC §4.3, eq 10).
+"""Metrics for kernel models of a network (appendix §1) and for compressed gradient sets (appendix §4.3, eq. (10)).
 
 Prediction metrics take ``pred (N, C)`` (e.g. :meth:`dntk.krr.ClassKRR.predict`) and either the labels
 ``(N,)`` or the network's logits ``(N, C)``; they return Python floats. Subspace metrics compare a
@@ -13,23 +13,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ._common import check_finite, real_tensor
+
 __all__ = ["accuracy", "fidelity", "logit_r2", "relative_logit_error", "row_space_basis",
            "coverage", "nystrom_error", "Report", "report"]
 
 
 def _tensor(x, name: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    elif isinstance(x, np.ndarray):
-        t = torch.from_numpy(x)
-    elif isinstance(x, (list, tuple)):
-        t = torch.as_tensor(np.asarray(x))
-    else:
-        raise TypeError(f"{name} must be a torch tensor or a numpy array, got {type(x).__name__}.")
-    if t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be real-valued, got dtype {t.dtype}.")
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN/inf values; metrics need finite predictions.")
+    t = real_tensor(x, name)
+    check_finite(t, name)
     return t.cpu()
 
 
@@ -48,7 +40,19 @@ def _pair(pred, net_logits) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def accuracy(pred, labels) -> float:
-    """``mean[argmax_c pred = label]`` for ``pred (N, C)`` and integer ``labels (N,)`` (SPEC §1)."""
+    """Test accuracy ``mean_i [argmax_c pred_ic = y_i]`` (appendix §1).
+
+    Parameters
+    ----------
+    pred : array ``(N, C)``
+        Predictions (scores per class).
+    labels : array ``(N,)``
+        Integer class indices in ``[0, C)`` (integer-valued floats are accepted).
+
+    Returns
+    -------
+    float
+    """
     p = _pred(pred)
     y = _tensor(labels, "labels")
     if y.ndim != 1 or y.shape[0] != p.shape[0]:
@@ -64,15 +68,40 @@ def accuracy(pred, labels) -> float:
 
 
 def fidelity(pred, net_logits) -> float:
-    """Agreement with the network, ``mean[argmax pred = argmax f(x; θ)]`` (SPEC §1)."""
+    """Fidelity, the agreement with the network ``mean_i [argmax pred_i = argmax f(x_i; θ)]`` (appendix §1).
+
+    Parameters
+    ----------
+    pred : array ``(N, C)``
+        Predictions of a kernel model.
+    net_logits : array ``(N, C)``
+        The network's logits at the same points.
+
+    Returns
+    -------
+    float
+    """
     p, f = _pair(pred, net_logits)
     return float((p.argmax(1) == f.argmax(1)).to(torch.float64).mean())
 
 
 def logit_r2(pred, net_logits) -> float:
-    """Coefficient of determination of the logits, pooled over classes (SPEC §1):
+    """Coefficient of determination of the logits, pooled over classes (appendix §1).
+
     ``1 − Σ_{i,c}(f̂_ic − f_ic)² / Σ_{i,c}(f_ic − f̄_c)²`` with ``f̄_c`` the mean logit of class ``c``
-    (scikit-learn's ``r2_score(..., multioutput="variance_weighted")``)."""
+    (scikit-learn's ``r2_score(..., multioutput="variance_weighted")``).
+
+    Parameters
+    ----------
+    pred : array ``(N, C)``
+        Predicted logits.
+    net_logits : array ``(N, C)``
+        The network's logits; ``ValueError`` if they are constant within every class.
+
+    Returns
+    -------
+    float
+    """
     p, f = _pair(pred, net_logits)
     sst = (f - f.mean(0)).pow(2).sum()
     if float(sst) == 0.0:
@@ -82,7 +111,19 @@ def logit_r2(pred, net_logits) -> float:
 
 
 def relative_logit_error(pred, net_logits) -> float:
-    """``‖f̂ − f‖_F / ‖f‖_F`` over all points and classes (SPEC §1)."""
+    """Relative logit error ``‖f̂ − f‖_F / ‖f‖_F`` over all points and classes (appendix §1).
+
+    Parameters
+    ----------
+    pred : array ``(N, C)``
+        Predicted logits ``f̂``.
+    net_logits : array ``(N, C)``
+        The network's logits ``f``, not all zero.
+
+    Returns
+    -------
+    float
+    """
     p, f = _pair(pred, net_logits)
     nf = torch.linalg.norm(f)
     if float(nf) == 0.0:
@@ -92,10 +133,20 @@ def relative_logit_error(pred, net_logits) -> float:
 
 # ----------------------------------------------------------------------------- subspace metrics
 def row_space_basis(G_syn, rtol: float | None = None) -> torch.Tensor:
-    """Orthonormal basis ``Q (k, r)`` float64 of ``row(G_syn)`` for ``G_syn (m, k)``, from a float64 SVD.
+    """Orthonormal basis of the row space of a compressed set, from a float64 SVD (appendix §3 eq. (3)).
 
-    Singular values ``≤ rtol·σ_max`` are dropped (default ``rtol = max(m, k)·eps``, numpy's
-    ``matrix_rank`` rule); an empty or all-zero ``G_syn`` gives ``r = 0``.
+    Parameters
+    ----------
+    G_syn : array ``(m, k)``
+        Compressed gradients.
+    rtol : float, optional
+        Singular values ``≤ rtol·σ_max`` are dropped (default ``max(m, k)·eps``, numpy's ``matrix_rank``
+        rule on singular values).
+
+    Returns
+    -------
+    torch.Tensor
+        ``Q (k, r)`` float64 with orthonormal columns; ``r = 0`` for an empty or all-zero ``G_syn``.
     """
     S = _tensor(G_syn, "G_syn")
     if S.ndim != 2:
@@ -154,18 +205,40 @@ def _nystrom2(G, G_syn, rtol):
 
 
 def coverage(G, G_syn, rtol: float | None = None):
-    """Subspace coverage ``‖G Π‖_F² / ‖G‖_F²``, ``Π`` the orthogonal projector onto ``row(G_syn)`` (SPEC §4.3).
+    """Subspace coverage ``‖G Π‖_F² / ‖G‖_F²``, ``Π`` the orthogonal projector onto ``row(G_syn)`` (appendix §4.3).
 
-    ``G (N, k)`` and ``G_syn (m, k)`` → float in [0, 1]; ``G (N, C, k)`` and a list of ``C`` sets → ``(C,)``.
+    Parameters
+    ----------
+    G : array ``(N, k)`` or ``(N, C, k)``
+        Uncompressed features of one class, or of every class.
+    G_syn : array ``(m, k)``, or a list of ``C`` arrays ``(m_c, k)`` / one ``(C, m, k)`` array
+        The compressed set(s), in the same feature space.
+    rtol : float, optional
+        Rank cut-off of :func:`row_space_basis`.
+
+    Returns
+    -------
+    float or torch.Tensor
+        A float in ``[0, 1]`` for one class, a ``(C,)`` float64 tensor for ``(N, C, k)`` features.
     """
     return _per_class(_coverage2, G, G_syn, rtol)
 
 
 def nystrom_error(G, G_syn, rtol: float | None = None):
-    """Relative Nyström error ``‖G(I − Π)‖_F² / ‖G‖_F² = tr(K − K_Π)/tr(K)`` (SPEC §3 eq 10, §4.3).
+    """Relative Nyström error ``‖G(I − Π)‖_F² / ‖G‖_F² = tr(K − K_Π)/tr(K)`` (appendix §3 eq. (10), §4.3).
 
     Computed from the residual ``G − GQQᵀ`` directly (not as ``1 − coverage``) so small errors keep
-    their relative accuracy. Shapes as in :func:`coverage`.
+    their relative accuracy.
+
+    Parameters
+    ----------
+    G, G_syn, rtol
+        As in :func:`coverage`.
+
+    Returns
+    -------
+    float or torch.Tensor
+        A float in ``[0, 1]`` for one class, a ``(C,)`` float64 tensor for ``(N, C, k)`` features.
     """
     return _per_class(_nystrom2, G, G_syn, rtol)
 

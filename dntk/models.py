@@ -87,7 +87,6 @@ TEACHER_EPOCHS = TEACHER_DEFAULTS.epochs
 TRAINED_DEFAULTS = {k: v for k, v in dataclasses.asdict(TEACHER_DEFAULTS).items() if k != "momentum"}
 #: Bump when the training code changes in a way that changes the weights (part of every teacher cache key).
 TRAINING_VERSION = 1
-_CACHE_VERSION = TRAINING_VERSION  # old name, read by pipeline.py until it uses TRAINING_VERSION
 
 
 class TrainingDivergedError(ValueError):

@@ -1,35 +1,52 @@
 """The whole DNTK pipeline from one config: data → teacher → WMDD → projected gradients → Algorithm 1 → KRR.
 
-``Config`` is a tree of small dataclasses loaded from YAML (``Config.from_yaml``) and validated
-before any heavy work: an unknown key, a value of the wrong type or outside its choices, or a missing
-dataset root raises :class:`ConfigError` with one line saying what is wrong and where.
+``Config`` is a tree of small dataclasses loaded from YAML (:func:`load_config`). Its allowed values
+(datasets, architectures, projector kinds, selection methods) are imported from the modules that own
+them. :func:`preflight` validates everything that can be validated before any training — types, ranges,
+finite numbers, option names, the dataset, the checkpoint, ``projection.k`` against the model's ``P``,
+cluster and budget sizes against the distilled set, writable folders — and raises :class:`ConfigError`
+with one line naming the config key.
 
-``run(config)`` executes the stages of SPEC §4 for the teacher (the trained network) and the
-student (the same architecture trained on the distilled set, Sec 5.1), caching each stage's output
-in a :class:`dntk.store.Store` under a key that hashes that stage's own settings and the keys of the
-stages it reads from. Changing only ``krr.lam_rel`` therefore recomputes only the KRR stage, a second
-identical run recomputes nothing, and an interrupted run resumes from the last finished stage
-(writes are atomic). A finished run writes ``result.json``, ``config.yaml`` and the figures into
-``run_dir``; a ``run_dir`` holding results of other settings is refused unless ``overwrite: true``.
+:func:`run` executes the stages in :data:`STAGES` (appendix §4) for the teacher (the trained network) and
+the student (the same architecture trained on the distilled set, Sec 5.1). Each stage is declared once:
+the config values it reads (:class:`Stage`), the artifacts it consumes and a compute function. Its
+artifact is cached in a :class:`dntk.store.Store` under a key that hashes those settings **and the
+content checksums of the artifacts it consumed** (teacher weights, distilled set, features), so a
+changed or corrupted upstream artifact can never be mixed with cached downstream results. Changing only
+``krr.lam_rel`` recomputes only the KRR stage; a second identical run recomputes nothing; an interrupted
+run resumes from the last finished stage. A finished run writes ``result.json``, ``config.yaml`` and the
+figures (:mod:`dntk.report`) into ``run_dir``; a ``run_dir`` holding results of other settings is refused
+unless ``overwrite: true``.
+
+Under ``torchrun`` (or ``dntk run CONFIG --nproc N``) the run is shared by the ranks: see
+:mod:`dntk.distributed` and :func:`run`.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
 import json
 import logging
+import math
+import os
 import re
+import tempfile
 import time
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "load_config", "run", "RunResult", "STAGES"]
+from .models import TEACHER_DEFAULTS
+from .wmdd import STUDENT_DEFAULTS, WMDD_DEFAULTS
+
+__all__ = ["Config", "ConfigError", "load_config", "read_yaml", "parse_value", "YAMLLoader", "preflight", "run",
+           "RunResult", "Stage", "STAGES", "make_projector"]
 
 log = logging.getLogger("dntk")
 
@@ -41,7 +58,9 @@ class ConfigError(ValueError):
 # ================================================================================ config schema
 @dataclass
 class DataConfig:
-    name: str = "digits"                 # digits | imagenette | imagewoof | cifar10 | folder:<path>
+    """Dataset and subset (``data:``): see :func:`dntk.data.load`."""
+
+    name: str = "digits"                 # one of dntk.data.DATASETS, or folder:<path>
     root: Optional[str] = None           # dataset folder (default $DNTK_DATA/<name>); unused for digits
     resize: Optional[int] = None         # side length in pixels (None: the dataset's default)
     train_per_class: Optional[int] = None  # seeded class-balanced subset of the training split
@@ -50,40 +69,55 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    arch: str = "convnet"                # convnet | resnet18 | mlp
+    """The trained network (``teacher:``): architecture, checkpoint or training settings.
+
+    Training defaults are :data:`dntk.models.TEACHER_DEFAULTS` (the book's shared digits teacher).
+    """
+
+    arch: str = "convnet"                # one of dntk.models.MODELS
     width: Optional[int] = None
     checkpoint: Optional[str] = None     # weights saved by dntk.models.save (skips training)
-    epochs: int = 30
-    lr: float = 3e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
-    batch_size: int = 64
-    weight_decay: float = 0.0
+    epochs: int = TEACHER_DEFAULTS.epochs
+    lr: float = TEACHER_DEFAULTS.lr
+    optimizer: Literal["adam", "sgd"] = TEACHER_DEFAULTS.optimizer
+    batch_size: int = TEACHER_DEFAULTS.batch_size
+    weight_decay: float = TEACHER_DEFAULTS.weight_decay
 
 
 @dataclass
 class DistillConfig:
+    """Dataset distillation (``distill:``): WMDD (appendix §4.1), a random real subset, or none.
+
+    WMDD defaults are :data:`dntk.wmdd.WMDD_DEFAULTS`.
+    """
+
     method: Literal["wmdd", "random", "none"] = "wmdd"  # none: use the whole training set
     ipc: int = 10                        # images per class
-    iterations: int = 300
-    lr: float = 0.1
-    r_bn: float = 10.0
-    init: Literal["noise", "real"] = "real"
+    iterations: int = WMDD_DEFAULTS.iterations
+    lr: float = WMDD_DEFAULTS.lr
+    r_bn: float = WMDD_DEFAULTS.r_bn
+    init: str = WMDD_DEFAULTS.init       # one of dntk.wmdd.INITS
     path: Optional[str] = None           # a distilled set saved by dntk.wmdd.save (skips distillation)
     options: dict = field(default_factory=dict)  # further keyword arguments of dntk.wmdd.distill
 
 
 @dataclass
 class StudentConfig:
+    """The student network trained on the distilled set only (``student:``); defaults
+    :data:`dntk.wmdd.STUDENT_DEFAULTS`."""
+
     enabled: bool = True
-    epochs: int = 300
-    lr: float = 3e-3
-    temperature: float = 4.0
+    epochs: int = STUDENT_DEFAULTS.epochs
+    lr: float = STUDENT_DEFAULTS.lr
+    temperature: float = STUDENT_DEFAULTS.temperature
     options: dict = field(default_factory=dict)  # further keyword arguments of dntk.wmdd.train_student
 
 
 @dataclass
 class ProjectionConfig:
-    kind: str = "gaussian"               # orthonormal | gaussian | rademacher | sparse | srht | kronecker
+    """The JL projector of the class gradients (``projection:``, appendix §4.2)."""
+
+    kind: str = "gaussian"               # one of dntk.projection.KINDS
     k: int = 512
     seed: int = 0
     batch_size: Optional[int] = None     # samples per featurisation batch (None: from a memory budget)
@@ -91,7 +125,9 @@ class ProjectionConfig:
 
 @dataclass
 class GradientDistillationConfig:
-    method: str = "local_global"         # local_global | none | random | leverage | fps | kmeans | pca
+    """Algorithm 1 or a selection baseline (``gradient_distillation:``, appendix §4.3)."""
+
+    method: str = "local_global"         # local_global | none | one of gradient_distillation.SELECT_METHODS
     budget: Optional[int] = 5            # synthetic gradients per class (None: whatever Algorithm 1 keeps)
     n_clusters: int = 5
     tau: float = 0.99
@@ -101,13 +137,17 @@ class GradientDistillationConfig:
 
 @dataclass
 class KRRConfig:
-    lam_rel: float = 1e-3                # λ = lam_rel · tr(K̃_c)/N of the uncompressed kernel (SPEC §4.3)
+    """Per-class kernel ridge regression (``krr:``, appendix §1 and §4.3)."""
+
+    lam_rel: float = 1e-3                # λ = lam_rel · tr(K̃_c)/N of the uncompressed kernel (appendix §4.3)
     targets: Literal["logits", "onehot", "soft"] = "logits"  # soft: the distilled set's teacher logits
     full_reference: bool = False         # also fit KRR on the whole training set (the "JL only" model)
 
 
 @dataclass
 class LedgerConfig:
+    """The cost ledger (``ledger:``, appendix §7)."""
+
     forward_flops: Optional[float] = None  # F (multiply-adds of one forward); None: counted on the model
     wmdd_iterations: Optional[int] = None  # I for the ledger (None: distill.iterations)
     n_full: Optional[int] = None         # N of the full training set (None: its actual size)
@@ -117,6 +157,8 @@ class LedgerConfig:
 
 @dataclass
 class Config:
+    """One pipeline run: every setting, validated; ``Config.from_yaml``/``from_dict`` build it."""
+
     name: str = "dntk"
     seed: int = 0
     device: str = "cpu"
@@ -170,76 +212,121 @@ class Config:
 
     # ---------------------------------------------------------------------------- validation
     def validate(self, source: str = "config", check_paths: bool = False) -> None:
-        """Value checks beyond types (ranges, names, files); raises ConfigError with one line."""
+        """Value checks beyond types (ranges, allowed names, files); raises ConfigError with one line.
+
+        The allowed names come from the modules that own them: :data:`dntk.data.DATASETS`,
+        :data:`dntk.models.MODELS`, :data:`dntk.projection.KINDS` and
+        :data:`dntk.gradient_distillation.SELECT_METHODS` (plus ``local_global`` and ``none``).
+        """
         def bad(key, msg):
             raise ConfigError(f"{source}: {key} {msg}")
 
-        from . import data as _data, models as _models
+        from . import data as _data
+        from . import gradient_distillation as _gd
+        from . import models as _models
+        from . import projection as _projection
+        from . import wmdd as _wmdd
 
         n = self.data.name
-        if not (n in _data.DATASETS[:-1] or n.startswith("folder:")):
+        names = [d for d in _data.DATASETS if ":" not in d]
+        if not (n in names or n.startswith("folder:")):
             bad("data.name", f"is {n!r}; choose one of {', '.join(_data.DATASETS)}")
         if self.teacher.arch not in _models.MODELS:
             bad("teacher.arch", f"is {self.teacher.arch!r}; choose one of {', '.join(_models.MODELS)}")
+        if self.distill.init not in _wmdd.INITS:
+            bad("distill.init", f"is {self.distill.init!r}; choose one of {', '.join(_wmdd.INITS)}")
+        if self.projection.kind not in _projection.KINDS:
+            bad("projection.kind", f"is {self.projection.kind!r}; choose one of {', '.join(_projection.KINDS)}")
+        methods = GD_METHODS + tuple(_gd.SELECT_METHODS)
+        if self.gradient_distillation.method not in methods:
+            bad("gradient_distillation.method",
+                f"is {self.gradient_distillation.method!r}; choose one of {', '.join(methods)}")
         for key, v in (("data.resize", self.data.resize), ("data.train_per_class", self.data.train_per_class),
-                       ("data.test_limit", self.data.test_limit), ("teacher.width", self.teacher.width),
+                       ("teacher.width", self.teacher.width),
                        ("teacher.batch_size", self.teacher.batch_size), ("distill.ipc", self.distill.ipc),
                        ("projection.k", self.projection.k), ("projection.batch_size", self.projection.batch_size),
-                       ("ledger.measure_inputs", self.ledger.measure_inputs),
+                       ("ledger.measure_inputs", self.ledger.measure_inputs), ("ledger.n_full", self.ledger.n_full),
+                       ("ledger.wmdd_iterations", self.ledger.wmdd_iterations),
                        ("gradient_distillation.budget", self.gradient_distillation.budget),
                        ("gradient_distillation.n_clusters", self.gradient_distillation.n_clusters)):
             if v is not None and v < 1:
                 bad(key, f"must be ≥ 1, got {v}")
+        if self.data.test_limit is not None and self.data.test_limit < 2:
+            bad("data.test_limit", f"must be ≥ 2 (accuracy and logit R² need two test points), "
+                                   f"got {self.data.test_limit}")
         for key, v in (("teacher.epochs", self.teacher.epochs), ("distill.iterations", self.distill.iterations),
-                       ("student.epochs", self.student.epochs), ("seed", self.seed)):
+                       ("student.epochs", self.student.epochs), ("seed", self.seed),
+                       ("projection.seed", self.projection.seed)):
             if v < 0:
                 bad(key, f"must be ≥ 0, got {v}")
         for key, v in (("teacher.lr", self.teacher.lr), ("distill.lr", self.distill.lr), ("student.lr", self.student.lr),
                        ("student.temperature", self.student.temperature), ("krr.lam_rel", self.krr.lam_rel)):
             if not v > 0:
                 bad(key, f"must be > 0, got {v}")
-        if self.distill.r_bn < 0 or self.teacher.weight_decay < 0:
-            bad("distill.r_bn" if self.distill.r_bn < 0 else "teacher.weight_decay", "must be ≥ 0")
+        for key, v in (("distill.r_bn", self.distill.r_bn), ("teacher.weight_decay", self.teacher.weight_decay)):
+            if v < 0:
+                bad(key, f"must be ≥ 0, got {v}")
         for key, v in (("gradient_distillation.tau", self.gradient_distillation.tau),
                        ("gradient_distillation.gamma", self.gradient_distillation.gamma)):
             if not 0 < v <= 1:
                 bad(key, f"must be in (0, 1], got {v}")
-        kinds = ("orthonormal", "gaussian", "rademacher", "sparse", "srht", "kronecker")
-        if self.projection.kind not in kinds:
-            bad("projection.kind", f"is {self.projection.kind!r}; choose one of {', '.join(kinds)}")
-        methods = ("local_global", "none", "random", "leverage", "fps", "kmeans", "pca")
-        if self.gradient_distillation.method not in methods:
-            bad("gradient_distillation.method",
-                f"is {self.gradient_distillation.method!r}; choose one of {', '.join(methods)}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
             bad("device", f"is {self.device!r}; use cpu, cuda, cuda:N or mps")
         if self.ledger.forward_flops is not None and not self.ledger.forward_flops > 0:
-            bad("ledger.forward_flops", "must be > 0")
+            bad("ledger.forward_flops", f"must be > 0, got {self.ledger.forward_flops}")
+        if self.gradient_distillation.method in _gd.SELECT_METHODS and self.gradient_distillation.budget is None:
+            bad("gradient_distillation.budget", f"is required by method {self.gradient_distillation.method!r} "
+                                                "(how many gradients per class to select)")
+        if self.distill.method == "none" and self.student.enabled:
+            bad("student.enabled", "needs a distilled set, but distill.method is 'none'; set student.enabled=false")
         if check_paths:
             self.check_paths(source)
 
     def check_paths(self, source: str = "config") -> None:
-        """Files the config names must exist (dataset root, checkpoint, saved distilled set)."""
-        if self.data.name != "digits":
-            try:
-                from . import data as _data
-                if self.data.name.startswith("folder:"):
-                    root = Path(self.data.name.split(":", 1)[1]).expanduser()
-                else:
-                    root = _data._resolve_root(self.data.name, self.data.root)
-            except ValueError as e:
-                raise ConfigError(f"{source}: data.root: {_first_line(e)}") from None
-            if not root.exists():
-                raise ConfigError(f"{source}: data.root: dataset folder {root} does not exist; "
-                                  f"put the {self.data.name} files there or set data.root")
+        """Files the config names must exist (dataset root, checkpoint, saved distilled set), the run and
+        cache folders must be folders that can be created and written, and CUDA must exist if asked for."""
+        if self.data.name.startswith("folder:"):
+            root = Path(self.data.name.split(":", 1)[1]).expanduser()
+            if not root.is_dir():
+                raise ConfigError(f"{source}: data.name: dataset folder {root} does not exist")
+        elif self.data.root is not None and not Path(self.data.root).expanduser().is_dir():
+            raise ConfigError(f"{source}: data.root: dataset folder {self.data.root} does not exist; "
+                              f"put the {self.data.name} files there or set data.root")
         for key, p in (("teacher.checkpoint", self.teacher.checkpoint), ("distill.path", self.distill.path)):
             if p is not None and not Path(p).expanduser().exists():
                 raise ConfigError(f"{source}: {key}: {p} does not exist")
+        for key, p in (("run_dir", self.run_path), ("cache_dir", self.cache_path)):
+            problem = _unwritable(p)
+            if problem:
+                raise ConfigError(f"{source}: {key}: {problem}; set {key} to a writable folder")
         if self.device.startswith("cuda"):
             import torch
             if not torch.cuda.is_available():
                 raise ConfigError(f"{source}: device is {self.device!r} but no CUDA device is available here; "
                                   "use --set device=cpu")
+
+
+#: Methods of ``gradient_distillation.method`` besides the selection baselines of
+#: :data:`dntk.gradient_distillation.SELECT_METHODS`: Algorithm 1, or every distilled gradient.
+GD_METHODS = ("local_global", "none")
+
+
+def _unwritable(path: Path) -> Optional[str]:
+    """Why `path` cannot be used as a folder to write into (None when it can): a file in the way, or an
+    existing ancestor where nothing can be created. Probes by creating a temporary file."""
+    p = Path(path).expanduser()
+    for q in [p, *p.parents]:
+        if q.exists():
+            if not q.is_dir():
+                return f"{q} is a file, not a folder"
+            try:
+                fd, probe = tempfile.mkstemp(prefix=".dntk-write-probe-", dir=q)
+            except OSError as e:
+                return f"cannot write into {q} ({e.strerror or type(e).__name__})"
+            os.close(fd)
+            os.unlink(probe)
+            return None
+    return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -286,10 +373,12 @@ def _coerce(value, tp, key: str, source: str):
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{source}: {key} must be a finite number, got {value}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -323,12 +412,11 @@ def _build(cls, d: dict, prefix: str, source: str):
     return cls(**kwargs)
 
 
-# YAML 1.1 (PyYAML) reads 1e-3 as a string; accept the YAML 1.2 float forms too.
-class _Loader(yaml.SafeLoader):
-    pass
+class YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads the YAML 1.2 float forms (``1e-3``; YAML 1.1 reads a string)."""
 
 
-_Loader.add_implicit_resolver(
+YAMLLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
@@ -342,7 +430,7 @@ _Loader.add_implicit_resolver(
 def parse_value(text: str):
     """A ``--set``/``-p`` value as YAML would read it (``1e-3`` → float, ``null`` → None, ``[1,2]`` → list)."""
     try:
-        return yaml.load(text, Loader=_Loader) if text.strip() else ""
+        return yaml.load(text, Loader=YAMLLoader) if text.strip() else ""
     except yaml.YAMLError:
         return text
 
@@ -360,22 +448,39 @@ def _set_dotted(d: dict, key: str, value, source: str) -> None:
     cur[parts[-1]] = value
 
 
+def read_yaml(path, what: str = "config file") -> Any:
+    """Read a YAML file with :class:`YAMLLoader`; any unreadable file raises ConfigError in one line.
+
+    A missing file, a folder, a binary or non-UTF-8 file and malformed YAML are all reported with the
+    path and what to do (``what`` names the file in the message).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} does not exist" if not p.exists() else f"{what} {p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (not UTF-8); give a YAML {what}") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read it ({e.strerror or type(e).__name__})") from None
+    if "\x00" in text:
+        raise ConfigError(f"{p}: not a text file (it contains NUL bytes); give a YAML {what}")
+    try:
+        return yaml.load(text, Loader=YAMLLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({_first_line(e)})") from None
+
+
 def load_config(path=None, overrides=(), check_paths: bool = True) -> Config:
     """Read a YAML config (or defaults when `path` is None), apply ``key=value`` overrides, validate.
 
-    Every problem — unreadable file, unknown key, wrong type, value out of range, missing dataset
-    root/checkpoint — raises :class:`ConfigError` with one line naming the key.
+    Every problem — unreadable file, unknown key, wrong type, non-finite number, value out of range,
+    missing dataset root/checkpoint — raises :class:`ConfigError` with one line naming the key.
     """
     source = str(path) if path is not None else "config"
     d: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            d = yaml.load(p.read_text(), Loader=_Loader) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML ({_first_line(e)})") from None
+        d = read_yaml(path) or {}
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(d).__name__}")
     d = copy.deepcopy(d)
@@ -396,27 +501,96 @@ def load_config(path=None, overrides=(), check_paths: bool = True) -> Config:
     return cfg
 
 
-# ================================================================================ the run
-#: Stages in execution order; a stage's key hashes its own settings and its upstream keys.
-STAGES = ("teacher", "distill", "student", "features", "gradient_distillation", "krr")
-#: Bump a stage's number when its code changes in a way that changes its output (invalidates caches).
-STAGE_VERSIONS = {"teacher": 1, "distill": 1, "student": 1, "features": 1, "gradient_distillation": 1, "krr": 1}
+# ================================================================================ the stages
+@dataclass(frozen=True)
+class Stage:
+    """One cached stage of a run, declared once: what it computes and which config values it reads.
+
+    A stage's store key hashes ``{"stage", "version", **settings(config), **extra}`` together with the
+    content checksums of the artifacts it consumed (``consumes``), so it is recomputed when either its
+    own settings or anything upstream changed (appendix §4 for the stages themselves).
+
+    Attributes
+    ----------
+    name : str
+        Folder of its artifacts in the store.
+    version : int
+        Bumped when its code changes in a way that changes its output (invalidates caches).
+    settings : callable
+        ``settings(config) -> dict``: the config values its result depends on.
+    consumes : tuple of str
+        Names of the content checksums in its key (artifacts of earlier stages, files, the data).
+    """
+
+    name: str
+    version: int
+    settings: Callable[[Config], dict]
+    consumes: tuple
+
+
+def _teacher_settings(c: Config) -> dict:
+    from .models import TRAINING_VERSION
+
+    if c.teacher.checkpoint:  # the weights come from the file, whose content is in the key
+        return {"arch": c.teacher.arch, "width": c.teacher.width}
+    return {**{k: v for k, v in dataclasses.asdict(c.teacher).items() if k != "checkpoint"}, "seed": c.seed,
+            "training_version": TRAINING_VERSION}
+
+
+def _distill_settings(c: Config) -> dict:
+    d = c.distill
+    if d.path:
+        return {"method": "file"}
+    if d.method == "none":
+        return {"method": "none"}
+    if d.method == "random":
+        return {"method": "random", "ipc": d.ipc, "seed": c.seed}
+    return {**{k: v for k, v in dataclasses.asdict(d).items() if k != "path"}, "seed": c.seed}
+
+
+STAGES = (
+    Stage("teacher", 1, _teacher_settings, ("data", "checkpoint")),
+    Stage("distill", 1, _distill_settings, ("data", "teacher", "distilled_file")),
+    Stage("student", 1, lambda c: {"arch": c.teacher.arch, "width": c.teacher.width, "seed": c.seed,
+                                   **dataclasses.asdict(c.student)}, ("distill",)),
+    Stage("features", 1, lambda c: {k: v for k, v in dataclasses.asdict(c.projection).items() if k != "batch_size"},
+          ("model", "inputs")),
+    Stage("gradient_distillation", 1, lambda c: {"targets": c.krr.targets, "seed": c.seed,
+                                                  **dataclasses.asdict(c.gradient_distillation)},
+          ("features", "distill")),
+    Stage("krr", 1, lambda c: {"targets": c.krr.targets, "lam_rel": c.krr.lam_rel},
+          ("gradient_distillation", "features", "test_features", "train_features")),
+)
+_STAGE = {s.name: s for s in STAGES}
 #: Config keys that do not change any result (ignored when comparing a run directory's settings).
 _VOLATILE = ("progress", "overwrite", "figures", "run_dir", "cache_dir")
 
 
-def _file_digest(path) -> str:
+def path_digest(path) -> str:
+    """SHA-256 of a file, or of a folder's files (names and bytes, in sorted order); 64 hex digits."""
     import hashlib
 
-    h = hashlib.sha256()
+    from .store import file_sha256
+
     p = Path(path).expanduser()
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    if not p.is_dir():
+        return file_sha256(p)
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(str(f.relative_to(p)).encode() + b"\0" + file_sha256(f).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class StageRecord:
+    """What happened to one stage in a run (``result.stages`` holds these as dicts)."""
+
+    stage: str
+    role: str
+    key: str
+    status: str      #: "computed", "cached" or "recomputed" (a corrupt stored copy was replaced)
+    seconds: float   #: compute time (of the run that computed it, for cached stages)
+    rank: int = 0    #: the rank that computed or loaded it
 
 
 def _semantic(cfg: Config) -> dict:
@@ -438,55 +612,68 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list:
 
 
 class _Run:
-    """State of one pipeline run: lazily loaded data, the store, and a record of every stage."""
+    """State of one pipeline run: lazily loaded data, the store, the ranks, and a record of every stage."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, ranks=None):
+        from .distributed import Ranks
         from .store import Store
 
         self.cfg = cfg
+        self.ranks = ranks or Ranks.single()
         self.store = Store(cfg.cache_path)
-        self.records: list[dict] = []
+        self.records: list[StageRecord] = []
         self._train = self._test = self._meta = None
         self.bar = None
 
     # -------------------------------------------------------------------------- data (lazy)
-    def meta(self) -> dict:
-        if self._meta is None:
-            from . import data
+    def _load(self, split: str):
+        from . import data
 
-            ds = data.load(self.cfg.data.name, "train", root=self.cfg.data.root, resize=self.cfg.data.resize)
+        d = self.cfg.data
+        return data.load(d.name, split, root=d.root, resize=d.resize)
+
+    def meta(self) -> dict:
+        """Classes, channels, image size and training-split labels of the dataset (read once)."""
+        if self._meta is None:
+            ds = self._load("train")
             size = ds.image_size if isinstance(ds.image_size, (tuple, list)) else (ds.image_size, ds.image_size)
             self._meta = {"num_classes": int(ds.num_classes), "in_channels": int(ds.in_channels),
                           "image_size": [int(v) for v in size], "classes": list(ds.classes),
-                          "n_train_total": len(ds), "targets": ds.targets, "_ds": ds}
+                          "n_train_total": len(ds), "targets": ds.targets, "dataset": ds}
         return self._meta
 
     def train_data(self):
+        """``(X (N, c, h, w), y (N,))``: the training split, or its seeded ``data.train_per_class`` subset."""
         if self._train is None:
             from . import data
 
-            ds = self.meta()["_ds"]
-            self._train = data.as_tensors(ds, per_class=self.cfg.data.train_per_class, seed=self.cfg.seed)
+            self._train = data.as_tensors(self.meta()["dataset"], per_class=self.cfg.data.train_per_class,
+                                          seed=self.cfg.seed)
         return self._train
 
     def test_data(self):
+        """``(X (N*, c, h, w), y (N*,))``: the first ``data.test_limit`` test points (all by default)."""
         if self._test is None:
             from . import data
 
-            ds = data.load(self.cfg.data.name, "test", root=self.cfg.data.root, resize=self.cfg.data.resize)
-            self._test = data.as_tensors(ds, limit=self.cfg.data.test_limit)
+            self._test = data.as_tensors(self._load("test"), limit=self.cfg.data.test_limit)
         return self._test
 
-    def data_settings(self) -> dict:
+    def data_checksum(self, split: str = "train") -> str:
+        """Fingerprint of the data a stage reads: the data settings, split sizes and class names."""
+        from .store import content_hash
+
         d = dataclasses.asdict(self.cfg.data)
         if d["root"] is not None:
             d["root"] = str(Path(d["root"]).expanduser().resolve())
-        d["seed"] = self.cfg.seed
-        m = self.meta()  # a cheap fingerprint of the files: sizes and class names
-        d["n_train_total"], d["classes"] = m["n_train_total"], m["classes"]
-        return d
+        m = self.meta()
+        d.update(split=split, seed=self.cfg.seed, n_train_total=m["n_train_total"], classes=m["classes"])
+        if split == "train":
+            d.pop("test_limit")
+        return content_hash(d)
 
     def build_model(self):
+        """A fresh (untrained) model of ``teacher.arch`` for this dataset."""
         from . import models
 
         m = self.meta()
@@ -500,33 +687,204 @@ class _Run:
         return model.to(self.cfg.device).eval()
 
     # -------------------------------------------------------------------------- cached stages
-    def stage(self, stage: str, role: str, settings: dict, compute) -> tuple[str, dict]:
-        """Load the artifact of `stage` for `settings`, or compute and store it atomically."""
-        settings = {"stage": stage, "version": STAGE_VERSIONS[stage], **settings}
-        key = self.store.key(settings)
+    def fetch(self, stage: str, role: str, inputs: dict, compute, **extra):
+        """The artifact of `stage` for this config, `extra` settings and `inputs` (content checksums),
+        from the store or computed (and stored atomically); records what happened. Returns ``Fetched``."""
+        settings, inputs = self._keyed(stage, inputs, extra)
         label = f"{stage}[{role}]" if role else stage
         if self.bar is not None:
             self.bar.set_description(f"dntk {label}")
-        if self.store.has(stage, key):
-            art = self.store.load(stage, key)
-            status = "cached"
-            log.info("dntk: %s cached (%s)", label, key)
-        else:
-            log.info("dntk: computing %s (%s)", label, key)
+
+        def timed():
+            log.info("dntk: computing %s", label)
+            t0 = time.perf_counter()
+            art = dict(compute())
+            art.setdefault("_seconds", time.perf_counter() - t0)
+            return art
+
+        got = self.store.fetch(stage, settings, timed, inputs=inputs)
+        self.records.append(StageRecord(stage, role, got.key, got.status, float(got.artifact["_seconds"]),
+                                        self.ranks.rank))
+        if self.bar is not None:
+            self.bar.update(1)
+        return got
+
+    def _keyed(self, stage: str, inputs: dict, extra: dict) -> tuple[dict, dict]:
+        """The settings and input checksums that key `stage` (see :class:`Stage`)."""
+        spec = _STAGE[stage]
+        unknown = set(inputs) - set(spec.consumes)
+        if unknown:  # a programming error: every consumed checksum is declared in STAGES
+            raise RuntimeError(f"stage {stage} does not declare the inputs {sorted(unknown)}")
+        settings = {"stage": stage, "version": spec.version, **spec.settings(self.cfg), **extra}
+        return settings, {k: v for k, v in inputs.items() if v is not None}
+
+    def collective(self, stage: str, role: str, inputs: dict, compute, **extra):
+        """:meth:`fetch` of a stage whose computation all ranks share (sharded featurisation, classes
+        split over ranks): all ranks compute, rank 0 stores, the others read what it stored."""
+        if self.ranks.world_size == 1:
+            return self.fetch(stage, role, inputs, compute, **extra)
+        settings, keyed = self._keyed(stage, inputs, extra)
+        self.ranks.barrier()
+        stored = self.ranks.broadcast(self.store.has(stage, self.store.key(settings, keyed)))
+        ready = _computed_by_rank0(stage)
+        if not stored:
             t0 = time.perf_counter()
             art = dict(compute())
             art["_seconds"] = time.perf_counter() - t0
-            self.store.save(stage, key, art, settings)
-            status = "computed"
-        self.records.append({"stage": stage, "role": role, "key": key, "status": status,
-                             "seconds": float(art.get("_seconds", float("nan")))})
-        if self.bar is not None:
-            self.bar.update(1)
-        return key, art
+            ready = lambda: art  # noqa: E731
+        if self.ranks.rank == 0:
+            got = self.fetch(stage, role, inputs, ready, **extra)
+        self.ranks.barrier()
+        if self.ranks.rank != 0:
+            got = self.fetch(stage, role, inputs, _computed_by_rank0(stage), **extra)
+            self.records[-1].status = self.records[-1].status if stored else "computed"
+        return got
+
+    def shared(self, stage: str, role: str, inputs: dict, compute, **extra):
+        """:meth:`fetch` done by rank 0 alone (the others wait, then read its stored artifact)."""
+        if self.ranks.world_size == 1:
+            return self.fetch(stage, role, inputs, compute, **extra)
+        if self.ranks.rank == 0:
+            got = self.fetch(stage, role, inputs, compute, **extra)
+        self.ranks.barrier()
+        if self.ranks.rank != 0:
+            got = self.fetch(stage, role, inputs, _computed_by_rank0(stage), **extra)
+        return got
+
+    # -------------------------------------------------------------------------- the stages
+    def teacher(self):
+        """``(Fetched, model)`` of the trained network."""
+        ck = self.cfg.teacher.checkpoint
+        got = self.shared("teacher", "", {"data": self.data_checksum(), "checkpoint": ck and path_digest(ck)},
+                          lambda: _compute_teacher(self))
+        return got, self.model_from_state(got.artifact["state"])
+
+    def distilled(self, teacher_f, teacher):
+        """Fetched distilled set (WMDD, a random real subset, the whole training set, or a saved file)."""
+        p = self.cfg.distill.path
+        return self.shared("distill", "", {"data": self.data_checksum(), "teacher": teacher_f.checksum,
+                                           "distilled_file": p and path_digest(p)},
+                           lambda: _compute_distill(self, teacher))
+
+    def student(self, distilled):
+        """``(Fetched, model)`` of the student trained on the distilled set."""
+        got = self.shared("student", "", {"distill": distilled.checksum}, lambda: _compute_student(self, distilled.artifact))
+        return got, self.model_from_state(got.artifact["state"])
+
+    def features(self, role: str, split: str, model_f, model, inputs_checksum: str, X):
+        """Fetched projected class gradients ``(n, C, k)`` and logits ``(n, C)`` of `X` (sharded over ranks)."""
+        from .distributed import featurize
+
+        shard_name = content_hash_of(model_f.checksum, inputs_checksum, repr(make_projector(self.cfg)))[:16]
+        got = self.collective("features", f"{role}/{split}", {"model": model_f.checksum, "inputs": inputs_checksum},
+                              lambda: featurize(self, model, X, shard_name, f"features[{role}/{split}]"), split=split)
+        if self.ranks.world_size > 1 and self.ranks.rank == 0:  # stored: the shards are no longer needed
+            for f in (self.store.root / "shards").glob(f"{shard_name}.f32*"):
+                f.unlink(missing_ok=True)
+        return got
+
+    def evaluate(self, role: str, model_f, model, distilled) -> tuple[dict, Any]:
+        """Metrics of the DNTK (and of KRR on all distilled / all training gradients) for one model,
+        and the measured stage times (:class:`dntk.ledger.MeasuredTimes`)."""
+        from . import ledger, report
+
+        cfg, d = self.cfg, distilled.artifact
+        f_d = self.features(role, "distilled", model_f, model, distilled.checksum, d["images"])
+        test_cs = content_hash_of(self.data_checksum("test"), cfg.data.test_limit)
+        f_t = self.features(role, "test", model_f, model, test_cs, self.test_data()[0])
+        targets = _targets(cfg.krr.targets, f_d.artifact["logits"], d["labels"], d["soft_labels"], self.meta()["num_classes"])
+        g = self.collective("gradient_distillation", role, {"features": f_d.checksum, "distill": distilled.checksum},
+                            lambda: _compute_gd(self, f_d.artifact["features"], targets, role))
+        f_tr = train_ref = None
+        if cfg.krr.full_reference and role == "teacher":
+            f_tr = self.features(role, "train", model_f, model, self.data_checksum(), self.train_data()[0])
+            t_tr = _targets(cfg.krr.targets if cfg.krr.targets == "onehot" else "logits", f_tr.artifact["logits"],
+                            self.train_data()[1], None, self.meta()["num_classes"])
+            train_ref = (f_tr.artifact["features"], t_tr)
+        k = self.shared("krr", role, {"gradient_distillation": g.checksum, "features": f_d.checksum,
+                                     "test_features": f_t.checksum, "train_features": f_tr and f_tr.checksum},
+                       lambda: _compute_krr(self, g.artifact, f_d.artifact["features"], targets,
+                                            f_t.artifact["features"], train_ref))
+        metrics = report.role_metrics(f_d.artifact["features"], f_t.artifact["logits"], self.test_data()[1],
+                                      g.artifact, k.artifact, n_train=train_ref and len(train_ref[0]))
+        def secs(f):
+            return float(f.artifact["_seconds"])
+
+        wmdd = cfg.distill.method == "wmdd" and not cfg.distill.path
+        times = ledger.MeasuredTimes(
+            featurize_distilled=secs(f_d), featurize_test=secs(f_t), featurize_train=f_tr and secs(f_tr),
+            wmdd=float(d["_seconds"]) if wmdd else None, algorithm1=secs(g),
+            krr_fit=float(k.artifact["fit_seconds"]), krr_predict=float(k.artifact["predict_seconds"]),
+            krr_distilled_fit=float(k.artifact["distilled_fit_seconds"]),
+            krr_full_fit=float(k.artifact["full_fit_seconds"]) if f_tr else None)
+        return metrics, times
+
+    def ledger(self, teacher, times):
+        """The cost ledger (appendix §7) for this run's sizes, with the measured stage times attached."""
+        from . import ledger as L
+
+        cfg, m = self.cfg, self.meta()
+        n_full = cfg.ledger.n_full or (len(self.train_data()[0]) if self._train is not None or cfg.data.train_per_class
+                                       else m["n_train_total"])
+        unit = None
+        if cfg.ledger.measure:
+            X = self.test_data()[0][: cfg.ledger.measure_inputs]
+            unit = L.measure_unit_costs(teacher, X, projector=make_projector(cfg), device=cfg.device)
+        led = L.from_config(cfg, model=teacher, unit=unit, n_full=int(n_full), n_test=int(len(self.test_data()[1])))
+        measured = times.rows()
+        if cfg.distill.method == "none":  # N_d = N: only the DNTK's own build rows were run at these sizes
+            measured = {key: v for key, v in measured.items() if key[0] == "dntk" and key[1] != "one_time"}
+        led.attach_measured(measured)
+        led.notes.append("'measured' rows were run and timed by this pipeline (projection time is inside the "
+                         "jacobians row: featurisation is one pass); other seconds are modelled from unit costs "
+                         "measured on this machine" if unit else "'measured' rows were run and timed by this pipeline")
+        led.notes.append("measured times of cached stages are those of the run that computed them")
+        return led
+
+    def info(self, t_start: float, distilled) -> dict:
+        import torch
+
+        from . import __version__
+
+        m = self.meta()
+        return {"dntk": __version__, "torch": torch.__version__, "device": self.cfg.device,
+                "seconds": time.perf_counter() - t_start, "cache_dir": str(self.cfg.cache_path),
+                "classes": m["classes"], "n_train": len(self.train_data()[0]) if self._train is not None else None,
+                "n_distilled": int(len(distilled.artifact["images"])), "n_test": int(len(self.test_data()[1])),
+                "world_size": self.ranks.world_size, "work": self.ranks.work_log,
+                "stage_keys": {f"{x.stage}[{x.role}]" if x.role else x.stage: x.key for x in self.records}}
+
+    @contextlib.contextmanager
+    def progress(self, n_roles: int):
+        """Context: a progress bar over the stages (silent when ``progress`` is off and on ranks > 0)."""
+        from ._common import progress_bar
+
+        cfg = self.cfg
+        total = 2 + n_roles * 4 + (1 if cfg.student.enabled else 0) + (1 if cfg.krr.full_reference else 0)
+        self.bar = progress_bar(total, "dntk", cfg.progress and self.ranks.rank == 0, leave=True)
+        try:
+            yield self.bar
+        finally:
+            self.bar.close()
+            self.bar = None
+
+
+def content_hash_of(*parts) -> str:
+    """The content hash of a few JSON values (e.g. a data checksum and a limit)."""
+    from .store import content_hash
+
+    return content_hash(list(parts))
+
+
+def _computed_by_rank0(stage: str):
+    def compute():
+        raise RuntimeError(f"stage {stage}: the artifact rank 0 stored cannot be read here (is the cache folder "
+                           "shared by all ranks, and was it not changed meanwhile?); rerun the job")
+    return compute
 
 
 # ---------------------------------------------------------------------------- stage computations
-# Module-level so that tests can count or replace them; each returns a dict for the store.
+# Each returns a dict for the store (tensors, arrays, JSON values).
 def _compute_teacher(run: _Run) -> dict:
     from . import models
 
@@ -547,13 +905,17 @@ def _compute_teacher(run: _Run) -> dict:
                                batch_size=t.batch_size, weight_decay=t.weight_decay, seed=cfg.seed,
                                device=cfg.device, progress=cfg.progress)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {"state": state, "history": history}
+    return {"state": state, "history": _plain(history)}
+
+
+def _plain(obj):
+    """JSON-safe copy of a history/settings dict (numbers as floats, anything else as text)."""
+    return json.loads(json.dumps(obj, default=lambda o: float(o) if isinstance(o, (int, float)) else str(o)))
 
 
 def _distilled_dict(ds) -> dict:
     return {"images": ds.images, "labels": ds.labels, "soft_labels": ds.soft_labels, "weights": ds.weights,
-            "atoms": ds.atoms, "settings": json.loads(json.dumps(ds.settings, default=str)),
-            "history": json.loads(json.dumps(ds.history, default=float))}
+            "atoms": ds.atoms, "settings": _plain(ds.settings), "history": _plain(ds.history)}
 
 
 def _as_distilled(art: dict):
@@ -567,18 +929,14 @@ def _as_distilled(art: dict):
 def _compute_distill(run: _Run, teacher) -> dict:
     import torch
 
-    from . import tangent
+    from . import tangent, wmdd
 
     cfg, d = run.cfg, run.cfg.distill
     if d.path:
-        from . import wmdd
-
         return _distilled_dict(wmdd.load(d.path))
     X, y = run.train_data()
     C = run.meta()["num_classes"]
     if d.method == "wmdd":
-        from . import wmdd
-
         ds = wmdd.distill(teacher, (X, y), d.ipc, iterations=d.iterations, lr=d.lr, r_bn=d.r_bn, init=d.init,
                           seed=cfg.seed, device=cfg.device, progress=cfg.progress, **d.options)
         return _distilled_dict(ds)
@@ -607,23 +965,14 @@ def _compute_student(run: _Run, distilled: dict) -> dict:
                                  temperature=s.temperature, seed=cfg.seed, device=cfg.device,
                                  progress=cfg.progress, **s.options)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {"state": state, "history": json.loads(json.dumps(history, default=float))}
+    return {"state": state, "history": _plain(history)}
 
 
 def make_projector(cfg: Config):
+    """The projector of ``cfg.projection`` (:func:`dntk.projection.make`)."""
     from . import projection
 
     return projection.make(cfg.projection.kind, cfg.projection.k, seed=cfg.projection.seed)
-
-
-def _compute_features(run: _Run, model, X) -> dict:
-    from . import tangent
-
-    cfg = run.cfg
-    feats = tangent.class_gradients(model, X, projector=make_projector(cfg), batch_size=cfg.projection.batch_size,
-                                    device=cfg.device, progress=cfg.progress)
-    logits = tangent.logits(model, X, device=cfg.device)
-    return {"features": feats.float().cpu(), "logits": logits.float().cpu()}
 
 
 def _targets(kind: str, logits, labels, soft, C: int):
@@ -636,44 +985,53 @@ def _targets(kind: str, logits, labels, soft, C: int):
     return torch.nn.functional.one_hot(labels.long(), C).double()
 
 
-def _compute_gd(run: _Run, feats, targets) -> dict:
+def _compute_gd(run: _Run, feats, targets, role: str = "") -> dict:
+    """Algorithm 1 (or a selection baseline) per class, the classes split over the ranks."""
+    from .distributed import per_class
+
+    g = run.cfg.gradient_distillation
+    labels = None
+    if g.method == "local_global" and g.n_clusters:
+        from . import spectral
+
+        N, _, k = feats.shape  # step 1: one partition for all classes, so every rank can take whole classes
+        labels = spectral.spectral_clusters(feats, g.n_clusters, method="dense" if N <= k else "matrix_free",
+                                            seed=run.cfg.seed)
+    parts = per_class(run.ranks, feats.shape[1], lambda c: _gd_class(run, feats[:, c, :], targets[:, c], labels),
+                      f"gradient_distillation[{role}]")
+    return {key: [p[key] for p in parts] for key in ("G_syn", "t_syn", "n_local", "n_gap", "r", "m")}
+
+
+def _gd_class(run: _Run, G, t, labels) -> dict:
+    """Synthetic gradients ``G_syn (m, k)`` and targets ``t_syn (m,)`` of one class."""
     import torch
 
     from . import gradient_distillation as gd
 
     g = run.cfg.gradient_distillation
-    N, C, k = feats.shape
-    out = {"G_syn": [], "t_syn": [], "n_local": [], "n_gap": [], "r": []}
     if g.method == "local_global":
-        res = gd.local_global(feats, targets, n_clusters=min(g.n_clusters, N), tau=g.tau, gamma=g.gamma,
-                              budget=g.budget, seed=run.cfg.seed, progress=run.cfg.progress, **g.options)
-        for cs in res.classes:
-            out["G_syn"].append(cs.G_syn.double().cpu())
-            out["t_syn"].append(cs.t_syn.double().cpu())
-            out["n_local"].append(int(cs.n_local))
-            out["n_gap"].append(int(cs.n_gap))
-            out["r"].append(int(cs.r))
+        cs = gd.local_global(G[:, None, :], t[:, None], n_clusters=g.n_clusters, tau=g.tau, gamma=g.gamma,
+                             budget=g.budget, seed=run.cfg.seed,
+                             labels=None if labels is None else torch.as_tensor(labels), **g.options)[0]
+        G_syn, t_syn, extra = cs.G_syn, cs.t_syn, {"n_local": int(cs.n_local), "n_gap": int(cs.n_gap), "r": int(cs.r)}
+    elif g.method == "none":
+        G_syn, t_syn, extra = G, t, {}
     else:
-        for c in range(C):
-            if g.method == "none":
-                G, t = feats[:, c, :].double(), targets[:, c].double()
-            else:
-                sel = gd.select(g.method, feats[:, c, :], min(g.budget or N, N), seed=run.cfg.seed, **g.options)
-                G, t = sel.apply(feats[:, c, :], targets[:, c])
-            out["G_syn"].append(G.double().cpu())
-            out["t_syn"].append(t.double().cpu())
-            out["n_local"].append(0)
-            out["n_gap"].append(0)
-            out["r"].append(-1)
-    out["m"] = [int(G.shape[0]) for G in out["G_syn"]]
+        G_syn, t_syn = gd.select(g.method, G, g.budget, seed=run.cfg.seed, **g.options).apply(G, t)
+        extra = {}
+    out = {"G_syn": G_syn.double().cpu(), "t_syn": t_syn.double().cpu(), "n_local": 0, "n_gap": 0, "r": -1}
+    out.update(extra)
+    out["m"] = int(out["G_syn"].shape[0])
     return out
 
 
 def _compute_krr(run: _Run, gd_art: dict, feats_d, targets_d, test_feats, train_ref=None) -> dict:
+    """KRR on the synthetic gradients (the DNTK), on all distilled gradients and optionally on the whole
+    training set, with λ from the uncompressed distilled kernel (appendix §4.3); test predictions ``(N*, C)``."""
     from . import krr
 
     lam_rel = run.cfg.krr.lam_rel
-    lam = krr.default_lam(feats_d, lam_rel)  # λ of the uncompressed distilled kernel (SPEC §4.3)
+    lam = krr.default_lam(feats_d, lam_rel)
     t0 = time.perf_counter()
     model = krr.ClassKRR(lam_rel=lam_rel).fit_synthetic(gd_art["G_syn"], gd_art["t_syn"], lam=lam)
     fit_s = time.perf_counter() - t0
@@ -696,96 +1054,187 @@ def _compute_krr(run: _Run, gd_art: dict, feats_d, targets_d, test_feats, train_
 
 # ---------------------------------------------------------------------------------- preflight
 def preflight(cfg: Config) -> None:
-    """Every check that can fail before heavy work: paths, dataset, checkpoint architecture, option
-    names, class sizes, and a run directory holding results of other settings. Raises ConfigError."""
-    import inspect
+    """Every check that can fail before heavy work; raises :class:`ConfigError` naming the config key.
 
+    Config values and paths (:meth:`Config.validate`), writable ``run_dir``/``cache_dir``, a run
+    directory holding results of other settings, option names of ``*.options``, the dataset and its
+    class sizes, the checkpoint and saved distilled set (readable, matching architecture and data),
+    ``projection.k`` against the model's parameter count ``P``, WMDD's BatchNorm matching against the
+    architecture, and cluster/budget sizes against the distilled set.
+    """
     cfg.validate("config", check_paths=True)
     src = "config"
-    # the run directory must not hold results of other settings
+    _check_run_dir(cfg)
+    _check_options(cfg)
+    run = _Run(cfg)
+    try:
+        m = run.meta()
+    except (ValueError, TypeError, OSError) as e:
+        raise ConfigError(f"{src}: data: {_first_line(e)}") from None
+    import torch
+
+    from . import tangent
+
+    model = run.build_model()
+    if cfg.teacher.checkpoint:
+        from . import models
+
+        try:
+            models.load(model, cfg.teacher.checkpoint)
+        except Exception as e:  # any unreadable or mismatched file is the user's to fix
+            raise ConfigError(f"{src}: teacher.checkpoint: {cfg.teacher.checkpoint} cannot be used "
+                              f"({_first_line(e)})") from None
+    try:
+        make_projector(cfg).bind(tangent.param_layout(model))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{src}: projection.k / projection.kind: {_first_line(e)} (the {cfg.teacher.arch} has "
+                          f"P = {tangent.num_params(model):,} parameters)") from None
+    wmdd_runs = cfg.distill.method == "wmdd" and not cfg.distill.path
+    if wmdd_runs and cfg.distill.r_bn > 0 and not any(
+            isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in model.modules()):
+        raise ConfigError(f"{src}: distill.r_bn = {cfg.distill.r_bn} matches BatchNorm statistics, but "
+                          f"teacher.arch {cfg.teacher.arch!r} has no BatchNorm layer; set distill.r_bn=0")
+    counts = torch.bincount(torch.as_tensor(m["targets"]), minlength=m["num_classes"])
+    if cfg.data.train_per_class is not None:
+        counts = counts.clamp(max=cfg.data.train_per_class)
+    n_distilled = _check_distilled(cfg, m, counts)
+    g = cfg.gradient_distillation
+    if g.method == "local_global" and g.n_clusters > n_distilled:
+        raise ConfigError(f"{src}: gradient_distillation.n_clusters = {g.n_clusters} exceeds the {n_distilled} "
+                          "distilled points that Algorithm 1 clusters; lower it")
+    if g.method not in GD_METHODS and g.budget > n_distilled:
+        raise ConfigError(f"{src}: gradient_distillation.budget = {g.budget} exceeds the {n_distilled} distilled "
+                          f"gradients per class that {g.method!r} selects from; lower it")
+
+
+def _check_run_dir(cfg: Config) -> None:
+    """The run directory must not hold results of other settings (unless ``overwrite``)."""
     rd = cfg.run_path
     prev = rd / "config.yaml"
-    if prev.is_file() and not cfg.overwrite:
-        try:
-            old = yaml.load(prev.read_text(), Loader=_Loader) or {}
-            old_sem = _semantic(Config.from_dict(old, str(prev)))
-        except ConfigError:
-            old_sem = None
-        new_sem = _semantic(cfg)
-        if old_sem != new_sem:
-            changes = _diff(old_sem, new_sem) if old_sem is not None else ["(unreadable)"]
-            raise ConfigError(
-                f"run directory {rd} holds results of other settings ({'; '.join(changes[:3])}"
-                f"{' …' if len(changes) > 3 else ''}); pass --set overwrite=true to replace them or "
-                f"--set run_dir=<another folder> (the stage cache is shared and reused either way)")
-    # option dictionaries must name real keyword arguments
-    from . import gradient_distillation as gd, wmdd
+    if not prev.is_file() or cfg.overwrite:
+        return
+    try:
+        old = read_yaml(prev, "run configuration")
+        old_sem = _semantic(Config.from_dict(old if isinstance(old, dict) else {"?": old}, str(prev)))
+    except ConfigError as e:
+        raise ConfigError(f"run directory {rd} holds an unreadable config.yaml ({e}); pass --set overwrite=true "
+                          "to replace that run or --set run_dir=<another folder>") from None
+    new_sem = _semantic(cfg)
+    if old_sem != new_sem:
+        changes = _diff(old_sem, new_sem)
+        raise ConfigError(
+            f"run directory {rd} holds results of other settings ({'; '.join(changes[:3])}"
+            f"{' …' if len(changes) > 3 else ''}); pass --set overwrite=true to replace them or "
+            f"--set run_dir=<another folder> (the stage cache is shared and reused either way)")
 
+
+def _check_options(cfg: Config) -> None:
+    """Option dictionaries must name real keyword arguments that the config does not set itself."""
+    import inspect
+
+    from . import gradient_distillation as gd
+    from . import wmdd
+
+    g = cfg.gradient_distillation
     for key, fn, opts, taken in (
             ("distill.options", wmdd.distill, cfg.distill.options,
              {"iterations", "lr", "r_bn", "init", "seed", "device", "progress"}),
             ("student.options", wmdd.train_student, cfg.student.options,
              {"epochs", "lr", "temperature", "seed", "device", "progress"}),
-            ("gradient_distillation.options",
-             gd.local_global if cfg.gradient_distillation.method == "local_global" else gd.select,
-             cfg.gradient_distillation.options,
-             {"n_clusters", "tau", "gamma", "budget", "seed", "progress", "method", "features", "targets",
-              "features_c"})):
+            ("gradient_distillation.options", gd.local_global if g.method == "local_global" else gd.select,
+             g.options, {"n_clusters", "tau", "gamma", "budget", "seed", "progress", "method", "features",
+                         "targets", "features_c", "labels"} - ({"method"} if g.method == "local_global" else set()))):
         params = inspect.signature(fn).parameters
         for name in opts:
             if name in taken:
-                raise ConfigError(f"{src}: {key}.{name} is set by the config itself; set it there instead")
+                raise ConfigError(f"config: {key}.{name} is set by the config itself; set it there instead")
             if name not in params:
-                raise ConfigError(f"{src}: {key}.{name} is not an argument of {fn.__module__}.{fn.__name__}; "
+                raise ConfigError(f"config: {key}.{name} is not an argument of {fn.__module__}.{fn.__name__}; "
                                   f"valid: {', '.join(p for p in params if p not in taken)}")
-    # dataset, class sizes, checkpoint
-    run = _Run(cfg)
-    try:
-        m = run.meta()
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"{src}: data: {_first_line(e)}") from None
-    import torch
 
-    counts = torch.bincount(torch.as_tensor(m["targets"]), minlength=m["num_classes"])
-    if cfg.data.train_per_class is not None:
-        counts = counts.clamp(max=cfg.data.train_per_class)
-    if cfg.distill.method in ("wmdd", "random") and not cfg.distill.path and cfg.distill.ipc > int(counts.min()):
-        raise ConfigError(f"{src}: distill.ipc = {cfg.distill.ipc} exceeds the {int(counts.min())} training "
-                          f"samples of class {int(counts.argmin())}; lower distill.ipc")
-    if cfg.distill.method == "none" and cfg.student.enabled:
-        raise ConfigError(f"{src}: student.enabled needs a distilled set, but distill.method is 'none'; "
-                          "set student.enabled=false")
-    if cfg.teacher.checkpoint:
-        from . import models
 
-        try:
-            models.load(run.build_model(), cfg.teacher.checkpoint)
-        except (ValueError, RuntimeError, OSError) as e:
-            raise ConfigError(f"{src}: teacher.checkpoint: {_first_line(e)}") from None
-    if cfg.distill.path:
+def _check_distilled(cfg: Config, m: dict, counts) -> int:
+    """Check the distilled-set settings against the data; returns the points per class kernel ``N_d``."""
+    d = cfg.distill
+    if d.path:
         from . import wmdd
 
         try:
-            ds = wmdd.load(cfg.distill.path)
-        except (ValueError, OSError) as e:
-            raise ConfigError(f"{src}: distill.path: {_first_line(e)}") from None
+            ds = wmdd.load(d.path)
+        except Exception as e:  # any unreadable or malformed folder is the user's to fix
+            raise ConfigError(f"config: distill.path: {d.path} is not a usable distilled set ({_first_line(e)})") from None
         want = (m["in_channels"], *m["image_size"])
         if ds.num_classes != m["num_classes"] or tuple(ds.images.shape[1:]) != want:
-            raise ConfigError(f"{src}: distill.path holds {ds.num_classes} classes of shape "
+            raise ConfigError(f"config: distill.path holds {ds.num_classes} classes of shape "
                               f"{tuple(ds.images.shape[1:])}, but the data has {m['num_classes']} of {want}")
-    if cfg.gradient_distillation.method not in ("none", "local_global") and cfg.gradient_distillation.budget is None:
-        raise ConfigError(f"{src}: gradient_distillation.budget is required by method "
-                          f"{cfg.gradient_distillation.method!r}")
-    try:
-        make_projector(cfg)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{src}: projection: {_first_line(e)}") from None
+        return int(len(ds.images))
+    if d.method == "none":
+        return int(counts.sum())
+    if d.ipc > int(counts.min()):
+        raise ConfigError(f"config: distill.ipc = {d.ipc} exceeds the {int(counts.min())} training "
+                          f"samples of class {int(counts.argmin())}; lower distill.ipc")
+    return d.ipc * m["num_classes"]
+
+
+# ---------------------------------------------------------------------------------- run
+def run(config, ranks=None) -> "RunResult":
+    """Run the DNTK pipeline for `config` (a :class:`Config`, a dict, or a YAML path); see the module doc.
+
+    ``ranks`` (a :class:`dntk.distributed.Ranks`; default: the initialised ``torch.distributed`` process
+    group, else one process) share the run: rank 0 owns the run directory and computes the teacher,
+    distilled set and student; featurisation is sharded by samples and Algorithm 1 by classes; every
+    rank returns the same :class:`RunResult`, and rank 0 writes it.
+    """
+    from . import report
+    from .distributed import Ranks
+
+    cfg = config if isinstance(config, Config) else (
+        Config.from_dict(config) if isinstance(config, dict) else load_config(config))
+    preflight(cfg)
+    r = _Run(cfg, ranks or Ranks.current())
+    r.ranks.check_work(r.meta()["num_classes"])
+    if r.ranks.rank == 0:
+        r.store.clean_partial()  # removes only leftovers whose owner process is gone
+    t_start = time.perf_counter()
+    with r.progress(2 if cfg.student.enabled else 1):
+        teacher_f, teacher = r.teacher()
+        distilled = r.distilled(teacher_f, teacher)
+        models_ = {"teacher": (teacher_f, teacher)}
+        if cfg.student.enabled:
+            models_["student"] = r.student(distilled)
+        metrics, times = {}, None
+        for role, (model_f, model) in models_.items():
+            metrics[role], t = r.evaluate(role, model_f, model, distilled)
+            times = times or t
+        led = r.ledger(teacher, times) if r.ranks.rank == 0 else None
+    result = RunResult(cfg, metrics, led, [dataclasses.asdict(x) for x in r.records], info=r.info(t_start, distilled))
+    if r.ranks.rank == 0:
+        report.write_outputs(result)
+    r.ranks.barrier()
+    return result
 
 
 # ---------------------------------------------------------------------------------- result
 @dataclass
 class RunResult:
-    """What a run produced: metrics per model, the cost ledger, stage records; ``table()`` prints them."""
+    """What a run produced: metrics per model, the cost ledger, stage records; ``table()`` prints them.
+
+    Attributes
+    ----------
+    config : Config
+    metrics : dict
+        ``{"teacher": {...}, "student": {...}}``: network accuracy and, per predictor (``dntk``,
+        ``distilled``, ``full``), accuracy, fidelity, logit R² and sizes (see :func:`dntk.report.role_metrics`).
+    ledger : dntk.ledger.Ledger or None
+    stages : list of dict
+        One :class:`StageRecord` per stage (``stage``, ``role``, ``key``, ``status``, ``seconds``, ``rank``).
+    path : Path or None
+        ``result.json`` once written.
+    figures : list of Path
+    info : dict
+        Versions, sizes, timings, ``world_size`` and which rank computed which shard or classes (``work``).
+    """
+
     config: Config
     metrics: dict
     ledger: Any
@@ -801,285 +1250,15 @@ class RunResult:
 
     def save(self, path) -> Path:
         """Write :meth:`to_dict` as JSON to `path` (atomically)."""
-        from .store import atomic_write_text
+        from .report import save_json
 
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, default=_json_default))
+        return save_json(self.to_dict(), path)
 
     def table(self) -> str:
-        lines = [f"DNTK run {self.config.name!r}: {self.config.data.name}, {self.config.teacher.arch}, "
-                 f"WMDD ipc {self.config.distill.ipc} ({self.config.distill.method}), k={self.config.projection.k} "
-                 f"({self.config.projection.kind}), {self.config.gradient_distillation.method} "
-                 f"budget {self.config.gradient_distillation.budget}", "",
-                 f"{'model':<9}{'predictor':<34}{'grads/class':>13}{'accuracy':>10}{'fidelity':>10}{'logit R²':>10}"]
-        for role, m in self.metrics.items():
-            lines.append(f"{role:<9}{'network':<34}{'':>13}{m['network_accuracy']:>10.4f}{1.0:>10.4f}{'':>10}")
-            for name, label in (("full", "KRR, whole training set (JL only)"),
-                                ("distilled", "KRR, all distilled gradients (DD+JL)"),
-                                ("dntk", "DNTK (Algorithm 1 synthetic)")):
-                if name in m:
-                    r = m[name]
-                    lines.append(f"{'':<9}{label:<34}{r['gradients_per_class']:>13.4g}{r['accuracy']:>10.4f}"
-                                 f"{r['fidelity']:>10.4f}{r['logit_r2']:>10.4f}")
-        st = " ".join(f"{r['stage']}{'[' + r['role'] + ']' if r['role'] else ''}:{r['status']}" for r in self.stages)
-        lines += ["", "stages: " + st]
-        if self.ledger is not None:
-            sm = self.ledger.summary()
-            lines += ["", f"ledger: DNTK build {sm['build_vs_full_ntk']:.3g}× cheaper than the full NTK, "
-                          f"{sm['build_vs_jl']:.3g}× than JL only (one-time WMDD + Algorithm 1 excluded; "
-                          f"included: {sm['build+one_time_vs_full_ntk']:.3g}× / {sm['build+one_time_vs_jl']:.3g}×)"]
-        return "\n".join(lines)
+        """The results table (:func:`dntk.report.table`)."""
+        from .report import table
+
+        return table(self)
 
     def __str__(self) -> str:
         return self.table()
-
-
-def _metrics_for(pred, y, net_logits) -> dict:
-    from . import metrics as M
-
-    return {"accuracy": M.accuracy(pred, y), "fidelity": M.fidelity(pred, net_logits),
-            "logit_r2": M.logit_r2(pred, net_logits), "relative_logit_error": M.relative_logit_error(pred, net_logits)}
-
-
-# ---------------------------------------------------------------------------------- run
-def run(config) -> RunResult:
-    """Run the DNTK pipeline for `config` (a :class:`Config`, a dict, or a YAML path); see the module doc."""
-    import torch
-
-    from . import __version__, metrics as M
-    from .store import atomic_write_text
-
-    cfg = config if isinstance(config, Config) else (
-        Config.from_dict(config) if isinstance(config, dict) else load_config(config))
-    preflight(cfg)
-    r = _Run(cfg)
-    r.store.clean_partial()
-    meta = r.meta()
-    C = meta["num_classes"]
-    roles = ["teacher"] + (["student"] if cfg.student.enabled else [])
-    n_steps = 2 + len(roles) * 5 + (1 if cfg.student.enabled else 0) + (1 if cfg.krr.full_reference else 0)
-    if cfg.progress:
-        from tqdm.auto import tqdm
-        r.bar = tqdm(total=n_steps, desc="dntk", leave=True)
-    t_start = time.perf_counter()
-    try:
-        data_key = r.store.key(r.data_settings())
-        t_set = dataclasses.asdict(cfg.teacher)
-        if cfg.teacher.checkpoint:
-            t_set = {"arch": cfg.teacher.arch, "width": cfg.teacher.width,
-                     "checkpoint_sha": _file_digest(cfg.teacher.checkpoint)}
-        from . import models as _models
-
-        t_set["models_version"] = getattr(_models, "_CACHE_VERSION", 0)  # retrain when training code changes
-        t_key, t_art = r.stage("teacher", "", {"data": data_key, "seed": cfg.seed, **t_set},
-                               lambda: _compute_teacher(r))
-        teacher = r.model_from_state(t_art["state"])
-
-        d_set = ({"path_sha": _file_digest(cfg.distill.path)} if cfg.distill.path else
-                 {**{k: v for k, v in dataclasses.asdict(cfg.distill).items() if k != "path"}, "seed": cfg.seed})
-        if cfg.distill.method == "none" and not cfg.distill.path:
-            d_set = {"method": "none"}
-        elif cfg.distill.method == "random" and not cfg.distill.path:
-            d_set = {"method": "random", "ipc": cfg.distill.ipc, "seed": cfg.seed}
-        d_key, d_art = r.stage("distill", "", {"teacher": t_key, "data": data_key, **d_set},
-                               lambda: _compute_distill(r, teacher))
-        models_ = {"teacher": (t_key, teacher)}
-        if cfg.student.enabled:
-            s_key, s_art = r.stage("student", "", {"distill": d_key, "arch": cfg.teacher.arch,
-                                                   "width": cfg.teacher.width, "seed": cfg.seed,
-                                                   **dataclasses.asdict(cfg.student)},
-                                   lambda: _compute_student(r, d_art))
-            models_["student"] = (s_key, r.model_from_state(s_art["state"]))
-
-        proj_set = {k: v for k, v in dataclasses.asdict(cfg.projection).items() if k != "batch_size"}
-        test_key = r.store.key({"data": data_key, "test_limit": cfg.data.test_limit})
-        y_test = None
-        results, measured = {}, {}
-        for role, (m_key, model) in models_.items():
-            f_key, f_art = r.stage("features", f"{role}/distilled", {"model": m_key, "inputs": d_key, **proj_set},
-                                   lambda: _compute_features(r, model, d_art["images"]))
-            ft_key, ft_art = r.stage("features", f"{role}/test", {"model": m_key, "inputs": test_key, **proj_set},
-                                     lambda: _compute_features(r, model, r.test_data()[0]))
-            feats_d, logits_d = f_art["features"], f_art["logits"]
-            targets = _targets(cfg.krr.targets, logits_d, d_art["labels"], d_art["soft_labels"], C)
-            g_set = dataclasses.asdict(cfg.gradient_distillation)
-            g_key, g_art = r.stage("gradient_distillation", role,
-                                   {"features": f_key, "targets": cfg.krr.targets, "seed": cfg.seed, **g_set},
-                                   lambda: _compute_gd(r, feats_d, targets))
-            train_ref, fr_key = None, None
-            if cfg.krr.full_reference and role == "teacher":
-                fr_key, fr_art = r.stage("features", f"{role}/train",
-                                         {"model": m_key, "inputs": data_key, "split": "train", **proj_set},
-                                         lambda: _compute_features(r, model, r.train_data()[0]))
-                if cfg.krr.targets == "logits":
-                    t_tr = fr_art["logits"].double()
-                elif cfg.krr.targets == "onehot":
-                    t_tr = _targets("onehot", None, r.train_data()[1], None, C)
-                else:  # soft labels exist only on the distilled set; the teacher's logits are the same thing
-                    t_tr = fr_art["logits"].double()
-                train_ref = (fr_art["features"], t_tr)
-            k_key, k_art = r.stage("krr", role, {"gradient_distillation": g_key, "features": f_key,
-                                                 "test_features": ft_key, "targets": cfg.krr.targets,
-                                                 "lam_rel": cfg.krr.lam_rel, "full_reference": fr_key},
-                                   lambda: _compute_krr(r, g_art, feats_d, targets, ft_art["features"], train_ref))
-            # ---- metrics (cheap, never cached)
-            if y_test is None:
-                y_test = r.test_data()[1]
-            net = ft_art["logits"]
-            res = {"network_accuracy": M.accuracy(net, y_test),
-                   "dntk": {**_metrics_for(k_art["pred"], y_test, net),
-                            "gradients_per_class": sum(g_art["m"]) / C,
-                            "m_per_class": list(g_art["m"]),
-                            "n_local": int(sum(g_art["n_local"])), "n_gap": int(sum(g_art["n_gap"])),
-                            "coverage": float(M.coverage(feats_d, g_art["G_syn"]).mean()),
-                            "nystrom_error": float(M.nystrom_error(feats_d, g_art["G_syn"]).mean())},
-                   "distilled": {**_metrics_for(k_art["pred_distilled"], y_test, net),
-                                 "gradients_per_class": len(feats_d)}}
-            if "pred_full" in k_art:
-                res["full"] = {**_metrics_for(k_art["pred_full"], y_test, net),
-                               "gradients_per_class": len(train_ref[0])}
-            results[role] = res
-            if role == "teacher":
-                measured = {("dntk", "build", "jacobians"): float(f_art["_seconds"]),
-                            ("dntk", "build", "projection"): _IN_JAC,
-                            ("dntk", "one_time", "algorithm1"): float(g_art["_seconds"]),
-                            ("dntk", "build", "krr"): float(k_art["fit_seconds"]),
-                            ("dntk", "predict", "jacobians"): float(ft_art["_seconds"]),
-                            ("dntk", "predict", "projection"): _IN_JAC,
-                            ("dntk", "predict", "kernel"): float(k_art["predict_seconds"]),
-                            ("dd_jl", "build", "jacobians"): float(f_art["_seconds"]),
-                            ("dd_jl", "build", "projection"): _IN_JAC,
-                            ("dd_jl", "build", "krr"): float(k_art["distilled_fit_seconds"])}
-                if cfg.distill.method == "wmdd" and not cfg.distill.path:
-                    measured[("dntk", "one_time", "wmdd")] = float(d_art["_seconds"])
-                    measured[("dd_jl", "one_time", "wmdd")] = float(d_art["_seconds"])
-                if train_ref is not None:
-                    measured[("jl", "build", "jacobians")] = float(fr_art["_seconds"])
-                    measured[("jl", "build", "projection")] = _IN_JAC
-                    measured[("jl", "build", "krr")] = float(k_art["full_fit_seconds"])
-        if r.bar is not None:
-            r.bar.set_description("dntk ledger")
-        led = _ledger(r, teacher, measured, y_test)
-        if r.bar is not None:
-            r.bar.update(1)
-    finally:
-        if r.bar is not None:
-            r.bar.close()
-    info = {"dntk": __version__, "torch": torch.__version__, "device": cfg.device,
-            "seconds": time.perf_counter() - t_start, "cache_dir": str(cfg.cache_path),
-            "classes": meta["classes"], "n_train": int(len(r.train_data()[0])) if r._train is not None else None,
-            "n_distilled": int(len(d_art["images"])), "n_test": int(len(y_test)),
-            "stage_keys": {f"{x['stage']}[{x['role']}]" if x["role"] else x["stage"]: x["key"] for x in r.records}}
-    result = RunResult(cfg, results, led, r.records, info=info)
-    _write_outputs(result)
-    return result
-
-
-_IN_JAC = (0.0, "measured, in jacobians")  # featurisation is one pass: its time is on the jacobians row
-
-
-def _ledger(r: _Run, teacher, measured: dict, y_test):
-    from . import ledger as L
-
-    cfg = r.cfg
-    m = r.meta()
-    n_full = cfg.ledger.n_full or (len(r.train_data()[0]) if r._train is not None or cfg.data.train_per_class
-                                   else m["n_train_total"])
-    unit = None
-    if cfg.ledger.measure:
-        X = r.test_data()[0][: cfg.ledger.measure_inputs]
-        unit = L.measure_unit_costs(teacher, X, projector=make_projector(cfg), device=cfg.device)
-    led = L.from_config(cfg, model=teacher, unit=unit, n_full=int(n_full), n_test=int(len(y_test)))
-    # measured seconds only for the sizes that were actually run
-    if cfg.distill.method == "none":
-        measured = {k: v for k, v in measured.items() if k[0] == "dntk" and k[1] != "one_time"}
-    led.attach_measured(measured)
-    led.notes.append("'measured' rows were run and timed by this pipeline (projection time is inside the "
-                     "jacobians row: featurisation is one pass); other seconds are modelled from unit costs "
-                     "measured on this machine" if unit else "'measured' rows were run and timed by this pipeline")
-    led.notes.append("measured times of cached stages are those of the run that computed them")
-    return led
-
-
-def _write_outputs(result: RunResult) -> None:
-    from .store import atomic_write_text
-
-    cfg = result.config
-    rd = cfg.run_path
-    rd.mkdir(parents=True, exist_ok=True)
-    figs = []
-    if cfg.figures:
-        try:
-            figs = _figures(result, rd / "figures")
-        except Exception as e:  # a plotting problem must not lose the run's numbers
-            log.warning("dntk: figures not written (%s)", e)
-    result.figures = figs
-    atomic_write_text(rd / "config.yaml", cfg.to_yaml())
-    result.path = result.save(rd / "result.json")
-
-
-def _json_default(o):
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, tuple):
-        return list(o)
-    try:
-        return float(o)
-    except (TypeError, ValueError):
-        return str(o)
-
-
-def _figures(result: RunResult, out: Path) -> list:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from . import ledger as L
-    from .store import atomic_write_bytes
-    import io
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-
-    def save(fig, name):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(atomic_write_bytes(out / name, buf.getvalue()))
-
-    # accuracy / fidelity per model and predictor
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for ax, metric in zip(axes, ("accuracy", "fidelity")):
-        labels, vals, colors = [], [], []
-        for role, m in result.metrics.items():
-            if metric == "accuracy":
-                labels.append(f"{role}\nnetwork")
-                vals.append(m["network_accuracy"])
-                colors.append("0.6")
-            for name, lab, col in (("full", "KRR full", "C0"), ("distilled", "DD+JL", "C1"), ("dntk", "DNTK", "C2")):
-                if name in m:
-                    labels.append(f"{role}\n{lab}")
-                    vals.append(m[name][metric])
-                    colors.append(col)
-        ax.bar(range(len(vals)), vals, color=colors)
-        ax.set_xticks(range(len(vals)), labels, fontsize=7)
-        ax.set_title(f"test {metric}")
-        ax.set_ylim(0, 1.02)
-    save(fig, "accuracy_fidelity.png")
-
-    led = result.ledger
-    if led is not None:
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-        names = [L.PIPELINE_NAMES[p] for p in L.PIPELINES]
-        b = [led.total(p, ("build",))["macs"] for p in L.PIPELINES]
-        o = [led.total(p, ("one_time",))["macs"] for p in L.PIPELINES]
-        x = range(len(names))
-        ax.bar(x, b, label="build")
-        ax.bar(x, o, bottom=b, label="one-time (WMDD, Algorithm 1)")
-        ax.set_yscale("log")
-        ax.set_xticks(list(x), names)
-        ax.set_ylabel("multiply-adds")
-        ax.set_title("cost ledger (SPEC §7)")
-        ax.legend(fontsize=8)
-        save(fig, "ledger.png")
-    return paths

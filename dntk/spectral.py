@@ -1,11 +1,11 @@
-"""Spectra, redundancy, spectral clustering and containment of class kernels (SPEC §2, §4.3).
+"""Spectra, redundancy, spectral clustering and containment of class kernels (appendix §2, §4.3).
 
 Every eigendecomposition has a dense reference and matrix-free twins:
 
 * ``dense`` — form the ``N×N`` kernel and call ``eigh`` (``O(N³)`` time, ``O(N²)`` memory);
 * ``matrix_free`` — thin SVD of the ``N×k`` features, ``K = G Gᵀ = U Σ² Uᵀ`` (``O(N k²)``, exact to round-off);
 * ``gram`` — ``eigh`` of the ``k×k`` Gram matrix ``GᵀG`` and only the needed ``U_r = G V_r Σ_r⁻¹`` (``O(N k²)``,
-  2–4× faster than the SVD for ``N ≫ k``).
+  2–4× faster than the SVD for ``N ≫ k``), through :func:`dntk.linalg.gram_eig` and its round-off rule.
 
 No matrix larger than the features is formed on the matrix-free paths; clustering of the class-averaged kernel
 likewise works on the stacked ``(N, C·k)`` features (:func:`spectral_clusters`). Dense and matrix-free paths agree
@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ._common import check_finite, real_tensor
 from .linalg import gram_eig, roundoff_cutoff
 
 log = logging.getLogger("dntk")
@@ -37,19 +38,13 @@ _DENSE_CLUSTER_MAX_N = 5000  # spectral_clusters(method="auto") switches to matr
 
 # ----------------------------------------------------------------------------- input checks
 def _tensor(x, name: str, ndim: int | Sequence[int] | None = None, dtype=torch.float64) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}.")
+    x = real_tensor(x, name)
     if ndim is not None:
         dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in dims:
             raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(x.shape)}.")
-    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must be a real floating-point array, got dtype {x.dtype}.")
-    x = x.detach().to(device="cpu", dtype=dtype) if dtype is not None else x.detach().cpu()
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf; clean the input (e.g. check the gradients) first.")
+    x = x.to(device="cpu", dtype=dtype) if dtype is not None else x.cpu()
+    check_finite(x, name)
     return x
 
 
@@ -89,11 +84,23 @@ def _check_eigenvalues(ev, name: str = "eigenvalues") -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- eigenpairs
 def eig_from_kernel(K) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenpairs of a PSD kernel, the dense reference (``eigh``, ``O(N³)``).
+    """Eigenpairs of a PSD kernel, the dense reference (``eigh``, ``O(N³)``; appendix §2).
 
-    K: ``(N, N)`` symmetric PSD. Returns ``(eigenvalues (N,) descending, eigenvectors (N, N))`` in
-    float64 (columns are eigenvectors). Raises ``ValueError`` if ``K`` is not symmetric or has a
-    negative eigenvalue beyond round-off. Round-off negatives are clipped to 0.
+    Parameters
+    ----------
+    K : array ``(N, N)``
+        Symmetric positive semi-definite kernel.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``eigenvalues (N,)`` non-increasing (round-off negatives clipped to 0) and ``eigenvectors (N, N)``
+        (columns), float64.
+
+    Raises
+    ------
+    ValueError
+        If ``K`` is not square, not symmetric, or has a negative eigenvalue beyond round-off.
     """
     K = _check_kernel(K)
     ev, U = torch.linalg.eigh(K)
@@ -106,16 +113,27 @@ def eig_from_kernel(K) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def eig_from_features(G, method: str = "auto", rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenpairs of ``K = G Gᵀ`` from the features ``G (N, k)`` (SPEC §4.3, matrix-free twin).
+    """Eigenpairs of ``K = G Gᵀ`` from the features, without forming ``K`` when ``N > k`` (appendix §2, §4.3).
 
-    ``method="svd"``: thin SVD ``G = U Σ Vᵀ`` in float64, ``O(N k min(N,k))``, exact to round-off.
-    ``method="gram"``: ``eigh`` of the *smaller* Gram matrix — ``G Gᵀ`` when ``N ≤ k`` (that is ``K`` itself,
-    exact, and smaller than ``G``), else ``GᵀG`` (``k×k``) with ``U = G V Σ⁻¹`` (about 2× faster than the SVD
-    for ``N ≫ k``; those eigenvectors are accurate only where ``λ ≫ ε·λ₁``, so ``rank`` then defaults to the
-    numerical rank of :func:`dntk.linalg.gram_eig`, eigenvalues above ``max(N, k)·ε·λ₁``). ``method="auto"``: ``"gram"`` when ``N ≤ k``, else ``"svd"`` — never a matrix
-    larger than ``G`` and always exact to round-off.
-    Returns ``(eigenvalues (r,) descending, eigenvectors (N, r))`` float64, ``r = min(N, k)`` (or ``rank``);
-    the kernel's remaining ``N − r`` eigenvalues are 0.
+    Parameters
+    ----------
+    G : array ``(N, k)``
+        Features of one class.
+    method : {"auto", "svd", "gram"}
+        ``"svd"``: thin SVD ``G = U Σ Vᵀ`` in float64, ``O(N k min(N,k))``, exact to round-off.
+        ``"gram"``: :func:`dntk.linalg.gram_eig`, ``eigh`` of the *smaller* Gram matrix — ``G Gᵀ`` when
+        ``N ≤ k`` (that is ``K`` itself), else ``GᵀG`` (``k×k``) with ``U = G V Σ⁻¹`` (about 2× faster than
+        the SVD for ``N ≫ k``; those eigenvectors are accurate only where ``λ ≫ ε·λ₁``, so ``rank`` then
+        defaults to the numerical rank, eigenvalues above ``max(N, k)·ε·λ₁``).
+        ``"auto"``: ``"gram"`` when ``N ≤ k``, else ``"svd"`` — never a matrix larger than ``G``.
+    rank : int, optional
+        Keep only the top ``rank`` eigenpairs.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``eigenvalues (r,)`` non-increasing and ``eigenvectors (N, r)``, float64, ``r = min(N, k)`` (or
+        ``rank``); the kernel's remaining ``N − r`` eigenvalues are 0.
     """
     G = _tensor(G, "G", ndim=2)
     n, k = G.shape
@@ -147,12 +165,27 @@ def eig_from_features(G, method: str = "auto", rank: int | None = None) -> tuple
 
 # ----------------------------------------------------------------------------- spectrum statistics
 def truncation_rank(eigenvalues, tau: float) -> int:
-    """Truncation rank ``r(τ) = min{r ≥ 1 : Σ_{i≤r} λ_i ≥ τ Σ_i λ_i}`` (SPEC §2, Def 3.1).
+    """Truncation rank ``r(τ) = min{r ≥ 1 : Σ_{i≤r} λ_i ≥ τ Σ_i λ_i}`` (appendix §2, Def 3.1).
 
-    eigenvalues: ``(n,)`` in any order (sorted descending here; round-off negatives clipped to 0).
-    tau: energy fraction in ``(0, 1]``. Eigenvalues below ``n·ε_mach·λ₁`` are round-off and count as 0
-    (the numerical-rank convention; it matters only for ``τ`` at or near 1). Raises ``ValueError`` for an
-    all-zero spectrum.
+    Eigenvalues at or below the package's round-off threshold ``n·ε·λ₁``
+    (:func:`dntk.linalg.roundoff_cutoff` with ``n`` the number of eigenvalues) count as 0; this matters
+    only for ``τ`` at or near 1.
+
+    Parameters
+    ----------
+    eigenvalues : array ``(n,)``
+        In any order (sorted here; round-off negatives clipped to 0).
+    tau : float
+        Energy fraction in ``(0, 1]``.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        For an all-zero spectrum or ``τ`` outside ``(0, 1]``.
     """
     tau = _check_tau(tau)
     ev = _check_eigenvalues(eigenvalues)
@@ -166,7 +199,16 @@ def truncation_rank(eigenvalues, tau: float) -> int:
 
 
 def effective_rank(eigenvalues) -> float:
-    """Effective rank ``(Σλ)² / Σλ²`` (SPEC §2). eigenvalues: ``(n,)``."""
+    """Effective rank ``(Σλ)² / Σλ²`` (appendix §2).
+
+    Parameters
+    ----------
+    eigenvalues : array ``(n,)``
+
+    Returns
+    -------
+    float
+    """
     ev = _check_eigenvalues(eigenvalues)
     s2 = (ev**2).sum().item()
     if s2 <= 0:
@@ -175,17 +217,38 @@ def effective_rank(eigenvalues) -> float:
 
 
 def condition_number(eigenvalues) -> float:
-    """Condition number ``λ₁ / λ_N`` (``inf`` when ``λ_N = 0``) (SPEC §2). eigenvalues: ``(N,)``, all of them."""
+    """Condition number ``λ₁ / λ_N`` (appendix §2), ``inf`` when ``λ_N = 0``.
+
+    Parameters
+    ----------
+    eigenvalues : array ``(N,)``
+        All of the kernel's eigenvalues.
+
+    Returns
+    -------
+    float
+    """
     ev = _check_eigenvalues(eigenvalues)
     return float("inf") if ev[-1].item() <= 0 else ev[0].item() / ev[-1].item()
 
 
 def spectrum_stats(eigenvalues, taus: Sequence[float] = (0.9, 0.95, 0.99), n: int | None = None) -> dict:
-    """Summary of a class-kernel spectrum (SPEC §2): ``r(τ)``, ``α = n / r(τ)``, effective rank,
-    condition number, ``λ_min``, ``λ_max``.
+    """Summary of a class-kernel spectrum (appendix §2).
 
-    eigenvalues: ``(r,)``; ``n``: the number of points ``N`` (default ``len(eigenvalues)``); if the spectrum
-    is shorter (from ``eig_from_features`` with ``k < N``) the missing eigenvalues are zeros.
+    Parameters
+    ----------
+    eigenvalues : array ``(r,)``
+    taus : sequence of float
+        Energy fractions for ``r(τ)``.
+    n : int, optional
+        The number of points ``N`` (default ``len(eigenvalues)``); a shorter spectrum (from
+        :func:`eig_from_features` with ``k < N``) is padded with zeros.
+
+    Returns
+    -------
+    dict
+        ``n``, ``lambda_max``, ``lambda_min``, ``condition_number``, ``effective_rank`` and, per ``τ``,
+        ``r(τ)`` and ``alpha(τ) = n / r(τ)``.
     """
     ev = _check_eigenvalues(eigenvalues)
     n = ev.numel() if n is None else int(n)
@@ -202,9 +265,19 @@ def spectrum_stats(eigenvalues, taus: Sequence[float] = (0.9, 0.95, 0.99), n: in
 
 
 def data_redundancy(K, tau: float) -> tuple[float, int]:
-    """Data redundancy of a class kernel (SPEC §2, Def 3.1): ``(α, r)`` with ``α = N / r(τ)``.
+    """Data redundancy of a class kernel (appendix §2, Def 3.1): ``α = N / r(τ)``.
 
-    K: ``(N, N)`` kernel (dense ``eigh``). For features use ``parameter_redundancy`` (same ``r``).
+    Parameters
+    ----------
+    K : array ``(N, N)``
+        Kernel (dense ``eigh``; for features use :func:`parameter_redundancy`, same ``r``).
+    tau : float
+        Energy fraction in ``(0, 1]``.
+
+    Returns
+    -------
+    (float, int)
+        ``(α, r)``.
     """
     ev, _ = eig_from_kernel(K)
     r = truncation_rank(ev, tau)
@@ -212,12 +285,22 @@ def data_redundancy(K, tau: float) -> tuple[float, int]:
 
 
 def parameter_redundancy(G, tau: float) -> tuple[float, int]:
-    """Parameter redundancy (SPEC §2, Def 3.2): ``(β, r)`` with ``β = P / r(τ)``.
+    """Parameter redundancy (appendix §2, Def 3.2): ``β = P / r(τ)``.
 
-    G: ``(N, P)`` gradient (or projected, ``(N, k)``) features. ``r(τ)`` comes from the singular
-    values of ``G`` (``O(N P min(N,P))``); it equals ``r(τ)`` of
-    ``K = G Gᵀ`` because the best ``S`` is the span of the top right singular vectors. The squared singular
-    values come from the smaller of ``G Gᵀ`` and ``GᵀG`` (a matrix no larger than ``G``).
+    ``r(τ)`` comes from the squared singular values of ``G`` (:func:`dntk.linalg.gram_eig`, eigenvalues only,
+    from the smaller of ``G Gᵀ`` and ``GᵀG``); it equals ``r(τ)`` of ``K = G Gᵀ``.
+
+    Parameters
+    ----------
+    G : array ``(N, P)``
+        Gradient (or projected, ``(N, k)``) features.
+    tau : float
+        Energy fraction in ``(0, 1]``.
+
+    Returns
+    -------
+    (float, int)
+        ``(β, r)``.
     """
     G = _tensor(G, "G", ndim=2)
     r = truncation_rank(gram_eig(G, vectors=False).eigenvalues, tau)
@@ -225,10 +308,19 @@ def parameter_redundancy(G, tau: float) -> tuple[float, int]:
 
 
 def partial_sum_distortion(eigenvalues, eigenvalues_projected) -> float:
-    """``ε = max_r |S̃_r / S_r − 1|`` over partial eigenvalue sums (SPEC §2, Prop B.6).
+    """``ε = max_r |S̃_r / S_r − 1|`` over partial eigenvalue sums (appendix §2, Prop B.6).
 
-    eigenvalues: ``(n,)`` of the exact kernel ``K_c``; eigenvalues_projected: ``(m,)`` of ``K̃_c``.
-    Shorter spectra are padded with zeros; sums with ``S_r = 0`` are skipped.
+    Parameters
+    ----------
+    eigenvalues : array ``(n,)``
+        Eigenvalues of the exact kernel ``K_c``.
+    eigenvalues_projected : array ``(m,)``
+        Eigenvalues of the projected kernel ``K̃_c``. Shorter spectra are padded with zeros; sums with
+        ``S_r = 0`` are skipped.
+
+    Returns
+    -------
+    float
     """
     a = _check_eigenvalues(eigenvalues, "eigenvalues")
     b = _check_eigenvalues(eigenvalues_projected, "eigenvalues_projected")
@@ -240,12 +332,26 @@ def partial_sum_distortion(eigenvalues, eigenvalues_projected) -> float:
 
 
 def jl_rank_bracket(projected, tau: float, eps: float, n: int | None = None) -> tuple[int, int]:
-    """Interval that ``r(τ)`` of the *unprojected* kernel must lie in (SPEC §2, Prop B.6).
+    """Interval that ``r(τ)`` of the *unprojected* kernel must lie in (appendix §2, Prop B.6).
 
-    projected: JL-projected features ``(N, k)`` or the eigenvalues ``(m,)`` of ``K̃_c``.
-    eps: bound on the partial-sum distortion ``max_r |S̃_r/S_r − 1|`` (``0 ≤ ε < 1``).
-    Returns ``(lo, hi)`` with ``r̃(τ(1−ε)/(1+ε)) ≤ r(τ) ≤ r̃(τ(1+ε)/(1−ε))``. When the upper threshold
-    exceeds 1 no finite statement follows from ``K̃``: ``hi = n`` (``N``, the trivial bound).
+    ``r̃(τ(1−ε)/(1+ε)) ≤ r(τ) ≤ r̃(τ(1+ε)/(1−ε))``; when the upper threshold exceeds 1 no finite statement
+    follows from ``K̃`` and ``hi = n`` (the trivial bound).
+
+    Parameters
+    ----------
+    projected : array ``(N, k)`` or ``(m,)``
+        JL-projected features, or the eigenvalues of ``K̃_c``.
+    tau : float
+        Energy fraction in ``(0, 1]``.
+    eps : float
+        Bound on the partial-sum distortion ``max_r |S̃_r/S_r − 1|``, in ``[0, 1)``.
+    n : int, optional
+        ``N`` (default: the number of rows or eigenvalues).
+
+    Returns
+    -------
+    (int, int)
+        ``(lo, hi)``.
     """
     tau = _check_tau(tau)
     eps = float(eps)
@@ -287,9 +393,16 @@ def _stacked_norms(F: torch.Tensor, name="features") -> tuple[torch.Tensor, torc
 
 
 def mean_kernel(features) -> torch.Tensor:
-    """Class-averaged kernel ``K̄ = (1/C) Σ_c G̃_c G̃_cᵀ`` (SPEC §4.3 step 1), dense ``(N, N)`` float64.
+    """Class-averaged kernel ``K̄ = (1/C) Σ_c G̃_c G̃_cᵀ`` (appendix §4.3 step 1), dense.
 
-    features: ``(N, C, k)``.
+    Parameters
+    ----------
+    features : array ``(N, C, k)``
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, N)`` float64.
     """
     F = _tensor(features, "features", ndim=3)
     n, c, k = F.shape
@@ -327,10 +440,7 @@ def _top_left_singular(Z: torch.Tensor, s: torch.Tensor, n_vec: int, n_iter: int
 
 def spectral_clusters(features_or_kernel, n_clusters: int, method: str = "auto", seed: int = 0,
                       n_iter: int = 6) -> np.ndarray:
-    """Spectral clustering of the class-averaged kernel (SPEC §4.3 step 1). Returns labels ``(N,)`` int64.
-
-    features_or_kernel: features ``(N, C, k)`` (``K̄ = (1/C) Σ_c G̃_c G̃_cᵀ`` is implied) or a kernel
-    ``(N, N)``. Clusters are numbered in order of first appearance.
+    """Spectral clustering of the class-averaged kernel (appendix §4.3 step 1).
 
     * ``dense``: affinity ``A = max(0, K̄_ij / √(K̄_ii K̄_jj))`` (cosine-normalised, clipped at 0), scikit-learn
       ``SpectralClustering(affinity="precomputed")``. ``O(N²)`` memory, ``O(N³)`` worst-case time.
@@ -341,9 +451,26 @@ def spectral_clusters(features_or_kernel, n_clusters: int, method: str = "auto",
       time per iteration. It equals the dense path whenever all cosines are ``≥ 0`` up to two details:
       scikit-learn drops self-loops from the degrees, and it uses ARPACK rather than subspace iteration.
       Degrees below 10% of the median (points whose cosines are mostly negative; clipping would have raised
-      their degree) are floored there with a warning, and such outliers get weight 0 in the k-means fit (they are
-      assigned to the nearest centre afterwards), so that they cannot take over an eigenvector or a cluster.
+      their degree) are floored there with a warning, and such outliers get weight 0 in the k-means fit (they
+      are assigned to the nearest centre afterwards), so that they cannot take over an eigenvector or a cluster.
     * ``auto``: dense for ``N ≤ 5000`` or a kernel input, otherwise matrix-free.
+
+    Parameters
+    ----------
+    features_or_kernel : array ``(N, C, k)`` or ``(N, N)``
+        Features (``K̄`` is implied) or a kernel.
+    n_clusters : int
+        Number of clusters, ``1 ≤ n_clusters ≤ N``.
+    method : {"auto", "dense", "matrix_free"}
+    seed : int
+        Seed of the k-means and the random subspace iteration.
+    n_iter : int
+        Subspace iterations (matrix-free path).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)`` int64 labels, clusters numbered in order of first appearance.
     """
     from sklearn.cluster import KMeans, SpectralClustering
 
@@ -420,7 +547,7 @@ def spectral_clusters(features_or_kernel, n_clusters: int, method: str = "auto",
 # ----------------------------------------------------------------------------- containment
 @dataclass(frozen=True)
 class Containment:
-    """Containment diagnostics of one class kernel against a partition (SPEC §4.3, properties A and B).
+    """Containment diagnostics of one class kernel against a partition (appendix §4.3, properties A and B).
 
     rank: global truncation rank ``r``; eigenvalues ``(r,)``, vectors ``(N, r)``: global top eigenpairs.
     sizes, local_ranks: ``(M,)`` cluster sizes ``|S_j|`` and local ranks ``r_j``; local_eigenvalues and
@@ -443,7 +570,7 @@ class Containment:
     prop_b: float
 
     def gaps(self, gamma: float) -> torch.Tensor:
-        """Gap set ``{i < r : A_i < γ}`` (SPEC §4.3 step 3), 0-based indices."""
+        """Gap set ``{i < r : A_i < γ}`` (appendix §4.3 step 3), 0-based indices."""
         return (self.alignment < gamma).nonzero().flatten()
 
 
@@ -479,20 +606,31 @@ def _top_eig(G: torch.Tensor, tau: float, method: str):
 
 
 def containment(features, labels, tau: float, method: str = "auto") -> Containment:
-    """Properties (A) and (B) of one class kernel ``K = G Gᵀ`` for a partition (SPEC §4.3).
+    """Properties (A) and (B) of one class kernel ``K = G Gᵀ`` for a partition (appendix §4.3).
 
-    features: ``(N, k)`` class features ``G̃_c``; labels: ``(N,)`` cluster indices ``0..M-1``; tau in (0, 1].
     Global ``r = r(τ)``, local ``r_j = r_j(τ)`` of ``K[S_j, S_j]``.
+    (A)_j = ``Σ_{i≤r_j} λ_i^{(j)} ‖U_rᵀ ũ_i^{(j)}‖² / Σ_{i≤r_j} λ_i^{(j)}`` (local energy inside the global
+    top-r eigenspace); (B) = ``Σ_{i≤r} λ_i (1 − ‖Q u_i‖²) / Σ_{i≤r} λ_i`` (global top-r energy outside the
+    union of lifted local spans; the lifted local eigenvectors have disjoint supports, so ``‖Q u_i‖² = A_i``).
 
-    (A)_j = ``Σ_{i≤r_j} λ_i^{(j)} ‖U_rᵀ ũ_i^{(j)}‖² / Σ_{i≤r_j} λ_i^{(j)}`` (local energy inside the global top-r
-    eigenspace); (B) = ``Σ_{i≤r} λ_i (1 − ‖Q u_i‖²) / Σ_{i≤r} λ_i`` (global top-r energy outside the union of
-    lifted local spans; the lifted local eigenvectors have disjoint supports, so ``‖Q u_i‖² = A_i``).
+    Parameters
+    ----------
+    features : array ``(N, k)``
+        Class features ``G̃_c``.
+    labels : array ``(N,)`` of int
+        Cluster indices ``0..M-1``, every cluster non-empty.
+    tau : float
+        Energy fraction in ``(0, 1]``.
+    method : {"auto", "matrix_free", "gram", "dense"}
+        ``"matrix_free"``: thin SVDs of ``G`` and ``G[S_j]`` (:func:`eig_from_features`), no ``N×N`` matrix,
+        exact to round-off. ``"gram"``: :func:`dntk.linalg.gram_eig` of the ``k×k`` Gram matrices and only the
+        top ``r``/``r_j`` eigenvectors ``U_r = G V_r Σ_r⁻¹``, 2–4× faster for ``N ≫ k`` (accurate for any ``τ``
+        short of 1). ``"auto"``: ``"gram"`` when ``N > 2k`` and ``τ < 1``, else ``"matrix_free"``.
+        ``"dense"``: ``eigh`` of ``K`` and ``K[S_j, S_j]``, the reference.
 
-    method: ``"matrix_free"``: thin SVDs of ``G`` and ``G[S_j]`` (:func:`eig_from_features`), ``O(N k²)``, no
-    ``N×N`` matrix, exact to round-off. ``"gram"``: matrix-free too, ``eigh`` of the ``k×k`` Gram matrices and only
-    the top ``r``/``r_j`` eigenvectors ``U_r = G V_r Σ_r⁻¹``, 2–4× faster for ``N ≫ k`` (eigenvectors accurate where
-    ``λ ≫ ε·λ₁``, i.e. for any ``τ`` short of 1). ``"auto"``: ``"gram"`` when ``N > 2k`` and ``τ < 1``, else
-    ``"matrix_free"``. ``"dense"``: ``eigh`` of ``K`` and ``K[S_j, S_j]``, the reference.
+    Returns
+    -------
+    Containment
     """
     G = _tensor(features, "features", ndim=2)
     n = G.shape[0]

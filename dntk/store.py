@@ -28,6 +28,8 @@ Guarantees
 
 Layout: ``<root>/<stage>/<key>/meta.json`` and ``a00000.npy``, ``a00001.npy``, … (one per array leaf).
 An artifact is a (possibly nested) dict whose leaves are tensors, NumPy arrays or JSON values.
+Settings (what keys hash) must be finite; a non-finite number inside an artifact is kept as it is (a
+NaN metric is a result, not corruption).
 """
 from __future__ import annotations
 
@@ -272,8 +274,8 @@ def _encode(obj: Any, arrays: list, where: str) -> Any:
         for k, v in obj.items():
             if not isinstance(k, str):
                 raise TypeError(f"{where}: artifact keys must be strings, got {k!r}")
-            if k == "__array__":
-                raise ValueError(f"{where}: the key '__array__' is reserved by the store")
+            if k in ("__array__", "__float__"):
+                raise ValueError(f"{where}: the key {k!r} is reserved by the store")
             out[k] = _encode(v, arrays, f"{where}.{k}")
         return out
     if isinstance(obj, (list, tuple)):
@@ -281,8 +283,7 @@ def _encode(obj: Any, arrays: list, where: str) -> Any:
     if isinstance(obj, (np.integer, np.floating, np.bool_)):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
-        raise ValueError(f"{where}: the value {obj} is not finite; artifacts hold finite JSON numbers "
-                         "(store non-finite values inside an array if they are meaningful)")
+        return {"__float__": repr(obj)}  # JSON has no NaN/inf: a tagged string that _decode turns back
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(
@@ -295,6 +296,8 @@ def _decode(obj: Any, arrays: list) -> Any:
         if "__array__" in obj:
             a = arrays[obj["__array__"]]
             return torch.from_numpy(np.array(a)) if obj["torch"] else a
+        if "__float__" in obj:
+            return float(obj["__float__"])
         return {k: _decode(v, arrays) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_decode(v, arrays) for v in obj]
@@ -327,7 +330,8 @@ def write_artifact(path: str | os.PathLike, artifact: Mapping[str, Any], record:
     path : path-like
         The artifact folder to create (its parent is created if needed).
     artifact : Mapping
-        Nested dict whose leaves are tensors, NumPy arrays or finite JSON values.
+        Nested dict whose leaves are tensors, NumPy arrays or JSON values (non-finite floats are
+        stored as tagged strings and come back as floats).
     record : Mapping, optional
         Extra JSON fields stored in ``meta.json`` beside the checksums (e.g. settings, inputs).
     replace : bool

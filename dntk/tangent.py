@@ -1,8 +1,8 @@
 """Per-class logit gradients ("tangent features") of a network, exact or JL-projected.
 
-SPEC §0: ``g_c(x) = ∇_θ f_c(x; θ) ∈ R^P`` over the *trainable* parameters, BatchNorm in eval mode
+Appendix §0: ``g_c(x) = ∇_θ f_c(x; θ) ∈ R^P`` over the *trainable* parameters, BatchNorm in eval mode
 (running statistics are buffers). ``class_gradients`` stacks them into ``(N, C, P)``, or projects them
-to ``(N, C, k)`` with a projector from :mod:`dntk.projection` (SPEC §4.2).
+to ``(N, C, k)`` with a projector from :mod:`dntk.projection` (appendix §4.2).
 
 Two methods compute the same numbers:
 
@@ -11,25 +11,36 @@ Two methods compute the same numbers:
   batched backward for all ``C`` classes (one-hot cotangents, ``is_grads_batched``) that captures the
   layers' output gradients, then per-sample parameter gradients from those two factors:
   ``Linear``/``Conv2d`` weights as ``Σ_t δ_t a_tᵀ`` (``unfold`` for convolutions), biases as ``Σ_t δ_t``,
-  BatchNorm/LayerNorm/GroupNorm affine parameters from the normalised input; any other layer that owns
-  parameters falls back to ``torch.func`` on that layer alone. Projectors consume these factors directly
-  (layer by layer, tile by tile), so the ``(N, C, P)`` tensor is never formed when a projector is given.
+  BatchNorm/LayerNorm/GroupNorm affine parameters from the normalised input, ``nn.MultiheadAttention``
+  (hence ``TransformerEncoderLayer`` and ViTs) through its packed in-projection and its out-projection,
+  each ``Σ_t δ_t x_tᵀ``; any other layer that owns parameters falls back to ``torch.func`` on that layer
+  alone. The factors go to the projector's :class:`~dntk.projection.Accumulator` (layer by layer), so
+  the ``(N, C, P)`` tensor is never formed when a projector is given.
 
 The parameter order of the flat ``P`` axis is ``model.named_parameters()`` order (trainable only), each
 tensor flattened row-major — the same for both methods and for :func:`param_layout`.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._common import (
+    BatchedInputs,
+    call_model,
+    check_model,
+    check_model_finite,
+    eval_mode,
+    model_dtype,
+    on_device,
+    split_parameters,
+    trainable_parameters,
+)
 
 log = logging.getLogger("dntk")
 
@@ -52,107 +63,20 @@ class ParamBlock:
     size: int
 
 
-def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
 def num_params(model: nn.Module) -> int:
     """Number ``P`` of trainable parameters (the width of unprojected tangent features)."""
-    _check_model(model)
-    return sum(p.numel() for _, p in _trainable(model))
+    check_model(model)
+    return sum(p.numel() for _, p in trainable_parameters(model))
 
 
 def param_layout(model: nn.Module) -> list[ParamBlock]:
     """The flat parameter axis as a list of :class:`ParamBlock` (trainable parameters, module order)."""
-    _check_model(model)
+    check_model(model)
     blocks, off = [], 0
-    for n, p in _trainable(model):
+    for n, p in trainable_parameters(model):
         blocks.append(ParamBlock(n, tuple(p.shape), off, p.numel()))
         off += p.numel()
     return blocks
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, t in modes:
-            m.training = t
-
-
-@contextlib.contextmanager
-def _on_device(model: nn.Module, device):
-    """Temporarily move ``model`` to ``device`` (restored afterwards)."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    cur = tensors[0].device if tensors else torch.device("cpu")
-    dev = cur if device is None else torch.device(device)
-    if dev == cur:
-        yield dev
-        return
-    model.to(dev)
-    try:
-        yield dev
-    finally:
-        model.to(cur)
-
-
-def _check_model(model):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
-class _Inputs:
-    """Uniform batched access to a tensor, an ndarray, or a map-style Dataset of ``(x, y)`` pairs."""
-
-    def __init__(self, inputs, dtype: torch.dtype):
-        self.dataset = None
-        if isinstance(inputs, np.ndarray):
-            inputs = torch.from_numpy(np.ascontiguousarray(inputs))
-        if isinstance(inputs, torch.Tensor):
-            if not (inputs.is_floating_point()):
-                raise TypeError(
-                    f"inputs must be a floating-point tensor (images as float in [0, 1]), got dtype {inputs.dtype}; "
-                    "convert with x.float()."
-                )
-            if inputs.dim() < 2:
-                raise ValueError(
-                    f"inputs must be batched with shape (N, ...), got shape {tuple(inputs.shape)}; add a batch axis."
-                )
-            if not torch.isfinite(inputs).all():
-                raise ValueError("inputs contain NaN or inf; clean the data first.")
-            self.tensor = inputs
-            self.n = inputs.shape[0]
-        elif isinstance(inputs, torch.utils.data.Dataset) and hasattr(inputs, "__len__"):
-            self.dataset = inputs
-            self.tensor = None
-            self.n = len(inputs)
-        else:
-            raise TypeError(
-                "inputs must be a torch.Tensor or numpy array of shape (N, ...) or a map-style Dataset of (x, y); "
-                f"got {type(inputs).__name__}."
-            )
-        self.dtype = dtype
-
-    def get(self, start: int, stop: int, device) -> torch.Tensor:
-        if self.tensor is not None:
-            x = self.tensor[start:stop]
-        else:
-            items = [self.dataset[i] for i in range(start, stop)]
-            items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
-            x = torch.stack([torch.as_tensor(it) for it in items])
-            if not x.is_floating_point():
-                raise TypeError(f"dataset items must be floating-point tensors, got dtype {x.dtype}.")
-        return x.to(device=device, dtype=self.dtype)
 
 
 def _progress(total, enabled, desc):
@@ -168,11 +92,15 @@ def _progress(total, enabled, desc):
 # ----------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def logits(model: nn.Module, inputs, batch_size: int = 256, device=None) -> torch.Tensor:
-    """Network logits ``f(x; θ)``, shape ``(N, C)``, model in eval mode, no gradients (SPEC §0)."""
-    _check_model(model)
+    """Network logits ``f(x; θ)``, shape ``(N, C)``, model in eval mode, no gradients (appendix §0).
+
+    Raises ``ValueError`` for a model with NaN/inf weights or inputs, or an unavailable ``device``.
+    """
+    check_model(model)
     _check_batch_size(batch_size)
-    with _eval_mode(model), _on_device(model, device) as dev:
-        src = _Inputs(inputs, _model_dtype(model))
+    check_model_finite(model)
+    with eval_mode(model), on_device(model, device) as dev:
+        src = BatchedInputs(inputs, model_dtype(model))
         outs = []
         for s in range(0, src.n, batch_size):
             out = _call(model, src.get(s, min(src.n, s + batch_size), dev))
@@ -182,19 +110,7 @@ def logits(model: nn.Module, inputs, batch_size: int = 256, device=None) -> torc
         return torch.cat(outs)
 
 
-def _call(model, x):
-    try:
-        out = model(x)
-    except Exception as e:  # a shape/channel mismatch surfaces deep inside torch: say what was passed
-        raise ValueError(
-            f"the model could not be evaluated on inputs of shape {tuple(x.shape)} (dtype {x.dtype}): {e}"
-        ) from e
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ValueError(
-            "the model must return logits of shape (batch, C); got "
-            + (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__)
-        )
-    return out
+_call = call_model
 
 
 def _check_batch_size(b):
@@ -216,7 +132,7 @@ def class_gradients(
     method: str = "fast",
     max_bytes: int | None = None,
 ):
-    """Per-class logit gradients ``G[i, c] = ∇_θ f_c(x_i)`` (SPEC §0), optionally JL-projected (SPEC §4.2).
+    """Per-class logit gradients ``G[i, c] = ∇_θ f_c(x_i)`` (appendix §0), optionally JL-projected (appendix §4.2).
 
     Parameters
     ----------
@@ -226,6 +142,7 @@ def class_gradients(
     projector : a projector from :func:`dntk.projection.make`, or ``None`` for the unprojected ``(N, C, P)``.
     batch_size : samples per batch; default from ``max_bytes``. Results do not depend on it.
     device : where to compute (the model is moved there for the call and moved back); default: the model's.
+        A device that is not available (``"cuda"`` without CUDA) raises ``ValueError``.
     out : optional preallocated ``(N, C, w)`` array (torch tensor or NumPy array / ``np.memmap``, float32 or
         float16); filled and returned. Checked before any work.
     method : ``"fast"`` (layer-structured, default) or ``"exact"`` (``torch.func`` ``vmap(jacrev)``).
@@ -235,8 +152,14 @@ def class_gradients(
     -------
     ``(N, C, P)`` (no projector) or ``(N, C, k)`` float32 tensor (the model's dtype if it is float64),
     or ``out`` when given.
+
+    Raises
+    ------
+    ValueError
+        For a model with NaN/inf parameters or buffers, inputs with NaN/inf, a layer the fast path cannot
+        take (the message says to use ``method="exact"``), or an unavailable ``device``.
     """
-    _check_model(model)
+    check_model(model)
     _check_batch_size(batch_size)
     if method not in ("fast", "exact"):
         raise ValueError(f"method must be 'fast' or 'exact', got {method!r}.")
@@ -247,8 +170,9 @@ def class_gradients(
     P = sum(b.size for b in layout)
     if P == 0:
         raise ValueError("the model has no trainable parameters (requires_grad=False everywhere).")
-    dtype = _model_dtype(model)
-    src = _Inputs(inputs, dtype)
+    check_model_finite(model)
+    dtype = model_dtype(model)
+    src = BatchedInputs(inputs, dtype)
     if src.n == 0:
         raise ValueError("inputs is empty (N = 0).")
 
@@ -264,7 +188,7 @@ def class_gradients(
     else:
         width = P
 
-    with _eval_mode(model), _on_device(model, device) as dev:
+    with eval_mode(model), on_device(model, device) as dev:
         x0 = src.get(0, 1, dev)
         with torch.no_grad():
             C = _call(model, x0).shape[1]
@@ -329,10 +253,7 @@ class _ExactEngine:
         self.model = model
         self.layout = layout
         self.names = [b.name for b in layout]
-        params = dict(model.named_parameters())
-        self.params = {n: params[n].detach() for n in self.names}
-        self.rest = {n: p.detach() for n, p in model.named_parameters() if n not in self.params}
-        self.rest.update(dict(model.named_buffers()))
+        self.params, self.rest = split_parameters(model)
 
     def default_batch_size(self, x0, C, width, projector, max_bytes):
         P = sum(b.size for b in self.layout)
@@ -386,6 +307,8 @@ def _unit_kind(m: nn.Module) -> str:
         return "ln"
     if isinstance(m, nn.GroupNorm) and t.forward is nn.GroupNorm.forward:
         return "gn"
+    if isinstance(m, nn.MultiheadAttention) and t.forward is nn.MultiheadAttention.forward:
+        return "mha"
     return "func"
 
 
@@ -398,15 +321,37 @@ def _conv_padding(m):
 
 
 class _Unit:
-    def __init__(self, name, module, kind, roles):
+    def __init__(self, name, module, kind, roles, params):
         self.name, self.module, self.kind = name, module, kind
-        self.roles = roles  # {"weight": block index, "bias": block index, or param name for func}
+        self.roles = roles  # {"weight": block index, "bias": block index, or parameter name for func/mha}
+        self.params = params  # {role name: parameter}
+        self.verified = False  # mha: the decomposed forward was checked against the module's own once
 
 
 class _Record:
-    """One call of a unit during the forward pass: its (cloned) input factor and its output probe."""
+    """One call of a unit during the forward pass: its (cloned) input factors and its output probes."""
 
-    __slots__ = ("unit", "x", "args", "kwargs", "probe")
+    __slots__ = ("unit", "x", "args", "kwargs", "probes", "extra")
+
+
+def _mha_supported(m: nn.MultiheadAttention) -> str | None:
+    """Why the decomposed attention cannot reproduce ``m`` (``None`` if it can)."""
+    if m.bias_k is not None or m.bias_v is not None:
+        return "add_bias_kv=True"
+    if m.add_zero_attn:
+        return "add_zero_attn=True"
+    return None
+
+
+def _additive_mask(mask, dtype, name):
+    """An attention mask as an additive float mask (``True`` in a boolean mask means *masked*)."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+    if not mask.is_floating_point():
+        raise ValueError(f"{name} must be a boolean or floating-point mask, got dtype {mask.dtype}.")
+    return mask.to(dtype)
 
 
 class _FastEngine:
@@ -415,16 +360,30 @@ class _FastEngine:
         self.layout = layout
         index = {name: i for i, name in enumerate(b.name for b in layout)}
         pid = {id(p): index[n] for n, p in model.named_parameters() if n in index}
+        absorbed = set()  # children whose parameters a parent unit handles (an attention's out_proj)
+        for name, m in model.named_modules():
+            if isinstance(m, nn.MultiheadAttention) and _unit_kind(m) == "mha":
+                why = _mha_supported(m)
+                if why is not None:
+                    raise ValueError(
+                        f"layer {name!r} (MultiheadAttention with {why}) is not supported by the fast path; "
+                        "use method='exact'."
+                    )
+                absorbed.add(id(m.out_proj))
         self.units = []
         for name, m in model.named_modules():
+            if id(m) in absorbed:
+                continue
             own = [(pn, p) for pn, p in m.named_parameters(recurse=False) if p.requires_grad]
+            kind = _unit_kind(m)
+            if kind == "mha":
+                own += [(f"out_proj.{pn}", p) for pn, p in m.out_proj.named_parameters(recurse=False) if p.requires_grad]
             if not own:
                 continue
-            kind = _unit_kind(m)
             roles = {pn: pid[id(p)] for pn, p in own}
-            if kind != "func" and not set(roles) <= {"weight", "bias"}:
+            if kind not in ("func", "mha") and not set(roles) <= {"weight", "bias"}:
                 kind = "func"
-            self.units.append(_Unit(name, m, kind, roles))
+            self.units.append(_Unit(name, m, kind, roles, dict(own)))
         self.records: list[_Record] = []
         self._batched_ok = True
         self._checked = False
@@ -432,13 +391,15 @@ class _FastEngine:
     # ---------------------------------------------------------------- capture
     def _hook(self, unit):
         def hook(module, args, kwargs, output):
+            if unit.kind == "mha":  # recorded by the decomposed forward itself
+                return None
             if not isinstance(output, torch.Tensor):
                 raise ValueError(
                     f"layer {unit.name!r} ({type(module).__name__}) owns trainable parameters but returns "
                     f"{type(output).__name__}, not a tensor; the fast path cannot take its gradients — use method='exact'."
                 )
             r = _Record()
-            r.unit = unit
+            r.unit, r.extra = unit, None
             x = args[0] if args else None
             if unit.kind == "func":
                 if not all(not isinstance(a, torch.Tensor) or a.shape[:1] == output.shape[:1] for a in args):
@@ -457,30 +418,108 @@ class _FastEngine:
                 r.x = F.group_norm(x.detach(), module.num_groups, None, None, module.eps)
             else:
                 r.x = x.detach().clone()
-            r.probe = torch.zeros_like(output, requires_grad=True)
+            probe = torch.zeros_like(output, requires_grad=True)
+            r.probes = (probe,)
             self.records.append(r)
-            return output + r.probe
+            return output + probe
 
         return hook
+
+    def _mha_forward(self, unit):
+        """``nn.MultiheadAttention.forward`` decomposed into its four projections, each with an output probe.
+
+        ``q = x_q W_qᵀ + b_q`` (likewise ``k``, ``v``), ``o = softmax(q kᵀ/√d_h + mask) v`` per head,
+        ``out = o W_oᵀ + b_o``: the weight gradients are ``Σ_t δ_t x_tᵀ`` like any linear layer.
+        """
+        m = unit.module
+
+        def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                    average_attn_weights=True, is_causal=False):
+            if query.dim() != 3:
+                raise ValueError(f"layer {unit.name!r}: unbatched attention inputs are not supported by the fast "
+                                 "path; add a batch axis or use method='exact'.")
+            same = query is key and key is value
+            if not m.batch_first:
+                query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+            E, H = m.embed_dim, m.num_heads
+            hd = E // H
+            if m._qkv_same_embed_dim:
+                Wq, Wk, Wv = m.in_proj_weight.chunk(3)
+            else:
+                Wq, Wk, Wv = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
+            bq, bk, bv = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None, None, None)
+            q, k, v = F.linear(query, Wq, bq), F.linear(key, Wk, bk), F.linear(value, Wv, bv)
+            pq, pk, pv = (torch.zeros_like(t, requires_grad=True) for t in (q, k, v))
+            q, k, v = q + pq, k + pk, v + pv
+            N, L, S = q.shape[0], q.shape[1], k.shape[1]
+            qh = q.reshape(N, L, H, hd).transpose(1, 2)
+            kh = k.reshape(N, S, H, hd).transpose(1, 2)
+            vh = v.reshape(N, S, H, hd).transpose(1, 2)
+            scores = (qh @ kh.transpose(-2, -1)) * (hd**-0.5)  # (N, H, L, S)
+            am = _additive_mask(attn_mask, scores.dtype, "attn_mask")
+            if am is not None:
+                scores = scores + (am.reshape(N, H, L, S) if am.dim() == 3 else am)
+            kpm = _additive_mask(key_padding_mask, scores.dtype, "key_padding_mask")
+            if kpm is not None:
+                scores = scores + kpm.reshape(N, 1, 1, S)
+            attn = torch.softmax(scores, dim=-1)
+            o = (attn @ vh).transpose(1, 2).reshape(N, L, E)
+            out = F.linear(o, m.out_proj.weight, m.out_proj.bias)
+            po = torch.zeros_like(out, requires_grad=True)
+            out = out + po
+            r = _Record()
+            r.unit, r.x, r.args, r.kwargs = unit, None, (), {}
+            r.probes = (pq, pk, pv, po)
+            r.extra = {"q": query.detach(), "k": key.detach(), "v": value.detach(), "o": o.detach(), "same": same}
+            self.records.append(r)
+            if not unit.verified:
+                with torch.no_grad():
+                    args = (query, key, value) if m.batch_first else tuple(t.transpose(0, 1) for t in (query, key, value))
+                    ref = type(m).forward(m, *args, key_padding_mask=key_padding_mask, need_weights=False,
+                                          attn_mask=attn_mask, is_causal=is_causal)[0]
+                    mine = out if m.batch_first else out.transpose(0, 1)
+                    if not torch.allclose(mine, ref, rtol=1e-4, atol=1e-5 * (1 + float(ref.abs().max()))):
+                        raise ValueError(
+                            f"layer {unit.name!r} (MultiheadAttention): the decomposed attention of the fast path "
+                            "does not reproduce this layer's output (an unsupported option?); use method='exact'."
+                        )
+                unit.verified = True
+            out_ret = out if m.batch_first else out.transpose(0, 1)
+            weights = None
+            if need_weights:
+                weights = attn.mean(dim=1) if average_attn_weights else attn
+            return out_ret, weights
+
+        return forward
 
     @staticmethod
     def _bn_normalised(m, x):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return (x - m.running_mean.view(shape)) * torch.rsqrt(m.running_var.view(shape) + m.eps)
 
-    def _forward_backward(self, x, C):
+    def _run_forward(self, x, grad: bool):
+        """Forward pass with the capture hooks (and decomposed attention) installed; records in ``self.records``."""
         self.records = []
         handles = [u.module.register_forward_hook(self._hook(u), with_kwargs=True) for u in self.units]
+        patched = [u.module for u in self.units if u.kind == "mha"]
+        for u in self.units:
+            if u.kind == "mha":
+                u.module.forward = self._mha_forward(u)
         try:
-            with torch.enable_grad():
-                out = _call(self.model, x)
+            with torch.enable_grad() if grad else torch.no_grad():
+                return _call(self.model, x)
         finally:
             for h in handles:
                 h.remove()
+            for m in patched:
+                del m.forward
+
+    def _forward_backward(self, x, C):
+        out = self._run_forward(x, grad=True)
         if not self._checked:
             self._check_coverage(out)
         B = x.shape[0]
-        probes = [r.probe for r in self.records]
+        probes = [p for r in self.records for p in r.probes]
         grads = None
         if self._batched_ok:
             V = torch.eye(C, dtype=out.dtype, device=out.device).unsqueeze(1).expand(C, B, C)
@@ -498,15 +537,20 @@ class _FastEngine:
                 per_class.append(torch.autograd.grad(out, probes, grad_outputs=v, allow_unused=True,
                                                      retain_graph=c < C - 1))
             grads = [None if g[0] is None else torch.stack(g) for g in zip(*per_class)]
-        # (C, B, ...) -> (B, C, ...)
-        return [None if g is None else g.transpose(0, 1) for g in grads]
+        # (C, B, ...) -> (B, C, ...), regrouped per record
+        flat = [None if g is None else g.transpose(0, 1) for g in grads]
+        grouped, i = [], 0
+        for r in self.records:
+            grouped.append(flat[i : i + len(r.probes)])
+            i += len(r.probes)
+        return grouped
 
     def _check_coverage(self, out):
         """Every parameter-owning unit must have been called, or its parameters must not reach the logits."""
         fired = {id(r.unit) for r in self.records}
         missing = [u for u in self.units if id(u) not in fired]
         if missing:
-            params = [p for u in missing for p in u.module.parameters(recurse=False) if p.requires_grad]
+            params = [p for u in missing for p in u.params.values()]
             gs = torch.autograd.grad(out.sum(), params, allow_unused=True, retain_graph=True)
             if any(g is not None for g in gs):
                 names = ", ".join(repr(u.name) for u in missing)
@@ -519,83 +563,75 @@ class _FastEngine:
 
     # ---------------------------------------------------------------- batch size
     def default_batch_size(self, x0, C, width, projector, max_bytes):
-        self.records = []
-        handles = [u.module.register_forward_hook(self._hook(u), with_kwargs=True) for u in self.units]
-        try:
-            with torch.no_grad():
-                _call(self.model, x0)
-        finally:
-            for h in handles:
-                h.remove()
+        self._run_forward(x0, grad=False)
         es = x0.element_size()
         per = 0
         for r in self.records:
-            xin = r.x.numel() if r.x is not None else sum(a.numel() for a in r.args if isinstance(a, torch.Tensor))
-            per += (xin + (C + 2) * r.probe.numel()) * es
+            if r.x is not None:
+                xin = r.x.numel()
+            elif r.extra is not None:
+                xin = sum(t.numel() for t in r.extra.values() if isinstance(t, torch.Tensor))
+            else:
+                xin = sum(a.numel() for a in r.args if isinstance(a, torch.Tensor))
+            per += (xin + (C + 2) * sum(p.numel() for p in r.probes)) * es
             if r.unit.kind == "conv2d":
                 m = r.unit.module
                 per += r.x[0].numel() * int(np.prod(m.kernel_size)) * es  # transient unfold
         self.records = []
-        per += 2 * C * width * es
-        if projector is None or projector.mode == "full":
-            P = sum(b.size for b in self.layout)
-            padded = getattr(projector, "P_pad", P) if projector is not None else P
-            per += 2 * C * padded * es
+        P = sum(b.size for b in self.layout)
+        per += projector.bytes_per_sample(C) if projector is not None else 4 * C * P * es
         return int(max(1, min(256, max_bytes // max(per, 1))))
 
     # ---------------------------------------------------------------- per batch
     def batch(self, x, C, projector, max_bytes):
         grads = self._forward_backward(x, C)
         B = x.shape[0]
-        items = [(r, g) for r, g in zip(self.records, grads) if g is not None]
+        items = [(r, g) for r, g in zip(self.records, grads) if any(t is not None for t in g)]
         self.records = []
-        P = sum(b.size for b in self.layout)
-        dt = x.dtype
         if projector is None:
-            sink = _FlatSink(self.layout, B, C, dt, x.device, max_bytes)
+            sink = _FlatAccumulator(self.layout, B, C, x.dtype, x.device)
             self._emit(items, sink, slice(0, B))
-            return sink.buf
-        if projector.mode == "rows":
-            sink = _RowsSink(self.layout, projector, B, C, x.device, max_bytes)
-            self._emit(items, sink, slice(0, B))
-            return sink.acc
-        if projector.mode == "kron":
-            sink = _KronSink(self.layout, projector, B, C, x.device, max_bytes)
-            self._emit(items, sink, slice(0, B))
-            return sink.acc
-        # full vectors (SRHT): sub-batches of samples so that (b, C, P') fits the budget
+            return sink.result()
+        step = projector.samples_per_accumulator(C, max_bytes) or B
+        if step >= B:
+            acc = projector.accumulator(B, C, x.device, max_bytes)
+            self._emit(items, acc, slice(0, B))
+            return acc.result()
         res = torch.empty(B, C, projector.dim, device=x.device)
-        step = int(max(1, min(B, max_bytes // (3 * 4 * C * projector.P_pad))))
         for s in range(0, B, step):
             e = min(B, s + step)
-            sink = _FlatSink(self.layout, e - s, C, torch.float32, x.device, max_bytes, width=projector.P_pad)
-            self._emit(items, sink, slice(s, e))
-            res[s:e] = projector.srht_padded(sink.buf.reshape((e - s) * C, -1)).reshape(e - s, C, -1)
+            acc = projector.accumulator(e - s, C, x.device, max_bytes)
+            self._emit(items, acc, slice(s, e))
+            res[s:e] = acc.result()
         return res
 
     def _emit(self, items, sink, sl):
         """Turn each record's (input factor, output gradient) into per-parameter contributions for ``sink``."""
-        for r, d_native in items:
+        dt = sink.dtype
+        for r, gs in items:
             u = r.unit
-            d = d_native
-            d = d[sl].to(sink.dtype)  # (b, C, *out)
+            if u.kind == "mha":
+                self._emit_mha(r, gs, sink, sl)
+                continue
+            d_native = gs[0]
+            d = d_native[sl].to(dt)  # (b, C, *out)
             b, C = d.shape[0], d.shape[1]
             if u.kind in ("linear", "conv2d"):
                 if u.kind == "linear":
                     d_out = d.shape[-1]
                     D = d.reshape(b, C, -1, d_out).transpose(2, 3)  # (b, C, d_out, T)
-                    src = _LinearInput(r.x[sl].to(sink.dtype))
+                    src = _LinearInput(r.x[sl].to(dt))
                 else:
                     d_out = d.shape[2]
                     D = d.reshape(b, C, d_out, -1)
-                    src = _ConvInput(r.x[sl].to(sink.dtype), u.module)
+                    src = _ConvInput(r.x[sl].to(dt), u.module)
                 if "weight" in u.roles:
                     sink.outer(u.roles["weight"], D, src)
                 if "bias" in u.roles:
                     sink.dense(u.roles["bias"], D.sum(3))
             elif u.kind in ("bn", "gn"):
                 ch = d.shape[2]
-                xh = r.x[sl].to(sink.dtype).reshape(b, 1, ch, -1)
+                xh = r.x[sl].to(dt).reshape(b, 1, ch, -1)
                 dd = d.reshape(b, C, ch, -1)
                 if "weight" in u.roles:
                     sink.dense(u.roles["weight"], (dd * xh).sum(3))
@@ -604,7 +640,7 @@ class _FastEngine:
             elif u.kind == "ln":
                 nshape = tuple(u.module.normalized_shape)
                 nn_ = int(np.prod(nshape))
-                xh = r.x[sl].to(sink.dtype).reshape(b, 1, -1, nn_)
+                xh = r.x[sl].to(dt).reshape(b, 1, -1, nn_)
                 dd = d.reshape(b, C, -1, nn_)
                 if "weight" in u.roles:
                     sink.dense(u.roles["weight"], (dd * xh).sum(2))
@@ -612,7 +648,50 @@ class _FastEngine:
                     sink.dense(u.roles["bias"], dd.sum(2))
             else:
                 for pname, G in self._func_grads(r, d_native[sl], sl).items():
-                    sink.dense(u.roles[pname], G.reshape(b, C, -1).to(sink.dtype))
+                    sink.dense(u.roles[pname], G.reshape(b, C, -1).to(dt))
+
+    @staticmethod
+    def _emit_mha(r, gs, sink, sl):
+        """Attention: in-projection weights ``Σ_t δq_t x_tᵀ`` (``k``, ``v`` likewise; packed as one ``3E×E``
+        block) and the out-projection ``Σ_t δ_t o_tᵀ``, each an outer product of captured factors."""
+        u, ex, dt = r.unit, r.extra, sink.dtype
+        dq, dk, dv, do = (
+            None if g is None else g[sl].to(dt) for g in gs
+        )  # (b, C, L|S, E)
+        q_in, k_in, v_in, o = (ex[n][sl].to(dt) for n in ("q", "k", "v", "o"))
+        ref = next(g for g in (dq, dk, dv, do) if g is not None)
+        b, C = ref.shape[:2]
+
+        def zeros_like_out(x, width):  # a missing (unused) gradient is zero
+            return torch.zeros(b, C, x.shape[1], width, dtype=dt, device=ref.device)
+
+        E = u.module.embed_dim
+        dq = zeros_like_out(q_in, E) if dq is None else dq
+        dk = zeros_like_out(k_in, E) if dk is None else dk
+        dv = zeros_like_out(v_in, E) if dv is None else dv
+        if "out_proj.weight" in u.roles or "out_proj.bias" in u.roles:
+            do = zeros_like_out(o, E) if do is None else do
+            Do = do.transpose(2, 3)  # (b, C, E, L)
+            if "out_proj.weight" in u.roles:
+                sink.outer(u.roles["out_proj.weight"], Do, _LinearInput(o))
+            if "out_proj.bias" in u.roles:
+                sink.dense(u.roles["out_proj.bias"], Do.sum(3))
+        if "in_proj_weight" in u.roles:
+            if ex["same"]:  # self-attention: one input, the three row blocks share it
+                D = torch.cat([dq, dk, dv], dim=3).transpose(2, 3)  # (b, C, 3E, L)
+                sink.outer(u.roles["in_proj_weight"], D, _LinearInput(q_in))
+            else:  # distinct inputs: block-diagonal factors over the concatenated positions
+                L, S = q_in.shape[1], k_in.shape[1]
+                D = torch.zeros(b, C, 3 * E, L + 2 * S, dtype=dt, device=ref.device)
+                D[:, :, :E, :L] = dq.transpose(2, 3)
+                D[:, :, E : 2 * E, L : L + S] = dk.transpose(2, 3)
+                D[:, :, 2 * E :, L + S :] = dv.transpose(2, 3)
+                sink.outer(u.roles["in_proj_weight"], D, _LinearInput(torch.cat([q_in, k_in, v_in], dim=1)))
+        for name, d, x in (("q_proj_weight", dq, q_in), ("k_proj_weight", dk, k_in), ("v_proj_weight", dv, v_in)):
+            if name in u.roles:
+                sink.outer(u.roles[name], d.transpose(2, 3), _LinearInput(x))
+        if "in_proj_bias" in u.roles:
+            sink.dense(u.roles["in_proj_bias"], torch.cat([dq.sum(2), dk.sum(2), dv.sum(2)], dim=2))
 
     @staticmethod
     def _func_grads(r, d, sl):
@@ -679,14 +758,14 @@ class _ConvInput:
         return y.reshape(y.shape[0], y.shape[1], -1)
 
 
-class _FlatSink:
-    """Unprojected: writes per-sample gradients into ``buf`` ``(b, C, width)`` at each block's offset."""
+class _FlatAccumulator:
+    """Unprojected: writes per-sample gradients into ``(b, C, P)`` at each block's offset (the accumulator
+    protocol of :class:`dntk.projection.Accumulator` with ``R = I``)."""
 
-    def __init__(self, layout, b, C, dtype, device, max_bytes, width=None):
+    def __init__(self, layout, b, C, dtype, device):
         self.layout = layout
-        P = sum(x.size for x in layout)
         self.dtype = dtype
-        self.buf = torch.zeros(b, C, width or P, dtype=dtype, device=device)
+        self.buf = torch.zeros(b, C, sum(x.size for x in layout), dtype=dtype, device=device)
 
     def dense(self, bi, G):
         blk = self.layout[bi]
@@ -694,87 +773,8 @@ class _FlatSink:
 
     def outer(self, bi, D, src):
         b, C, d_out, T = D.shape
-        A = src.unfolded()  # (b, d_in, T)
-        W = torch.bmm(D.reshape(b, C * d_out, T), A.transpose(1, 2))  # (b, C·d_out, d_in)
+        W = torch.bmm(D.reshape(b, C * d_out, T), src.unfolded().transpose(1, 2))  # (b, C·d_out, d_in)
         self.dense(bi, W.reshape(b, C, -1))
 
-
-class _RowsSink:
-    """Row-block projectors: ``acc += G_block R_block`` tile by tile (``R`` rows generated once per batch).
-
-    For a layer with ``T`` positions and ``T < C`` the input side is contracted with ``R`` first and shared by
-    all classes (cost ``T·P_l·k`` instead of ``C·P_l·k``).
-    """
-
-    def __init__(self, layout, proj, b, C, device, max_bytes):
-        self.layout, self.proj, self.max_bytes = layout, proj, max_bytes
-        self.dtype = torch.float32
-        self.acc = torch.zeros(b, C, proj.dim, device=device)
-
-    def _step(self, n_rows):
-        """Rows per product: within the budget, and whole tiles for the sparse kind (one product per tile)."""
-        step = max(1, self.max_bytes // (8 * max(1, n_rows + self.proj.dim)))
-        tr = self.proj.tile_rows
-        return (step // tr) * tr if (not self.proj.dense_rows and step >= tr) else step
-
-    def dense(self, bi, G):
-        b, C = G.shape[:2]
-        G = G.reshape(b * C, -1)
-        n = G.shape[1]
-        step = self._step(b * C)
-        for s in range(0, n, step):
-            self.acc += self.proj.rows_matmul(bi, s, G[:, s : s + step]).reshape(self.acc.shape)
-
-    def outer(self, bi, D, src):
-        b, C, d_out, T = D.shape
-        d_in, k = src.d_in, self.proj.dim
-        shared = self.proj.dense_rows and (T * d_in * k + C * T * k) < (C * T * d_in + C * d_in * k)
-        if shared:
-            per_o = 4 * max(b * T * k, d_in * k)
-        else:
-            per_o = 4 * max(b * C * d_in, d_in * k)
-        oc = int(max(1, min(d_out, self.max_bytes // (4 * per_o))))
-        A = src.unfolded()  # (b, d_in, T)
-        tr = self.proj.tile_rows
-        if not self.proj.dense_rows and 16 * b * C * (tr + d_in) <= self.max_bytes:
-            # sparse kind: one sparse product per tile, forming only the channels that tile covers
-            At, n = A.transpose(1, 2), d_out * d_in
-            for r0 in range(0, n, tr):
-                r1 = min(n, r0 + tr)
-                o0, o1 = r0 // d_in, -(-r1 // d_in)
-                G = torch.bmm(D[:, :, o0:o1].reshape(b, C * (o1 - o0), T), At).reshape(b * C, (o1 - o0) * d_in)
-                part = self.proj.rows_matmul(bi, r0, G[:, r0 - o0 * d_in : r1 - o0 * d_in])
-                self.acc += part.reshape(self.acc.shape)
-            return
-        At = A.transpose(1, 2).reshape(b * T, d_in) if shared else None
-        for o0 in range(0, d_out, oc):
-            o1 = min(d_out, o0 + oc)
-            n_o = o1 - o0
-            Dc = D[:, :, o0:o1]
-            if shared:
-                R = self.proj.rows(bi, o0 * d_in, o1 * d_in).reshape(n_o, d_in, k)
-                M = (At @ R.permute(1, 0, 2).reshape(d_in, n_o * k)).reshape(b, T * n_o, k)  # rows (t, o)
-                self.acc += torch.bmm(Dc.permute(0, 1, 3, 2).reshape(b, C, T * n_o), M)
-            else:
-                G = torch.bmm(Dc.reshape(b, C * n_o, T), A.transpose(1, 2))  # (b, C·n_o, d_in)
-                self.acc += self.proj.rows_matmul(bi, o0 * d_in, G.reshape(b * C, n_o * d_in)).reshape(self.acc.shape)
-
-
-class _KronSink:
-    """Kronecker projector: ``Σ_t (R_outᵀ δ_t)(R_inᵀ a_t)ᵀ`` per layer; the layer gradient is never formed."""
-
-    def __init__(self, layout, proj, b, C, device, max_bytes):
-        self.layout, self.proj = layout, proj
-        self.dtype = torch.float32
-        self.acc = torch.zeros(b, C, proj.dim, device=device)
-
-    def dense(self, bi, G):
-        b, C = G.shape[:2]
-        self.acc += self.proj.kron_dense(bi, G.reshape(b * C, -1)).reshape(self.acc.shape)
-
-    def outer(self, bi, D, src):
-        b, C, d_out, T = D.shape
-        Ro, Ri = self.proj.factors(bi)
-        At = src.project_in(Ri)  # (b, k_in, T)
-        Dt = torch.matmul(Ro.T, D.reshape(b * C, d_out, T))  # (b·C, k_out, T)
-        self.acc += torch.bmm(Dt.reshape(b, C * Ro.shape[1], T), At.transpose(1, 2)).reshape(self.acc.shape)
+    def result(self):
+        return self.buf

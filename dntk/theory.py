@@ -1,4 +1,4 @@
-"""Section 3.3 of the paper as numerical checks (SPEC §3): one function per statement, each returning
+"""Section 3.3 of the paper as numerical checks (appendix §3): one function per statement, each returning
 both sides so the caller (tests, chapter 04) can see how well it holds.
 
 Conventions. ``P`` is the flat trainable-parameter axis in ``model.named_parameters()`` order (the same as
@@ -9,7 +9,6 @@ Conventions. ``P`` is the flat trainable-parameter axis in ``model.named_paramet
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._common import check_finite, eval_mode, real_tensor, split_parameters, trainable_parameters
 from .linalg import gram_eig
 
 __all__ = [
@@ -43,12 +43,14 @@ class Check:
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def error(self) -> float:
+        """Relative violation: ``max|lhs − rhs|`` (``=``) or ``max(lhs − rhs, 0)`` (``<=``) over ``scale``."""
         lhs, rhs = torch.as_tensor(self.lhs, dtype=torch.float64), torch.as_tensor(self.rhs, dtype=torch.float64)
         diff = (lhs - rhs).abs() if self.relation == "=" else (lhs - rhs).clamp(min=0)
         scale = self.scale if self.scale is not None else max(lhs.abs().max().item(), rhs.abs().max().item())
         return diff.max().item() / max(scale, _TINY)
 
     def holds(self, rtol: float = 1e-8) -> bool:
+        """Whether :meth:`error` is at most ``rtol``."""
         return self.error() <= rtol
 
     def __repr__(self) -> str:
@@ -60,15 +62,11 @@ class Check:
 
 # ----------------------------------------------------------------------------- helpers
 def _f64(x, name: str, ndim: int | tuple | None = None) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}.")
+    x = real_tensor(x, name)
     if ndim is not None and x.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}.")
-    x = x.detach().to("cpu", torch.float64)
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf.")
+    x = x.to("cpu", torch.float64)
+    check_finite(x, name)
     return x
 
 
@@ -91,8 +89,22 @@ def _sq_norms(A: torch.Tensor) -> torch.Tensor:
 
 
 def basis(rows, rtol: float = 1e-10) -> torch.Tensor:
-    """Orthonormal basis ``Q (P, d)`` of the row space of ``rows (m, P)`` (e.g. ``G_s``, SPEC §3 eq 3);
-    singular values ``≤ rtol·σ₁`` are dropped. ``Π_S = Q Qᵀ = G_sᵀ (G_s G_sᵀ)⁺ G_s``."""
+    """Orthonormal basis of the row space of ``rows`` (appendix §3 eq. (3)).
+
+    ``Π_S = Q Qᵀ = G_sᵀ (G_s G_sᵀ)⁺ G_s``.
+
+    Parameters
+    ----------
+    rows : array ``(m, P)``
+        E.g. the gradients ``G_s`` of a distilled set.
+    rtol : float
+        Singular values ``≤ rtol·σ₁`` are dropped.
+
+    Returns
+    -------
+    torch.Tensor
+        ``Q (P, d)`` float64 with orthonormal columns.
+    """
     A = _f64(rows, "rows", ndim=2)
     if A.numel() == 0:
         raise ValueError("rows is empty, so it spans no subspace.")
@@ -114,24 +126,8 @@ def _proj_parts(proj, P: int):
     raise ValueError(f"proj must be a basis (P, d) with d < P or a square (P, P) matrix, got {tuple(M.shape)}.")
 
 
-def _as_rows(gradients, name="gradients") -> torch.Tensor:
-    G = _f64(gradients, name, ndim=(2, 3))
-    return G.reshape(-1, G.shape[-1])
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module):
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in zip(model.modules(), modes):
-            m.train(t)
-
-
 def _trainable(model):
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = trainable_parameters(model)
     if not named:
         raise ValueError("the model has no trainable parameters.")
     return named
@@ -173,14 +169,25 @@ def _flat(ts) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- eq 4
 def chain_rule(model: nn.Module, inputs, targets, loss="ce", gradients=None) -> Check:
-    """Chain rule (SPEC §3, eq 4 / Lemma C.1): ``∇_θ L_s = Σ_j Σ_c a_{j,c} g_c(x̃_j) = G_sᵀ a``.
+    """Chain rule (appendix §3, eq. (4) / Lemma C.1): ``∇_θ L_s = Σ_j Σ_c a_{j,c} g_c(x̃_j) = G_sᵀ a``.
 
-    inputs ``(m, ...)`` with targets ``(m,)`` labels or ``(m, C)`` soft targets; loss ``"ce"``, ``"mse"`` or a
-    callable ``(logits, targets) -> mean loss``. gradients: class gradients ``(m, C, P)`` (default: computed with
-    :func:`dntk.tangent.class_gradients`). lhs: the autograd loss gradient ``(P,)``; rhs: ``G_sᵀ a``;
-    ``extra["a"]``: sensitivities ``a = ∂L_s/∂f`` ``(m, C)``.
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : array ``(m, ...)``
+    targets : array ``(m,)`` labels or ``(m, C)`` soft targets
+    loss : {"ce", "mse"} or callable
+        ``(logits, targets) -> mean loss``.
+    gradients : array ``(m, C, P)``, optional
+        Class gradients (default: :func:`dntk.tangent.class_gradients`).
+
+    Returns
+    -------
+    Check
+        lhs: the autograd loss gradient ``(P,)``; rhs: ``G_sᵀ a``; ``extra["a"]``: sensitivities
+        ``a = ∂L_s/∂f`` ``(m, C)``.
     """
-    with _eval(model):
+    with eval_mode(model):
         X, t = _inputs(model, inputs, targets)
         named = _trainable(model)
         logits = model(X)
@@ -199,20 +206,33 @@ def chain_rule(model: nn.Module, inputs, targets, loss="ce", gradients=None) -> 
 
 
 def loss_gradients(model: nn.Module, inputs, targets, loss="ce", batch_size: int = 64) -> torch.Tensor:
-    """Per-example loss gradients ``∇_θ ℓ(f(x_i), t_i)`` ``(n, P)`` float64 (``torch.func`` ``vmap(grad)``), the
-    samples ``g`` of SPEC §3 Cor 3.5 (``Σ = E[g gᵀ]``)."""
+    """Per-example loss gradients ``∇_θ ℓ(f(x_i), t_i)``, the samples ``g`` of appendix §3 Cor 3.5 (``Σ = E[g gᵀ]``).
+
+    Computed with ``torch.func`` ``vmap(grad)`` in eval mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : array ``(n, ...)``
+    targets : array ``(n,)`` or ``(n, C)``
+    loss : {"ce", "mse"} or callable
+    batch_size : int
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, P)`` float64, ``P`` in ``named_parameters()`` order.
+    """
     from torch.func import functional_call, grad, vmap
 
     fn = _loss_fn(loss)
-    with _eval(model):
+    with eval_mode(model):
         X, t = _inputs(model, inputs, targets)
         named = _trainable(model)
-        params = {n: p.detach() for n, p in named}
-        rest = {n: p.detach() for n, p in model.named_parameters() if n not in params}
-        buffers = {n: b for n, b in model.named_buffers()}
+        params, rest = split_parameters(model)
 
         def one(p, x, y):
-            return fn(functional_call(model, ({**p, **rest}, buffers), (x[None],)), y[None])
+            return fn(functional_call(model, {**p, **rest}, (x[None],)), y[None])
 
         out = []
         for s in range(0, X.shape[0], batch_size):
@@ -224,10 +244,27 @@ def loss_gradients(model: nn.Module, inputs, targets, loss="ce", batch_size: int
 # ----------------------------------------------------------------------------- Thm 3.3
 def smoothness(model: nn.Module, inputs, targets, loss="ce", n_iter: int = 50, seed: int = 0,
                tol: float = 1e-6) -> float:
-    """Local smoothness constant ``β = max|eig(∇²L(θ))|`` of the mean loss by power iteration on
-    Hessian-vector products (double backward) (SPEC §3, Thm 3.3). A local estimate: Thm 3.3 needs ``β``
-    over the step's neighbourhood, which the chapter checks with the true loss (:func:`upper_model`)."""
-    with _eval(model):
+    """Local smoothness constant ``β = max|eig(∇²L(θ))|`` of the mean loss (appendix §3, Thm 3.3).
+
+    Power iteration on Hessian-vector products (double backward). A local estimate: Thm 3.3 needs ``β`` over
+    the step's neighbourhood, which the chapter checks with the true loss (:func:`upper_model`).
+
+    Parameters
+    ----------
+    model, inputs, targets, loss
+        As in :func:`loss_gradients`.
+    n_iter : int
+        Maximum power iterations.
+    seed : int
+        Seed of the start vector.
+    tol : float
+        Relative change of the estimate that stops the iteration.
+
+    Returns
+    -------
+    float
+    """
+    with eval_mode(model):
         X, t = _inputs(model, inputs, targets)
         _, g, named = _loss_and_grad(model, X, t, loss, create_graph=True)
         params = [p for _, p in named]
@@ -252,13 +289,27 @@ def smoothness(model: nn.Module, inputs, targets, loss="ce", n_iter: int = 50, s
 
 
 def one_step_regret(g, proj, beta: float, delta=None) -> dict[str, Check]:
-    """Thm 3.3 (SPEC §3, eqs 5–6) for the quadratic model ``q(Δ) = L + gᵀΔ + (β/2)‖Δ‖²``.
+    """Thm 3.3 (appendix §3, eqs. (5)–(6)) for the quadratic model ``q(Δ) = L + gᵀΔ + (β/2)‖Δ‖²``.
 
-    g: outer gradient ``(P,)``; proj: the projector onto ``S``; beta > 0; delta: a realised step ``(P,)`` in ``S``
-    (e.g. ``−η G_sᵀ a``). Checks (keys): ``"decrease"`` ``q(0) − q(Δ*) = ‖Π g‖²/(2β)``, ``"residual"``
-    ``‖Π g‖² = ‖g‖² − ‖(I−Π) g‖²``, and with ``delta``: ``"regret"`` ``q(Δ) − q(Δ*) = (β/2)‖Δ − Δ*‖²`` and
-    ``"optimal"`` ``q(Δ*) ≤ q(Δ)``. ``Δ* = −Π g / β``. Each holds to round-off for an orthogonal projector
-    and ``Δ ∈ S``; a wrong projector or a step outside ``S`` breaks them.
+    With ``Δ* = −Π g / β``: ``"decrease"`` ``q(0) − q(Δ*) = ‖Π g‖²/(2β)``; ``"residual"``
+    ``‖Π g‖² = ‖g‖² − ‖(I−Π) g‖²``; with ``delta``: ``"regret"`` ``q(Δ) − q(Δ*) = (β/2)‖Δ − Δ*‖²`` and
+    ``"optimal"`` ``q(Δ*) ≤ q(Δ)``. Each holds to round-off for an orthogonal projector and ``Δ ∈ S``; a wrong
+    projector or a step outside ``S`` breaks them.
+
+    Parameters
+    ----------
+    g : array ``(P,)``
+        Outer gradient.
+    proj : array ``(P, d)`` basis or ``(P, P)`` matrix
+        The projector onto ``S``.
+    beta : float
+        Smoothness constant ``> 0``.
+    delta : array ``(P,)``, optional
+        A realised step in ``S`` (e.g. ``−η G_sᵀ a``).
+
+    Returns
+    -------
+    dict of str to Check
     """
     g = _f64(g, "g", ndim=1)
     beta = float(beta)
@@ -287,13 +338,27 @@ def one_step_regret(g, proj, beta: float, delta=None) -> dict[str, Check]:
 
 
 def upper_model(model: nn.Module, inputs, targets, delta, beta: float, loss="ce") -> Check:
-    """β-smoothness upper model with the true loss (SPEC §3, Thm 3.3): ``L(θ + Δ) ≤ q(Δ)``.
+    """β-smoothness upper model with the true loss (appendix §3, Thm 3.3): ``L(θ + Δ) ≤ q(Δ)``.
 
-    delta ``(P,)`` (flat, ``named_parameters`` order). The model is evaluated at ``θ + Δ`` and restored.
-    ``extra``: ``L`` (at θ), ``g`` ``(P,)``.
+    The model is evaluated at ``θ + Δ`` and restored.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : array ``(n, ...)``
+    targets : array ``(n,)`` or ``(n, C)``
+    delta : array ``(P,)``
+        Flat step in ``named_parameters`` order.
+    beta : float
+    loss : {"ce", "mse"} or callable
+
+    Returns
+    -------
+    Check
+        ``extra``: ``L`` (at θ) and ``g`` ``(P,)``.
     """
     beta = float(beta)
-    with _eval(model):
+    with eval_mode(model):
         X, t = _inputs(model, inputs, targets)
         L0, g, named = _loss_and_grad(model, X, t, loss)
         g = _flat(g).detach().to("cpu", torch.float64)
@@ -319,10 +384,24 @@ def upper_model(model: nn.Module, inputs, targets, delta, beta: float, loss="ce"
 
 # ----------------------------------------------------------------------------- Cor 3.5
 def pca_residual(grads, r: int, proj=None) -> dict[str, Check]:
-    """Cor 3.5 (SPEC §3): over samples ``g_i`` (rows of ``grads (n, P)``), ``Σ = (1/n) Σ_i g_i g_iᵀ``,
-    ``R(Π) = (1/n) Σ_i ‖(I−Π) g_i‖²``. Checks: ``"pca_minimum"`` ``R(Π_r^{PCA}) = Σ_{i>r} μ_i``; with ``proj``:
-    ``"trace"`` ``R(Π) = tr Σ − tr(Π Σ)`` and ``"optimal"`` ``R(Π_r^{PCA}) ≤ R(Π)`` (``proj`` of rank ``≤ r``).
-    ``extra`` of ``"pca_minimum"``: ``mu`` (eigenvalues of Σ, descending), ``basis`` ``(P, r)``.
+    """Cor 3.5 (appendix §3): the PCA subspace minimises the expected gradient residual.
+
+    Over samples ``g_i`` (rows of ``grads``), ``Σ = (1/n) Σ_i g_i g_iᵀ`` and ``R(Π) = (1/n) Σ_i ‖(I−Π) g_i‖²``.
+    Checks ``"pca_minimum"`` ``R(Π_r^{PCA}) = Σ_{i>r} μ_i``; with ``proj``: ``"trace"``
+    ``R(Π) = tr Σ − tr(Π Σ)`` and ``"optimal"`` ``R(Π_r^{PCA}) ≤ R(Π)``.
+
+    Parameters
+    ----------
+    grads : array ``(n, P)``
+    r : int
+        Rank in ``[1, min(n, P)]``.
+    proj : array ``(P, d)`` or ``(P, P)``, optional
+        A projector of rank ``≤ r`` to compare.
+
+    Returns
+    -------
+    dict of str to Check
+        ``extra`` of ``"pca_minimum"``: ``mu`` (eigenvalues of Σ, descending), ``basis`` ``(P, r)``.
     """
     A = _f64(grads, "grads", ndim=2)
     n, P = A.shape
@@ -349,9 +428,23 @@ def pca_residual(grads, r: int, proj=None) -> dict[str, Check]:
 
 # ----------------------------------------------------------------------------- eqs 7–10, Prop 3.6
 def nystrom(G, G_s, rtol: float = 1e-8) -> Check:
-    """Nyström form (SPEC §3, eqs 7–9): ``G Π_S Gᵀ = K_{Xs} K_{ss}⁺ K_{sX}`` with ``Π_S`` the projector onto
-    ``row(G_s)``, ``K_{Xs} = G G_sᵀ``. G: ``(N, P)``, G_s: ``(m, P)`` (one class). lhs and rhs ``(N, N)``.
-    rtol: relative cut-off on singular values of ``G_s`` (on eigenvalues of ``K_ss``: ``rtol²``)."""
+    """Nyström form (appendix §3, eqs. (7)–(9)): ``G Π_S Gᵀ = K_{Xs} K_{ss}⁺ K_{sX}``.
+
+    ``Π_S`` is the projector onto ``row(G_s)``, ``K_{Xs} = G G_sᵀ``.
+
+    Parameters
+    ----------
+    G : array ``(N, P)``
+    G_s : array ``(m, P)``
+        One class.
+    rtol : float
+        Relative cut-off on singular values of ``G_s`` (on eigenvalues of ``K_ss``: ``rtol²``).
+
+    Returns
+    -------
+    Check
+        lhs and rhs ``(N, N)``.
+    """
     G = _f64(G, "G", ndim=2)
     Gs = _f64(G_s, "G_s", ndim=2)
     if Gs.shape[1] != G.shape[1]:
@@ -365,11 +458,20 @@ def nystrom(G, G_s, rtol: float = 1e-8) -> Check:
 
 
 def kernel_fidelity(G, proj) -> dict[str, Check]:
-    """Kernel fidelity (SPEC §3, eq 10) for ``K = G Gᵀ`` and ``K_Π = G Π Gᵀ`` (G: ``(N, P)``).
+    """Kernel fidelity (appendix §3, eq. (10)) for ``K = G Gᵀ`` and ``K_Π = G Π Gᵀ``.
 
-    Checks: ``"psd"`` ``0 ≤ λ_min(K − K_Π)``; ``"trace_norm"`` ``‖K − K_Π‖_* = ‖G(I−Π)‖_F²``; ``"trace"``
+    Checks ``"psd"`` ``0 ≤ λ_min(K − K_Π)``; ``"trace_norm"`` ``‖K − K_Π‖_* = ‖G(I−Π)‖_F²``; ``"trace"``
     ``tr(K − K_Π) = ‖G(I−Π)‖_F²``; ``"operator"`` ``‖K − K_Π‖₂ ≤ ‖G(I−Π)‖₂²``. A non-orthogonal ``Π``
     (oblique or not idempotent) breaks them.
+
+    Parameters
+    ----------
+    G : array ``(N, P)``
+    proj : array ``(P, d)`` basis or ``(P, P)`` matrix
+
+    Returns
+    -------
+    dict of str to Check
     """
     G = _f64(G, "G", ndim=2)
     apply, _ = _proj_parts(proj, G.shape[1])
@@ -391,10 +493,19 @@ def kernel_fidelity(G, proj) -> dict[str, Check]:
 
 
 def energy_gap(G, proj, r: int | None = None) -> dict[str, Check]:
-    """Prop 3.6 (SPEC §3): ``‖G(I−Π)‖_F² = Σ_{i>r} σ_i² + (Σ_{i≤r} σ_i² − ‖GΠ‖_F²)`` with the gap term ``≥ 0``.
+    """Prop 3.6 (appendix §3): ``‖G(I−Π)‖_F² = Σ_{i>r} σ_i² + (Σ_{i≤r} σ_i² − ‖GΠ‖_F²)``, gap ``≥ 0``.
 
-    G: ``(N, P)``; proj of rank ``r`` (default: ``d`` for a basis, ``round(tr Π)`` for a matrix). Checks
-    ``"identity"`` and ``"ky_fan"`` (``0 ≤ gap``); ``extra`` of ``"identity"``: ``tail``, ``gap``.
+    Parameters
+    ----------
+    G : array ``(N, P)``
+    proj : array ``(P, d)`` basis or ``(P, P)`` matrix
+    r : int, optional
+        Rank (default ``d`` for a basis, ``round(tr Π)`` for a matrix).
+
+    Returns
+    -------
+    dict of str to Check
+        ``"identity"`` (``extra``: ``tail``, ``gap``) and ``"ky_fan"`` (``0 ≤ gap``).
     """
     G = _f64(G, "G", ndim=2)
     apply, d = _proj_parts(proj, G.shape[1])
@@ -415,11 +526,25 @@ def energy_gap(G, proj, r: int | None = None) -> dict[str, Check]:
 
 # ----------------------------------------------------------------------------- Remark 4.2
 def principal_gradient(G, v=None, lam=None, i: int = 0) -> dict[str, Check]:
-    """Remark 4.2 (SPEC §4.3): for a unit eigenvector ``v`` of ``K = G Gᵀ`` with eigenvalue ``λ``, ``Gᵀv`` has
-    norm ``√λ`` and is an eigenvector of ``GᵀG`` (a principal direction of feature space).
+    """Remark 4.2 (appendix §4.3): ``Gᵀv`` is a principal direction of feature space.
 
-    G: ``(N, k)``; v ``(N,)``, lam: default the ``i``-th eigenpair from dense ``eigh`` of ``K``. Checks
-    ``"norm"`` ``‖Gᵀv‖² = λ`` and ``"eigen"`` ``GᵀG (Gᵀv) = λ Gᵀv``.
+    For a unit eigenvector ``v`` of ``K = G Gᵀ`` with eigenvalue ``λ``, ``Gᵀv`` has norm ``√λ`` and is an
+    eigenvector of ``GᵀG``.
+
+    Parameters
+    ----------
+    G : array ``(N, k)``
+    v : array ``(N,)``, optional
+        Default: the ``i``-th eigenvector from dense ``eigh`` of ``K``.
+    lam : float, optional
+        The eigenvalue ``v`` is claimed to have (required with ``v``).
+    i : int
+        Which eigenpair when ``v`` is not given (0 = largest).
+
+    Returns
+    -------
+    dict of str to Check
+        ``"norm"`` ``‖Gᵀv‖² = λ`` and ``"eigen"`` ``GᵀG (Gᵀv) = λ Gᵀv``.
     """
     G = _f64(G, "G", ndim=2)
     if v is None:

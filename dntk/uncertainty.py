@@ -336,7 +336,7 @@ class KernelPosterior:
                 out[s:s + _CHUNK, c] = v.clamp_min(0.0)
         return out
 
-    def score(self, features, *, fingerprint: Fingerprint, kind: str = "relative") -> torch.Tensor:
+    def score(self, features, *, fingerprint: Fingerprint, kind: str = "variance") -> torch.Tensor:
         """Out-of-distribution score ``(M,)``, higher = more in-distribution (appendix §8).
 
         kind ``"variance"``: ``−Σ_c σ²_c(x)``; ``"relative"``: ``−Σ_c σ²_c(x) / Σ_c k_c(x, x)``, the share of the

@@ -1,4 +1,4 @@
-"""WMDD dataset distillation: the distilled set whose inputs induce the tangent space (SPEC §4.1).
+"""WMDD dataset distillation: the distilled set whose inputs induce the tangent space (appendix §4.1).
 
 Wasserstein Metric Dataset Distillation (Liu et al., 2025; official code ``Liu-Hy/WMDD``):
 
@@ -16,8 +16,12 @@ Wasserstein Metric Dataset Distillation (Liu et al., 2025; official code ``Liu-H
    to the data range after every step;
 5. soft labels = teacher logits on the final images.
 
-``train_student`` trains a network from scratch on the set with the soft labels (KL at temperature T);
-``save``/``load`` keep a set on disk (tensors + JSON), written atomically.
+The synthesis settings are one frozen :class:`WMDDSettings` (defaults :data:`WMDD_DEFAULTS`, also the
+pipeline's); ``train_student`` trains a network from scratch on the set with the soft labels (KL at
+temperature T) through :func:`dntk.models.training_loop`, with defaults :data:`STUDENT_DEFAULTS`.
+``save``/``load`` keep a set on disk as a checksummed :mod:`dntk.store` artifact, and ``distill(...,
+cache_dir=...)`` caches sets in a :class:`dntk.store.Store` keyed by the settings and the content hashes
+of the teacher's weights and the data.
 
 Differences from the official code, each deliberate: BN statistics are exact over the class
 (Chan's pairwise merge of per-batch sums, not an average of per-batch variances); the feature loss is
@@ -30,14 +34,10 @@ or ``"nearest"``), and synthesis of all classes in one batch (``class_batch`` ch
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +48,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _common
+from .models import TrainingDivergedError, training_loop
+from .store import Store, content_hash, read_artifact, write_artifact
+
 __all__ = [
+    "WMDDSettings",
+    "WMDD_DEFAULTS",
+    "StudentSettings",
+    "STUDENT_DEFAULTS",
+    "INITS",
     "DistilledSet",
     "Barycenter",
     "barycenter",
@@ -66,9 +75,137 @@ __all__ = [
 
 log = logging.getLogger("dntk")
 
-FORMAT_VERSION = 1
-_TENSOR_FILE = "tensors.pt"
-_SETTINGS_FILE = "settings.json"
+FORMAT_VERSION = 2
+_KIND = "dntk.wmdd.DistilledSet"
+#: Initialisations accepted by :func:`distill`.
+INITS = ("real", "nearest", "noise")
+
+
+# ----------------------------------------------------------------------------------------------------
+# settings
+# ----------------------------------------------------------------------------------------------------
+def _finite(name: str, v, lo: float | None = None, strict: bool = False) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number; got {v!r}.") from None
+    if not math.isfinite(f) or (lo is not None and (f <= lo if strict else f < lo)):
+        bound = "" if lo is None else (f" > {lo:g}" if strict else f" >= {lo:g}")
+        raise ValueError(f"{name} must be a finite number{bound}; got {v!r}.")
+    return f
+
+
+def _int(name: str, v, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}.")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class WMDDSettings:
+    """Settings of a WMDD synthesis (appendix §4.1), validated on construction.
+
+    Attributes
+    ----------
+    iterations : int
+        Adam steps (betas ``betas``; lr cosine-annealed from ``lr`` to 0); 0 returns the initial images.
+    lr : float
+        Peak learning rate of the synthesis, in pixel units.
+    r_ce, r_feat, r_bn : float
+        Weights of cross-entropy, feature-to-atom matching and per-class BN matching.
+    init : {"real", "nearest", "noise"}
+        Initial images: seeded real samples matched to the atoms, the nearest real sample of each atom,
+        or Gaussian noise with the data's per-channel mean and std.
+    weighted : bool
+        Learn barycenter weights (the paper's weighted variant); uniform ``1/ipc`` otherwise.
+    augment : bool
+        Random resized crop (``crop_scale``), horizontal ``flip`` and circular shift up to ``jitter`` px.
+    crop_scale, jitter, pixel_range, class_batch
+        ``None`` until :func:`distill` resolves them from the data (image size, data range, number of
+        classes).
+    barycenter_iter : int
+        Iterations of POT's free-support barycenter.
+    betas : (float, float)
+        Adam's betas (the official ``(0.5, 0.9)``).
+    seed : int
+        Seeds the barycenter initialisation, the initial images and the augmentation draws.
+    """
+
+    iterations: int = 1000
+    lr: float = 0.05
+    r_ce: float = 1.0
+    r_feat: float = 1.0
+    r_bn: float = 10.0
+    init: str = "real"
+    weighted: bool = False
+    augment: bool = True
+    crop_scale: tuple | None = None
+    flip: bool = True
+    jitter: int | None = None
+    class_batch: int | None = None
+    pixel_range: tuple | None = None
+    barycenter_iter: int = 100
+    betas: tuple = (0.5, 0.9)
+    seed: int = 0
+
+    def __post_init__(self):
+        _int("iterations", self.iterations, 0)
+        _finite("lr", self.lr, 0.0, strict=True)
+        for name in ("r_ce", "r_feat", "r_bn"):
+            _finite(name, getattr(self, name), 0.0)
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {self.init!r}.")
+        _int("barycenter_iter", self.barycenter_iter, 1)
+        if self.class_batch is not None:
+            _int("class_batch", self.class_batch, 1)
+        if self.jitter is not None:
+            _int("jitter", self.jitter, 0)
+        if self.crop_scale is not None:
+            cs = tuple(_finite("crop_scale", v) for v in self.crop_scale)
+            if len(cs) != 2 or not (0 < cs[0] <= cs[1] <= 1):
+                raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1; got {self.crop_scale}.")
+            object.__setattr__(self, "crop_scale", cs)
+        if self.pixel_range is not None:
+            pr = tuple(_finite("pixel_range", v) for v in self.pixel_range)
+            if len(pr) != 2 or not pr[0] < pr[1]:
+                raise ValueError(f"pixel_range must satisfy lo < hi; got {self.pixel_range}.")
+            object.__setattr__(self, "pixel_range", pr)
+        if len(self.betas) != 2 or not all(0 <= _finite("betas", b) < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1); got {self.betas}.")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    def to_dict(self) -> dict:
+        """JSON form (tuples as lists), as recorded in ``DistilledSet.settings``."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    """Defaults of :func:`train_student` (Sec 5.1: the teacher's architecture trained on the set only).
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the distilled set.
+    lr : float
+        Adam's peak learning rate (cosine decay to 0).
+    temperature : float
+        Softmax temperature ``T`` of the KL loss.
+    weight_decay : float
+        Adam's L2 penalty.
+    """
+
+    epochs: int = 300
+    lr: float = 3e-3
+    temperature: float = 4.0
+    weight_decay: float = 0.0
+
+
+#: The WMDD defaults of :func:`distill` and of the pipeline's distillation stage.
+WMDD_DEFAULTS = WMDDSettings()
+#: The student defaults of :func:`train_student` and of the pipeline's student stage.
+STUDENT_DEFAULTS = StudentSettings()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -76,7 +213,7 @@ _SETTINGS_FILE = "settings.json"
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class DistilledSet:
-    """A distilled set (SPEC §4.1, step 6). ``m = C·ipc`` images, class-major (class ``c`` owns rows
+    """A distilled set (appendix §4.1, step 6). ``m = C·ipc`` images, class-major (class ``c`` owns rows
     ``c·ipc … (c+1)·ipc − 1``; row ``c·ipc + j`` was matched to atom ``b_{c,j}``).
 
     images       (m, *input_shape) float32, in the data range
@@ -87,6 +224,9 @@ class DistilledSet:
     settings     dict (JSON-serialisable) of every setting used
     history      dict of per-iteration loss terms ``ce``, ``feature``, ``bn``, ``total`` (unweighted terms,
                  total weighted; averaged over class chunks)
+
+    Construction checks that images, labels and soft labels agree in length, that labels are integers
+    and that images, soft labels and weights are finite (``ValueError``/``TypeError`` otherwise).
     """
 
     images: torch.Tensor
@@ -96,6 +236,22 @@ class DistilledSet:
     atoms: torch.Tensor
     settings: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("images", "labels", "soft_labels", "weights", "atoms"):
+            if not isinstance(getattr(self, name), torch.Tensor):
+                raise TypeError(f"DistilledSet.{name} must be a tensor; got {type(getattr(self, name)).__name__}.")
+        m = self.images.shape[0] if self.images.dim() else -1
+        if self.labels.shape != (m,) or self.soft_labels.dim() != 2 or self.soft_labels.shape[0] != m:
+            raise ValueError(f"a distilled set needs images (m, ...), labels (m,) and soft labels (m, C); got "
+                             f"{tuple(self.images.shape)}, {tuple(self.labels.shape)}, {tuple(self.soft_labels.shape)}.")
+        if self.labels.is_floating_point():
+            raise TypeError(f"DistilledSet.labels must be integer class indices; got {self.labels.dtype}.")
+        for name in ("images", "soft_labels", "weights"):
+            t = getattr(self, name)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"the distilled set's {name} contain NaN or inf; it is unusable (a diverged "
+                                 "synthesis or a corrupt file): distil it again.")
 
     @property
     def ipc(self) -> int:
@@ -124,7 +280,7 @@ class DistilledSet:
 
 
 # ----------------------------------------------------------------------------------------------------
-# barycenter (SPEC §4.1 step 2)
+# barycenter (appendix §4.1 step 2)
 # ----------------------------------------------------------------------------------------------------
 class Barycenter(NamedTuple):
     atoms: np.ndarray  # (m, D) float64
@@ -139,7 +295,7 @@ def _init_indices(n: int, m: int, seed) -> np.ndarray:
 
 def barycenter(features, m: int, seed=0, weighted: bool = False, max_iter: int = 100,
                stop_thr: float = 1e-7, weight_iter: int = 20) -> Barycenter:
-    """Free-support Wasserstein barycenter of one class's features with ``m`` atoms (SPEC §4.1 step 2).
+    """Free-support Wasserstein barycenter of one class's features with ``m`` atoms (appendix §4.1 step 2).
 
     features (n, D) real features of one class (uniform weights ``1/n``). The atoms start at ``m``
     distinct real features chosen by ``np.random.default_rng(seed)`` (``seed`` may be an int or a
@@ -186,7 +342,7 @@ def barycenter(features, m: int, seed=0, weighted: bool = False, max_iter: int =
 
 
 # ----------------------------------------------------------------------------------------------------
-# hooks: penultimate features and BN statistics (SPEC §4.1 steps 1 and 3)
+# hooks: penultimate features and BN statistics (appendix §4.1 steps 1 and 3)
 # ----------------------------------------------------------------------------------------------------
 def _feature_module(teacher: nn.Module, feature_module: nn.Module | None) -> nn.Module:
     """The module whose *input* is the penultimate feature: ``.head`` (dntk Classifier), ``.fc``
@@ -231,23 +387,6 @@ class _Capture:
         self.close()
 
 
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    """A ``tqdm.auto`` progress bar, or a no-op (tqdm.auto is not even imported when disabled)."""
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)
-
-
 def _teacher_device(teacher: nn.Module) -> torch.device:
     for p in teacher.parameters():
         return p.device
@@ -263,7 +402,7 @@ def _batches(X: torch.Tensor, batch_size: int):
 def penultimate_features(teacher: nn.Module, X: torch.Tensor, batch_size: int = 256,
                          feature_module: nn.Module | None = None) -> torch.Tensor:
     """Penultimate features ``φ(X)`` (N, D) float32 of the teacher in eval mode, read by a forward hook
-    on the input of its final linear layer (SPEC §4.1 step 1)."""
+    on the input of its final linear layer (appendix §4.1 step 1)."""
     mod = _feature_module(teacher, feature_module)
     was_training = teacher.training
     teacher.eval()
@@ -327,7 +466,7 @@ def _class_pass(teacher, X_c: torch.Tensor, batch_size: int, feat_mod: nn.Module
 
 @dataclass(frozen=True, eq=False)
 class ClassStatistics:
-    """What WMDD needs from the real data, computed in one pass per class (SPEC §4.1 steps 1 and 3).
+    """What WMDD needs from the real data, computed in one pass per class (appendix §4.1 steps 1 and 3).
 
     features  list of C tensors (n_c, D) float32: penultimate features of class ``c``'s real samples
     bn_mean   list over BN layers (``teacher.modules()`` order) of (C, channels) float64 per-class means
@@ -351,12 +490,15 @@ def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None
     teacher runs in eval mode (BN uses its running statistics, as at synthesis time). Pass the result to
     ``distill(..., statistics=...)`` to reuse it across IPCs and seeds of the same teacher and data.
     """
+    _common.check_model(teacher)
+    _common.check_model_finite(teacher)
     X, y = _dataset_tensors(dataset)
     C = int(num_classes if num_classes is not None else int(y.max()) + 1)
     feat_mod = _feature_module(teacher, feature_module)
     bn = _bn_layers(teacher)
     if device is not None:
-        teacher.to(torch.device(device))
+        teacher.to(_common.resolve_device(device))
+    _check_teacher_accepts(teacher, X)
     was_training = teacher.training
     teacher.eval()
     feats, per_class = [], []
@@ -377,7 +519,7 @@ def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None
 
 def class_bn_statistics(teacher: nn.Module, X: torch.Tensor, y: torch.Tensor, num_classes: int | None = None,
                         batch_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Exact per-class BatchNorm input statistics (SPEC §4.1 step 3).
+    """Exact per-class BatchNorm input statistics (appendix §4.1 step 3).
 
     For every BN layer of the teacher (in ``teacher.modules()`` order) returns ``(mean, var)``, each
     (C, channels) float64: the per-channel mean and biased variance of the layer's input over all real
@@ -398,7 +540,7 @@ def _feature_module_or_identity(teacher):
 
 
 # ----------------------------------------------------------------------------------------------------
-# augmentation (SPEC §4.1 step 4)
+# augmentation (appendix §4.1 step 4)
 # ----------------------------------------------------------------------------------------------------
 def _auto_crop_scale(size: int) -> tuple[float, float]:
     """Random-resized-crop area range scaled to the image size: ``(0.08, 1)`` as in the official code for
@@ -456,6 +598,8 @@ def _check_xy(X, y) -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.as_tensor(y)
     if not X.is_floating_point():
         raise TypeError(f"inputs must be floating point; got {X.dtype}.")
+    if X.dim() < 2 or X.shape[0] == 0:
+        raise ValueError(f"inputs must be a non-empty batch (N, ...); got shape {tuple(X.shape)}.")
     if y.dim() != 1 or y.shape[0] != X.shape[0]:
         raise ValueError(f"labels must be a 1-D tensor of length {X.shape[0]}; got shape {tuple(y.shape)}.")
     if y.is_floating_point():
@@ -482,87 +626,78 @@ def _dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return _check_xy(torch.cat(xs), torch.cat(ys))
 
 
-def _fingerprint(teacher: nn.Module, X: torch.Tensor, y: torch.Tensor, settings: dict) -> str:
-    h = hashlib.sha256()
-    for k, v in teacher.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    h.update(X.contiguous().numpy().tobytes())
-    h.update(y.contiguous().numpy().tobytes())
-    h.update(json.dumps({k: v for k, v in settings.items() if k not in ("progress", "device")},
-                        sort_keys=True, default=str).encode())
-    return h.hexdigest()
+def _check_teacher_accepts(model: nn.Module, X: torch.Tensor, what: str = "teacher") -> None:
+    """Clear errors for inputs the network cannot take (channel count, image size)."""
+    mc = getattr(model, "in_channels", None)
+    if isinstance(mc, int) and X.dim() >= 2 and X.shape[1] != mc:
+        raise ValueError(f"the {what} expects {mc} input channel(s) but the images have {X.shape[1]} "
+                         f"(shape {tuple(X.shape[1:])}); use images with {mc} channel(s) or a {what} built with "
+                         f"in_channels={X.shape[1]}.")
+    try:
+        with torch.no_grad(), _common.eval_mode(model):
+            model(X[:1].to(_teacher_device(model)))
+    except RuntimeError as e:
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ValueError(f"the {what} cannot run on inputs of shape {tuple(X.shape[1:])} ({first}); check the "
+                         f"number of channels and the image size it was built for.") from None
 
 
 # ----------------------------------------------------------------------------------------------------
 # distillation
 # ----------------------------------------------------------------------------------------------------
-def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = 1000, lr: float = 0.05,
-            r_ce: float = 1.0, r_feat: float = 1.0, r_bn: float = 10.0, init: str = "real",
-            weighted: bool = False, augment_images: bool = True, crop_scale: Sequence[float] | None = None,
-            flip: bool = True, jitter: int | None = None, class_batch: int | None = None,
+def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEFAULTS.iterations,
+            lr: float = WMDD_DEFAULTS.lr, r_ce: float = WMDD_DEFAULTS.r_ce, r_feat: float = WMDD_DEFAULTS.r_feat,
+            r_bn: float = WMDD_DEFAULTS.r_bn, init: str = WMDD_DEFAULTS.init, weighted: bool = WMDD_DEFAULTS.weighted,
+            augment_images: bool = WMDD_DEFAULTS.augment, crop_scale: Sequence[float] | None = None,
+            flip: bool = WMDD_DEFAULTS.flip, jitter: int | None = None, class_batch: int | None = None,
             pixel_range: Sequence[float] | None = None, batch_size: int = 256, seed: int = 0,
-            barycenter_iter: int = 100, feature_module: nn.Module | None = None,
+            barycenter_iter: int = WMDD_DEFAULTS.barycenter_iter, feature_module: nn.Module | None = None,
             statistics: ClassStatistics | None = None, cache_dir=None, device: str | torch.device = "cpu",
             progress: bool = False) -> DistilledSet:
-    """Distil ``dataset`` into ``ipc`` images per class with WMDD (SPEC §4.1).
+    """Distil ``dataset`` into ``ipc`` images per class with WMDD (appendix §4.1).
 
-    teacher      trained classifier; runs in eval mode, its weights are not changed (it is moved to ``device``)
+    teacher      trained classifier with finite weights; runs in eval mode, its weights are not changed (it
+                 is moved to ``device``)
     dataset      map-style Dataset of ``(input, label)`` or a pair ``(X (N, …), y (N,))``
     ipc          images per class, ``1 ≤ ipc ≤`` the smallest class size
-    iterations   Adam steps (betas 0.5, 0.9; lr cosine-annealed from ``lr`` to 0); 0 returns the initial images
-    r_ce, r_feat, r_bn  weights of cross-entropy, feature-to-atom matching and per-class BN matching
-    init         ``"real"`` (seeded random real samples of the class, matched to the atoms by an optimal
-                 assignment of their features), ``"nearest"`` (for each atom the nearest unused real sample)
-                 or ``"noise"`` (Gaussian with the data's per-channel mean and std, clipped)
-    weighted     learn barycenter weights (the paper's weighted variant; they also weight each image in its
-                 class's BN statistics); uniform ``1/ipc`` otherwise
-    augment_images  random resized crop (``crop_scale``, default scaled to the image size), horizontal
-                 ``flip`` and a circular shift up to ``jitter`` px (default ``round(32·H/224)``)
-    class_batch  classes synthesised together (memory knob; default all); the loss is a mean over
-                 classes, so this does not change the objective
-    pixel_range  clip range ``(lo, hi)``; default the real data's min and max
+    iterations … barycenter_iter, seed   the fields of :class:`WMDDSettings` (defaults :data:`WMDD_DEFAULTS`;
+                 ``augment_images`` is its ``augment``); ``crop_scale`` defaults to a range scaled to the
+                 image size, ``jitter`` to ``round(32·H/224)``, ``class_batch`` (classes synthesised
+                 together; the loss is a mean over classes, so this does not change the objective) to all,
+                 ``pixel_range`` (clip range) to the real data's min and max
     statistics   ``class_statistics(teacher, dataset)`` computed beforehand (reused across calls); it must
                  come from the same teacher and data
-    cache_dir    if given, reuse a set saved there under a key of (teacher weights, data, settings), or
-                 save the new one there (atomically)
-    Returns a ``DistilledSet``. Deterministic for a seed on a given device.
+    cache_dir    if given, reuse a set stored there (a :class:`dntk.store.Store`, stage ``wmdd``) under a key
+                 of the settings and the content hashes of the teacher's weights and the data, or store
+                 the new one there (atomically, checksummed; a corrupt copy is recomputed)
+    Returns a ``DistilledSet``. Deterministic for a seed on a given device. A synthesis whose loss
+    becomes non-finite stops with :class:`dntk.models.TrainingDivergedError` naming the iteration.
     """
-    settings = dict(ipc=ipc, iterations=iterations, lr=lr, r_ce=r_ce, r_feat=r_feat, r_bn=r_bn, init=init,
-                    weighted=weighted, augment=augment_images,
-                    crop_scale=None if crop_scale is None else list(crop_scale),
-                    flip=flip, jitter=jitter, class_batch=class_batch,
-                    pixel_range=None if pixel_range is None else list(pixel_range), seed=seed,
-                    barycenter_iter=barycenter_iter, betas=[0.5, 0.9], schedule="cosine")
-    # ---- validation of the settings
-    if not isinstance(teacher, nn.Module):
-        raise TypeError(f"teacher must be an nn.Module; got {type(teacher).__name__}.")
+    _common.check_model(teacher)
     if isinstance(ipc, bool) or not isinstance(ipc, (int, np.integer)) or ipc < 1:
         raise ValueError(f"ipc (images per class) must be a positive integer; got {ipc!r}.")
-    if not isinstance(iterations, (int, np.integer)) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative integer; got {iterations!r}.")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive; got {lr}.")
-    for name, v in (("r_ce", r_ce), ("r_feat", r_feat), ("r_bn", r_bn)):
-        if not (v >= 0 and math.isfinite(v)):
-            raise ValueError(f"{name} must be a finite non-negative weight; got {v}.")
-    if init not in ("real", "nearest", "noise"):
-        raise ValueError(f"init must be 'real', 'nearest' or 'noise'; got {init!r}.")
+    ipc = int(ipc)
+    _int("batch_size", batch_size, 1)
+    s = WMDDSettings(iterations=iterations, lr=lr, r_ce=r_ce, r_feat=r_feat, r_bn=r_bn, init=init,
+                     weighted=weighted, augment=augment_images,
+                     crop_scale=None if crop_scale is None else tuple(crop_scale), flip=flip, jitter=jitter,
+                     class_batch=class_batch, pixel_range=None if pixel_range is None else tuple(pixel_range),
+                     barycenter_iter=barycenter_iter, seed=seed)
+    _common.check_model_finite(teacher)
     bn = _bn_layers(teacher)
-    if r_bn > 0 and not bn:
+    if s.r_bn > 0 and not bn:
         raise ValueError("the teacher has no BatchNorm layer, so per-class BN matching is impossible; "
                          "pass r_bn=0 to distil with the cross-entropy and feature terms only.")
     feat_mod = _feature_module(teacher, feature_module)
 
     X, y = _dataset_tensors(dataset)
-    if augment_images and X.dim() != 4:
+    if s.augment and X.dim() != 4:
         raise ValueError(f"image augmentation was requested but the inputs are not images (N, C, H, W): "
                          f"got shape {tuple(X.shape)}; pass augment_images=False.")
-    dev = torch.device(device)
+    dev = _common.resolve_device(device)
     teacher.to(dev)
-    was_training = teacher.training
-    teacher.eval()
-    with torch.no_grad():
+    _check_teacher_accepts(teacher, X)
+    with torch.no_grad(), _common.eval_mode(teacher):
         C = int(teacher(X[:1].to(dev)).shape[1])
     if int(y.min()) < 0 or int(y.max()) >= C:
         raise ValueError(f"labels must lie in 0..{C - 1} (the teacher has {C} outputs); "
@@ -576,59 +711,62 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = 1000, lr
         c_small = int(counts.argmin())
         raise ValueError(f"ipc = {ipc} exceeds the {int(counts.min())} samples of class {c_small}; "
                          f"choose ipc <= {int(counts.min())}.")
-    if class_batch is None:
-        class_batch = C
-    if not isinstance(class_batch, (int, np.integer)) or class_batch < 1:
-        raise ValueError(f"class_batch must be a positive integer; got {class_batch!r}.")
-    lo, hi = (float(X.min()), float(X.max())) if pixel_range is None else (float(pixel_range[0]), float(pixel_range[1]))
-    if not lo < hi:
-        raise ValueError(f"pixel_range must satisfy lo < hi; got ({lo}, {hi}).")
     size = min(X.shape[-2:]) if X.dim() == 4 else 0
-    if augment_images:
-        crop_scale = tuple(crop_scale) if crop_scale is not None else _auto_crop_scale(size)
-        if not (0 < crop_scale[0] <= crop_scale[1] <= 1):
-            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1; got {crop_scale}.")
-        jitter = _auto_jitter(size) if jitter is None else int(jitter)
-        if jitter < 0:
-            raise ValueError(f"jitter must be >= 0; got {jitter}.")
-    settings.update(num_classes=C, input_shape=list(X.shape[1:]), pixel_range=[lo, hi],
-                    crop_scale=list(crop_scale) if augment_images else None,
-                    jitter=jitter if augment_images else None, class_batch=int(class_batch),
+    s = dataclasses.replace(
+        s, class_batch=C if s.class_batch is None else s.class_batch,
+        pixel_range=(float(X.min()), float(X.max())) if s.pixel_range is None else s.pixel_range,
+        crop_scale=(s.crop_scale or _auto_crop_scale(size)) if s.augment else None,
+        jitter=(_auto_jitter(size) if s.jitter is None else s.jitter) if s.augment else None)
+    settings = dict(s.to_dict(), ipc=ipc, schedule="cosine", num_classes=C, input_shape=list(X.shape[1:]),
                     num_real=int(X.shape[0]), class_counts=counts.tolist(), num_bn_layers=len(bn),
                     teacher=type(teacher).__name__)
-
-    key = None
-    if cache_dir is not None:
-        key = _fingerprint(teacher, X, y, settings)
-        path = Path(cache_dir) / f"wmdd-ipc{ipc}-{key[:16]}"
-        if (path / _SETTINGS_FILE).exists():
-            cached = load(path)
-            if cached.settings.get("key") == key:
-                teacher.train(was_training)
-                log.info("WMDD: reusing the distilled set in %s", path)
-                return cached
     if statistics is not None:
         if not isinstance(statistics, ClassStatistics):
             raise TypeError(f"statistics must come from dntk.wmdd.class_statistics; got {type(statistics).__name__}.")
         if not torch.equal(statistics.counts, counts) or len(statistics.bn_mean) != len(bn):
             raise ValueError("statistics do not match this teacher and data (class counts or number of BN layers "
                              "differ); compute them with class_statistics(teacher, dataset).")
-    try:
-        if statistics is None:
-            statistics = class_statistics(teacher, (X, y), C, batch_size, feat_mod)
-        result = _distill(teacher, X, y, C, ipc, settings, statistics, feat_mod, batch_size, dev, progress)
-    finally:
-        teacher.train(was_training)
-    if key is not None:
-        result = dataclasses.replace(result, settings={**result.settings, "key": key})
-        save(result, path)
-    return result
+
+    def compute() -> DistilledSet:
+        with _common.eval_mode(teacher):
+            stats = statistics if statistics is not None else class_statistics(teacher, (X, y), C, batch_size, feat_mod)
+            return _distill(teacher, X, y, ipc, s, settings, stats, feat_mod, batch_size, dev, progress)
+
+    if cache_dir is None:
+        return compute()
+    store = Store(cache_dir)
+    got = store.fetch("wmdd", settings, lambda: _to_artifact(compute()),
+                      inputs={"teacher": content_hash(teacher), "data": content_hash({"X": X, "y": y})})
+    if got.status == "cached":
+        log.info("WMDD: reusing the distilled set %s in %s", got.key, store.root)
+    return _from_artifact(got.artifact)
 
 
-def _distill(teacher, X, y, C, ipc, s, stats: ClassStatistics, feat_mod, batch_size, dev, progress) -> DistilledSet:
+@dataclass(frozen=True, eq=False)
+class _Chunk:
+    """One synthesis problem: ``n_cls`` classes of ``ipc`` images each, class-major (appendix §4.1 step 4).
+
+    x0 (n_cls·ipc, …) initial images; labels (n_cls·ipc,); atoms (n_cls·ipc, D) the target of each image;
+    bn_means / bn_vars per BN layer (n_cls, channels); img_w (n_cls, ipc) barycenter weights weighting
+    each image in its class's BN statistics (the official weighted variant), ``None`` for uniform.
+    """
+
+    x0: torch.Tensor
+    labels: torch.Tensor
+    atoms: torch.Tensor
+    bn_means: list
+    bn_vars: list
+    n_cls: int
+    ipc: int
+    img_w: torch.Tensor | None = None
+
+
+def _distill(teacher, X, y, ipc, s: WMDDSettings, settings: dict, stats: ClassStatistics, feat_mod, batch_size,
+             dev, progress) -> DistilledSet:
     from scipy.optimize import linear_sum_assignment
 
-    seed = s["seed"]
+    C = settings["num_classes"]
+    seed = s.seed
     # ---- steps 1-3: per class features, barycenter, exact BN statistics; initial images
     atoms, weights, x0 = [], [], []
     init_idx = []
@@ -636,11 +774,11 @@ def _distill(teacher, X, y, C, ipc, s, stats: ClassStatistics, feat_mod, batch_s
     for c in range(C):
         idx = (y == c).nonzero().flatten()
         feats = stats.features[c]
-        bc = barycenter(feats, ipc, seed=[seed, c], weighted=s["weighted"], max_iter=s["barycenter_iter"])
+        bc = barycenter(feats, ipc, seed=[seed, c], weighted=s.weighted, max_iter=s.barycenter_iter)
         A, w = bc.atoms, bc.weights
-        if s["init"] == "noise":
+        if s.init == "noise":
             chosen = None
-        elif s["init"] == "real":
+        elif s.init == "real":
             chosen = _init_indices(idx.numel(), ipc, [seed, c, 1])
             cost = ((feats[chosen].double().numpy()[:, None, :] - A[None]) ** 2).sum(-1)  # (image, atom)
             rows, cols = linear_sum_assignment(cost)
@@ -660,7 +798,7 @@ def _distill(teacher, X, y, C, ipc, s, stats: ClassStatistics, feat_mod, batch_s
         weights.append(torch.as_tensor(w, dtype=torch.float64))
     atoms_t = torch.stack(atoms)  # (C, ipc, D)
     weights_t = torch.stack(weights)  # (C, ipc)
-    if s["init"] == "noise":
+    if s.init == "noise":
         g = torch.Generator().manual_seed(int(seed))
         if X.dim() >= 3:
             dims = [0] + list(range(2, X.dim()))
@@ -669,64 +807,62 @@ def _distill(teacher, X, y, C, ipc, s, stats: ClassStatistics, feat_mod, batch_s
         else:
             mu, sd = X.mean(0), X.std(0)
         noise = torch.randn((C * ipc, *X.shape[1:]), generator=g)
-        images = (mu + sd * noise).clamp(*s["pixel_range"])
+        images = (mu + sd * noise).clamp(*s.pixel_range)
     else:
         images = torch.cat(x0).clone()
-    s["init_indices"] = init_idx if init_idx else None
     labels = torch.arange(C).repeat_interleave(ipc)
 
     # ---- step 4: synthesis, one chunk of classes at a time
-    cb = s["class_batch"]
+    cb = s.class_batch
     chunks = [list(range(c0, min(c0 + cb, C))) for c0 in range(0, C, cb)]
-    hist = {k: np.zeros(s["iterations"]) for k in ("ce", "feature", "bn", "total")}
-    bar = _bar(s["iterations"] * len(chunks), f"WMDD synthesis (ipc={ipc})", progress)
+    hist = {k: np.zeros(s.iterations) for k in ("ce", "feature", "bn", "total")}
+    bar = _common.progress_bar(s.iterations * len(chunks), f"WMDD synthesis (ipc={ipc})", progress)
     out = images.clone()
-    for k, cls in enumerate(chunks):
-        rows = torch.cat([torch.arange(c * ipc, (c + 1) * ipc) for c in cls])
-        means = [m[cls].float().to(dev) for m in stats.bn_mean]
-        vars_ = [v[cls].float().to(dev) for v in stats.bn_var]
-        gen = torch.Generator().manual_seed(int(seed) * 1000003 + k)  # augmentation draws of this chunk
-        targets = atoms_t[cls].reshape(-1, atoms_t.shape[-1]).to(dev)
-        img_w = weights_t[cls].float().to(dev) if s["weighted"] else None
-        h = _synthesize(teacher, images[rows].to(dev), labels[rows].to(dev), targets, means, vars_, len(cls), ipc, s,
-                        bn, feat_mod, gen, bar, img_w)
-        out[rows] = h.pop("images").cpu()
-        for name in hist:
-            hist[name] += np.asarray(h[name]) * len(cls) / C
-    bar.close()
+    try:
+        for k, cls in enumerate(chunks):
+            rows = torch.cat([torch.arange(c * ipc, (c + 1) * ipc) for c in cls])
+            chunk = _Chunk(x0=images[rows].to(dev), labels=labels[rows].to(dev),
+                           atoms=atoms_t[cls].reshape(-1, atoms_t.shape[-1]).to(dev),
+                           bn_means=[m[cls].float().to(dev) for m in stats.bn_mean],
+                           bn_vars=[v[cls].float().to(dev) for v in stats.bn_var], n_cls=len(cls), ipc=ipc,
+                           img_w=weights_t[cls].float().to(dev) if s.weighted else None)
+            gen = torch.Generator().manual_seed(int(seed) * 1000003 + k)  # augmentation draws of this chunk
+            x, h = _synthesize(teacher, chunk, s, bn, feat_mod, gen, bar)
+            out[rows] = x.cpu()
+            for name in hist:
+                hist[name] += np.asarray(h[name]) * len(cls) / C
+    finally:
+        bar.close()
 
     # ---- step 5: soft labels
     with torch.no_grad():
         soft = torch.cat([teacher(xb.to(dev)).float().cpu() for xb in _batches(out, batch_size)])
-    s["teacher_accuracy"] = float((soft.argmax(1) == labels).float().mean())
-    history = {k: v.tolist() for k, v in hist.items()}
+    info = dict(settings, init_indices=init_idx if init_idx else None,
+                teacher_accuracy=float((soft.argmax(1) == labels).float().mean()))
     return DistilledSet(images=out.float(), labels=labels, soft_labels=soft, weights=weights_t, atoms=atoms_t,
-                        settings=s, history=history)
+                        settings=info, history={k: v.tolist() for k, v in hist.items()})
 
 
-def _synthesize(teacher, x0, labels, atoms, bn_means, bn_vars, n_cls, ipc, s, bn, feat_mod, gen, bar,
-                img_w=None) -> dict:
-    """Adam on the WMDD loss for one chunk of ``n_cls`` classes (images class-major). ``img_w`` (n_cls, ipc):
-    barycenter weights (rows sum to 1) weighting each image in its class's BN statistics, as the official
-    weighted variant does; ``None`` weights them uniformly."""
-    iters, lr = s["iterations"], s["lr"]
-    lo, hi = s["pixel_range"]
-    x = x0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9), eps=1e-8)
+def _synthesize(teacher, chunk: _Chunk, s: WMDDSettings, bn, feat_mod, gen, bar) -> tuple[torch.Tensor, dict]:
+    """Adam on the WMDD loss (appendix §4.1 step 4) for one chunk; returns the images and the per-iteration
+    loss terms ``{"ce", "feature", "bn", "total"}``."""
+    lo, hi = s.pixel_range
+    x = chunk.x0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=s.lr, betas=s.betas, eps=1e-8)
+    sched = _common.cosine_schedule(opt, s.iterations)
     hist = {k: [] for k in ("ce", "feature", "bn", "total")}
+    n_cls, ipc, img_w = chunk.n_cls, chunk.ipc, chunk.img_w
     with _Capture([feat_mod, *bn]) as cap:
-        for it in range(iters):
-            for group in opt.param_groups:
-                group["lr"] = 0.5 * (1 + math.cos(math.pi * it / iters)) * lr
+        for it in range(s.iterations):
             xa = x
-            if s["augment"]:
-                xa = augment(x, gen, crop_scale=s["crop_scale"], flip=s["flip"], jitter=s["jitter"])
+            if s.augment:
+                xa = augment(x, gen, crop_scale=s.crop_scale, flip=s.flip, jitter=s.jitter)
             logits = teacher(xa)
-            ce = F.cross_entropy(logits, labels)
+            ce = F.cross_entropy(logits, chunk.labels)
             phi = cap.values[0].reshape(x.shape[0], -1)
-            feat = (phi - atoms).norm(dim=1).mean()
+            feat = (phi - chunk.atoms).norm(dim=1).mean()
             bn_loss = x.new_zeros(())
-            for inp, mu_c, var_c in zip(cap.values[1:], bn_means, bn_vars):
+            for inp, mu_c, var_c in zip(cap.values[1:], chunk.bn_means, chunk.bn_vars):
                 v = inp.reshape(n_cls, ipc, inp.shape[1], -1)
                 if img_w is None:
                     mu = v.mean(dim=(1, 3))
@@ -735,19 +871,28 @@ def _synthesize(teacher, x0, labels, atoms, bn_means, bn_vars, n_cls, ipc, s, bn
                     mu = (v.mean(3) * img_w[..., None]).sum(1)
                     var = (((v - mu[:, None, :, None]) ** 2).mean(3) * img_w[..., None]).sum(1)
                 bn_loss = bn_loss + ((mu - mu_c).norm(dim=1) + (var - var_c).norm(dim=1)).mean()
-            loss = s["r_ce"] * ce + s["r_feat"] * feat + s["r_bn"] * bn_loss
+            loss = s.r_ce * ce + s.r_feat * feat + s.r_bn * bn_loss
+            total = loss.item()
+            if not math.isfinite(total):
+                raise TrainingDivergedError(
+                    f"WMDD synthesis diverged at iteration {it + 1} of {s.iterations} (loss {total}); lower lr "
+                    f"(now {s.lr:g}) or check the teacher and the data.")
             (grad,) = torch.autograd.grad(loss, x)
             x.grad = grad
             opt.step()
+            sched.step()
             with torch.no_grad():
                 x.clamp_(lo, hi)
             hist["ce"].append(ce.item())
             hist["feature"].append(feat.item())
             hist["bn"].append(bn_loss.item())
-            hist["total"].append(loss.item())
+            hist["total"].append(total)
             bar.update(1)
-    hist["images"] = x.detach()
-    return hist
+    x = x.detach()
+    if not bool(torch.isfinite(x).all()):
+        raise TrainingDivergedError(f"WMDD synthesis produced non-finite images after {s.iterations} iterations; "
+                                    f"lower lr (now {s.lr:g}).")
+    return x, hist
 
 
 def real_subset(teacher: nn.Module, dataset, indices, *, batch_size: int = 256,
@@ -756,6 +901,8 @@ def real_subset(teacher: nn.Module, dataset, indices, *, batch_size: int = 256,
     """A set of real samples in the ``DistilledSet`` format (the baselines of a distillation: random or
     k-center real subsets of the same size). ``indices`` (C·ipc,) class-major, ``ipc`` per class; soft
     labels are the teacher's logits, weights uniform, ``atoms`` the chosen samples' own features."""
+    _common.check_model(teacher)
+    _common.check_model_finite(teacher)
     X, y = _dataset_tensors(dataset)
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long).flatten()
     if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= X.shape[0]:
@@ -788,29 +935,37 @@ def real_subset(teacher: nn.Module, dataset, indices, *, batch_size: int = 256,
 # ----------------------------------------------------------------------------------------------------
 # student (Sec 5.1: the same architecture trained on the distilled set only)
 # ----------------------------------------------------------------------------------------------------
-def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 300, lr: float = 1e-3,
-                  temperature: float = 4.0, batch_size: int | None = None, teacher: nn.Module | None = None,
+def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = STUDENT_DEFAULTS.epochs,
+                  lr: float = STUDENT_DEFAULTS.lr, temperature: float = STUDENT_DEFAULTS.temperature,
+                  batch_size: int | None = None, teacher: nn.Module | None = None,
                   augment_images: bool | None = None, crop_scale: Sequence[float] | None = None,
                   flip: bool | None = None, jitter: int | None = None, use_weights: bool = True,
-                  weight_decay: float = 0.0,
+                  weight_decay: float = STUDENT_DEFAULTS.weight_decay,
                   seed: int = 0, device: str | torch.device = "cpu", progress: bool = False) -> dict:
     """Train ``model`` (freshly built, e.g. ``dntk.models.build("convnet", C)``) on the distilled set with
     soft labels: loss ``T² · KL(softmax(s/T) ‖ softmax(f/T))`` per image, weighted by ``ipc · w_{c,j}``
-    (the barycenter weights; ``use_weights=False`` for uniform), Adam with cosine lr.
+    (the barycenter weights; ``use_weights=False`` for uniform), Adam with cosine lr, through the shared
+    :func:`dntk.models.training_loop`. Defaults: :data:`STUDENT_DEFAULTS`.
 
     Soft targets are the stored teacher logits, or, when ``teacher`` is given, the teacher's logits on
     each augmented batch (the official relabel-on-crop knowledge distillation). Augmentation defaults to
     the distillation's own setting (``crop_scale``, ``flip``, ``jitter`` override it). Trains in place;
-    returns ``{"loss": [per-epoch mean]}`` and leaves the model in eval mode.
+    returns ``{"loss": [per-epoch mean]}`` and leaves the model in eval mode. A loss that becomes
+    non-finite stops with :class:`dntk.models.TrainingDivergedError` naming the epoch.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}.")
+    _common.check_model(model)
     if not isinstance(distilled, DistilledSet):
         raise TypeError(f"distilled must be a DistilledSet; got {type(distilled).__name__}.")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive; got {temperature}.")
-    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer; got {epochs!r}.")
+    T = _finite("temperature", temperature, 0.0, strict=True)
+    _finite("lr", lr, 0.0, strict=True)
+    _finite("weight_decay", weight_decay, 0.0)
+    epochs = _int("epochs", epochs, 1)
+    if batch_size is not None:
+        _int("batch_size", batch_size, 1)
+    _common.check_model_finite(model)
+    if teacher is not None:
+        _common.check_model(teacher)
+        _common.check_model_finite(teacher)
     s = distilled.settings
     aug = s.get("augment", False) if augment_images is None else augment_images
     X = distilled.images
@@ -825,16 +980,10 @@ def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 30
         jitter = s.get("jitter") if s.get("jitter") is not None else (_auto_jitter(size) if aug else 0)
     jit = int(jitter) if aug else 0
     flip = bool(s.get("flip", True)) if flip is None else bool(flip)
-    dev = torch.device(device)
-    model.to(dev)
-    if teacher is not None:
-        teacher.to(dev)
-        t_was = teacher.training
-        teacher.eval()
     m = X.shape[0]
+    if m == 0:
+        raise ValueError("the distilled set is empty; there is nothing to train on.")
     bs = m if batch_size is None else min(int(batch_size), m)
-    if distilled.soft_labels.shape[0] != m:
-        raise ValueError(f"the set has {m} images but {distilled.soft_labels.shape[0]} soft labels.")
     if use_weights and distilled.weights.numel() not in (0, m):
         raise ValueError(f"the set has {m} images but {distilled.weights.numel()} barycenter weights; "
                          f"pass use_weights=False to weight the images uniformly.")
@@ -842,98 +991,98 @@ def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = 30
         w = (distilled.sample_weights * distilled.ipc).float()
     else:  # uniform (also for sets without barycenter weights, e.g. a whole training set)
         w = torch.ones(m)
+    dev = _common.resolve_device(device)
+    model.to(dev)
+    _check_teacher_accepts(model, X, "student")
+    C_out = getattr(model, "num_classes", None)
+    if isinstance(C_out, int) and C_out != distilled.soft_labels.shape[1]:
+        raise ValueError(f"the student has {C_out} outputs but the soft labels have {distilled.soft_labels.shape[1]} "
+                         "classes; build the student with num_classes equal to the teacher's.")
+    if teacher is not None:
+        teacher.to(dev)
     soft = distilled.soft_labels.float()
     g = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(m / bs)
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
-    T = float(temperature)
-    losses = []
-    bar = _bar(epochs, "student", progress)
-    model.train()
-    try:
-        for _ in range(epochs):
-            perm = torch.randperm(m, generator=g)
-            tot = 0.0
-            for s0 in range(0, m, bs):
-                idx = perm[s0:s0 + bs]
-                if idx.numel() < 2 and any(isinstance(mm, nn.modules.batchnorm._BatchNorm) for mm in model.modules()):
-                    continue  # BatchNorm cannot train on a batch of one
-                xb = X[idx].to(dev)
-                if aug:
-                    xb = augment(xb, g, crop_scale=crop, flip=flip, jitter=jit)
-                if teacher is not None:
-                    with torch.no_grad():
-                        tb = teacher(xb).float()
-                else:
-                    tb = soft[idx].to(dev)
-                out = model(xb)
-                kl = F.kl_div(F.log_softmax(out / T, dim=1), F.log_softmax(tb / T, dim=1), log_target=True,
-                              reduction="none").sum(1)
-                loss = (T * T) * (kl * w[idx].to(dev)).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot += loss.item() * idx.numel()
-            losses.append(tot / m)
-            bar.update(1)
-    finally:
-        bar.close()
-        model.eval()
+    has_bn = any(isinstance(mm, nn.modules.batchnorm._BatchNorm) for mm in model.modules())
+
+    def batches(epoch):
+        perm = torch.randperm(m, generator=g)
+        for s0 in range(0, m, bs):
+            yield perm[s0:s0 + bs]
+
+    def step_loss(net, idx):
+        if idx.numel() < 2 and has_bn:
+            return None  # BatchNorm cannot train on a batch of one
+        xb = X[idx].to(dev)
+        if aug:
+            xb = augment(xb, g, crop_scale=crop, flip=flip, jitter=jit)
         if teacher is not None:
-            teacher.train(t_was)
-    return {"loss": losses}
+            with torch.no_grad():
+                tb = teacher(xb).float()
+        else:
+            tb = soft[idx].to(dev)
+        out = net(xb)
+        kl = F.kl_div(F.log_softmax(out / T, dim=1), F.log_softmax(tb / T, dim=1), log_target=True,
+                      reduction="none").sum(1)
+        return (T * T) * (kl * w[idx].to(dev)).mean(), int(idx.numel()), {}
+
+    with _common.eval_mode(teacher) if teacher is not None else contextlib.nullcontext():
+        history = training_loop(model, batches, step_loss, epochs=epochs, steps_per_epoch=math.ceil(m / bs),
+                                lr=lr, optimizer="adam", weight_decay=weight_decay, schedule="cosine",
+                                progress=progress, desc="student")
+    return {"loss": history["loss"]}
 
 
 # ----------------------------------------------------------------------------------------------------
 # persistence
 # ----------------------------------------------------------------------------------------------------
-def save(result: DistilledSet, path) -> Path:
-    """Write a distilled set to the directory ``path`` (``tensors.pt`` + ``settings.json``).
+_TENSORS = ("images", "labels", "soft_labels", "weights", "atoms")
 
-    Atomic: everything is written into a temporary directory beside ``path`` and renamed into place, so
-    an interruption leaves either the old set or the new one, never a half-written one. Overwrites.
+
+def _to_artifact(result: DistilledSet) -> dict:
+    art = {k: getattr(result, k).detach().cpu().contiguous() for k in _TENSORS}
+    art["settings"] = result.settings
+    art["history"] = result.history
+    return art
+
+
+def _from_artifact(art: dict) -> DistilledSet:
+    return DistilledSet(**{k: art[k] for k in _TENSORS}, settings=art.get("settings") or {},
+                        history=art.get("history") or {})
+
+
+def save(result: DistilledSet, path) -> Path:
+    """Write a distilled set to the directory ``path`` as a checksummed :mod:`dntk.store` artifact.
+
+    Atomic (:func:`dntk.store.write_artifact`): everything is written into a temporary directory beside
+    ``path`` and renamed into place, so an interruption leaves either the old set or the new one, never
+    a half-written one. Overwrites. Every array carries a SHA-256 that :func:`load` verifies.
     """
     if not isinstance(result, DistilledSet):
         raise TypeError(f"result must be a DistilledSet; got {type(result).__name__}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    old = None
-    try:
-        tensors = {k: getattr(result, k).detach().cpu().contiguous()
-                   for k in ("images", "labels", "soft_labels", "weights", "atoms")}
-        torch.save(tensors, tmp / _TENSOR_FILE)
-        meta = {"format_version": FORMAT_VERSION, "settings": result.settings, "history": result.history}
-        with open(tmp / _SETTINGS_FILE, "w") as f:
-            json.dump(meta, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.rmdir(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists() and not path.exists():
-            os.replace(old, path)  # put the previous set back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    write_artifact(path, _to_artifact(result), {"kind": _KIND, "format_version": FORMAT_VERSION})
     return path
 
 
 def load(path) -> DistilledSet:
-    """Read a distilled set written by ``save`` (tensors with ``torch.load(weights_only=True)``)."""
+    """Read a distilled set written by :func:`save`, verifying its checksums.
+
+    Raises ``ValueError`` if ``path`` is not a saved distilled set, and
+    :class:`dntk.store.CorruptArtifactError` (a ``ValueError``) naming the file if its bytes changed.
+    """
     path = Path(path)
-    if not (path / _TENSOR_FILE).is_file() or not (path / _SETTINGS_FILE).is_file():
-        raise ValueError(f"{path} is not a saved distilled set (expected {_TENSOR_FILE} and {_SETTINGS_FILE}).")
-    tensors = torch.load(path / _TENSOR_FILE, weights_only=True, map_location="cpu")
-    with open(path / _SETTINGS_FILE) as f:
-        meta = json.load(f)
+    try:
+        art, meta = read_artifact(path)
+    except FileNotFoundError:
+        old = (path / "tensors.pt").is_file()
+        raise ValueError(f"{path} is not a saved distilled set" + (
+            " in this format (it was written by an older dntk); distil it again." if old else
+            " (no meta.json); write one with dntk.wmdd.save.")) from None
+    if meta.get("kind") != _KIND:
+        raise ValueError(f"{path} is not a saved distilled set but a stored {meta.get('kind') or 'artifact'}.")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has format version {meta.get('format_version')}; this dntk reads {FORMAT_VERSION}.")
-    return DistilledSet(**tensors, settings=meta["settings"], history=meta["history"])
+    try:
+        return _from_artifact(art)
+    except KeyError as e:
+        raise ValueError(f"the distilled set {path} lacks {e}; save it again.") from None

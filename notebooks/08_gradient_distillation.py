@@ -13,20 +13,22 @@
 # gradients $\tilde G_c \in \mathbb{R}^{N\times k}$ (row $i$ is the projected gradient of the logit $f_c$ at input
 # $x_i$) and the kernel $\tilde K_c = \tilde G_c\tilde G_c^\top$. Kernel ridge regression (KRR) on these rows costs
 # $O(Nk^2 + k^3)$ per class and, more importantly, every test prediction needs all $N$ rows. The paper's third
-# compression stage, **local–global gradient distillation** (Sec 4.3, Algorithm 1), replaces the $N$ rows by a
+# compression stage in {cite:t}`mahowald2026dntk`, **local–global gradient distillation** (Sec 4.3, Algorithm 1), replaces the $N$ rows by a
 # few *synthetic* gradients $m_c \ll N$: linear combinations $G_{\rm syn} = V^\top\tilde G_c$ of the real ones, with
 # an orthonormal coefficient matrix $V\in\mathbb{R}^{N\times m_c}$ and matching synthetic targets
 # $t_{\rm syn} = V^\top t_c$.
 #
 # The coefficient vectors are eigenvectors. Some come from **local** kernels — the blocks $\tilde K_c[S_j, S_j]$
 # of clusters $S_j$ of similar inputs — and some from the **global** kernel, namely those global eigenvectors
-# that no cluster explains (the *gaps*). The paper only sketches the algorithm; the project's SPEC §4.3 fixes
-# every step, and this chapter walks through them on the digits convnet:
+# that no cluster explains (the *gaps*). The paper only sketches the algorithm; the book's appendix
+# ({prf:ref}`a-alg-local-global` in {ref}`maths-4-3`) states every step, and this chapter walks through them on
+# the digits convnet:
 #
 # 1. one partition of the inputs, from the class-averaged kernel;
 # 2. global eigenpairs and the truncation rank $r(\tau)$;
-# 3. local eigenpairs, the alignment $A_i$ of each global direction with the local spans, and the gap set;
-# 4. and 5. the candidate coefficient vectors (local and gap);
+# 3. local eigenpairs, the alignment $\mathcal A_i$ of each global direction with the local spans, and the gap set;
+# 4. the local candidate coefficient vectors;
+# 5. the gap candidate coefficient vectors;
 # 6. orthonormalisation in order of eigenvalue, a budget, and the synthetic set;
 #
 # then the KRR the synthetic set gives, the two exact implementations (dense and matrix-free), and the
@@ -35,14 +37,14 @@
 
 # %% tags=["parameters"]
 per_class = 60           # training images per digit (a seeded balanced subset of the 1437; None = all)
-proj_kind = "gaussian"   # JL projector (SPEC §4.2)
+proj_kind = "gaussian"   # JL projector (appendix §4.2)
 proj_dim = 512           # projection width k
 n_clusters = 10          # M, clusters of the class-averaged kernel
 tau = 0.95               # energy threshold for r(τ) and r_j(τ)
 gamma = 0.9              # gap threshold: global direction i is a gap if A_i < γ
 budget = 5               # synthetic gradients per class for the budgeted run
 show_class = 3           # the class whose spectra are plotted
-lam_rel = 1e-3           # ridge λ_c = lam_rel · tr(K̃_c)/N of the uncompressed set (SPEC §1, §4.3)
+lam_rel = 1e-3           # ridge λ_c = lam_rel · tr(K̃_c)/N of the uncompressed set (appendix §1, §4.3)
 seed = 0
 model_name = "convnet"
 dataset = "digits"
@@ -54,12 +56,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dntk import data, metrics, models, projection, tangent
+from dntk import chapter, data, metrics, models, projection, tangent
 from dntk.gradient_distillation import local_global
 from dntk.krr import ClassKRR, default_lam
 from dntk.spectral import spectral_clusters
 
-torch.manual_seed(seed)
+_ = torch.manual_seed(seed)
+chapter.use_book_style()
+for name, value in {"ch08_tau": tau, "ch08_gamma": gamma, "ch08_budget": budget, "ch08_k": proj_dim,
+                    "ch08_M": n_clusters, "ch08_show_class": show_class, "ch08_lam_rel": lam_rel}.items():
+    chapter.glue_number(name, value)
 
 # %% [markdown]
 # ## Projected class gradients of the digits convnet
@@ -83,7 +89,7 @@ print(f"N = {N} training points, C = {C} classes, k = {k}; {len(y_te)} test poin
 # %% [markdown]
 # ## Step 1 — one partition for all classes
 #
-# Spectral clustering of the class-averaged kernel $\bar K = \frac1C\sum_c \tilde K_c$, with the cosine-normalised
+# Spectral clustering {cite}`ng2002spectral` of the class-averaged kernel $\bar K = \frac1C\sum_c \tilde K_c$, with the cosine-normalised
 # $\bar K$ clipped at 0 as affinity (`dntk.spectral.spectral_clusters`). The same partition $S_1,\dots,S_M$ serves
 # every class, so the clusters describe the inputs, not one logit. The table shows how the clusters line up
 # with the digit labels (which the clustering never sees).
@@ -98,6 +104,7 @@ print("      " + "".join(f"{d:>5}" for d in range(C)))
 for j in range(n_clusters):
     print(f"S_{j:<3} " + "".join(f"{v:>5}" for v in table[j]))
 print(f"purity (share of points in their cluster's majority digit): {purity:.3f}")
+chapter.glue_number("ch08_purity", purity)
 
 # %% [markdown]
 # ## Steps 2 and 3 — global and local spectra, alignment and gaps
@@ -107,13 +114,20 @@ print(f"purity (share of points in their cluster's majority digit): {purity:.3f}
 # * **global** eigenpairs $(\lambda_i, u_i)$ of $K$ and the truncation rank
 #   $r = r(\tau) = \min\{r : \sum_{i\le r}\lambda_i \ge \tau\sum_i\lambda_i\}$;
 # * **local** eigenpairs $(\lambda^{(j)}_i, u^{(j)}_i)$ of each block $K[S_j,S_j]$ with their own ranks $r_j(\tau)$;
-# * the **alignment** of global direction $i\le r$ with the union of the local top eigenspaces,
-#   $$A_i = \sum_j \big\|U^{(j)\top}_{r_j}\, u_i[S_j]\big\|^2 \in [0, 1],$$
-#   the fraction of $u_i$'s energy that the local spans capture;
-# * the **gap set** $\mathcal{G} = \{i\le r : A_i < \gamma\}$: global directions that the clusters, taken one at a
-#   time, do not explain. A larger $\gamma$ makes more gaps.
+# * the **alignment** $\mathcal A_i \in [0, 1]$ of global direction $i\le r$ with the union of the local top
+#   eigenspaces, {eq}`eq-alignment` in the appendix: the fraction of $u_i$'s energy that the local spans capture;
+# * the **gap set** $\mathcal{G} = \{i\le r : \mathcal A_i < \gamma\}$: global directions that the clusters, taken
+#   one at a time, do not explain. A larger $\gamma$ makes more gaps.
 #
-# `local_global` returns all of these per class; the plot shows them for one class.
+# The alignment, written out (with $U^{(j)}_{r_j}$ the top $r_j$ local eigenvectors of cluster $j$ and $u_i[S_j]$
+# the entries of $u_i$ on that cluster):
+#
+# $$
+# \mathcal A_i = \sum_j \big\|U^{(j)\top}_{r_j}\, u_i[S_j]\big\|^2 .
+# $$
+#
+# `local_global` returns all of these per class; {numref}`fig-ch08-spectra` shows them for digit
+# {glue:text}`ch08_show_class`.
 
 # %%
 lam_full = default_lam(G_tr, lam_rel)
@@ -128,10 +142,10 @@ for c in range(C):
     s = res[c]
     print(f"{c:>5}{s.r:>6}{int(s.r_j.sum()):>7}{len(s.gaps):>8}{s.m:>6}{s.n_local:>7}{s.n_gap:>5}")
 
-# %%
+# %% tags=["hide-input"]
 G_c = G_tr[:, show_class].double()
 lam_glob = torch.linalg.eigvalsh(G_c @ G_c.T).flip(0).clamp_min(0)
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.4))
 n_show = min(N, 3 * cs.r)
 axes[0].semilogy(np.arange(1, n_show + 1), lam_glob[:n_show], "k-", lw=1.5, label="global $K$")
 cmap = plt.get_cmap("tab10")
@@ -139,20 +153,32 @@ for j in range(n_clusters):
     idx = labels == j
     lam_j = torch.linalg.eigvalsh(G_c[idx] @ G_c[idx].T).flip(0).clamp_min(1e-12)
     axes[0].semilogy(np.arange(1, min(len(lam_j), n_show) + 1), lam_j[:n_show], color=cmap(j % 10), lw=0.8,
-                     label=f"$S_{{{j}}}$" if j < 5 else None)
+                     label="clusters $S_j$" if j == 0 else None)
     axes[0].plot(int(cs.r_j[j]), lam_j[int(cs.r_j[j]) - 1], "o", color=cmap(j % 10), ms=4)
 axes[0].axvline(cs.r, color="k", ls=":", lw=1)
-axes[0].set_xlabel("index i")
+axes[0].set_xlabel("index $i$")
 axes[0].set_ylabel("eigenvalue")
-axes[0].set_title(f"class {show_class}: global and local spectra (dots: $r_j$, line: $r$)")
-axes[0].legend(fontsize=7, ncol=2)
+axes[0].set_title("global and local spectra")
+axes[0].legend()
 gap_mask = np.isin(np.arange(cs.r), cs.gaps.numpy())
 axes[1].bar(np.arange(1, cs.r + 1), cs.A.numpy(), color=np.where(gap_mask, "tab:red", "tab:blue"), width=0.9)
 axes[1].axhline(gamma, color="k", ls="--", lw=1)
-axes[1].set_xlabel("global direction i ≤ r")
-axes[1].set_ylabel("alignment $A_i$")
-axes[1].set_title(f"alignment with the local spans (red: gaps, $A_i < \\gamma = {gamma}$)")
-fig.tight_layout();
+axes[1].set_xlabel("global direction $i \\le r$")
+axes[1].set_ylabel(r"alignment $\mathcal{A}_i$")
+axes[1].set_title("alignment with the local spans")
+chapter.glue_figure("ch08-spectra", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch08-spectra
+# :name: fig-ch08-spectra
+# :alt: Left, eigenvalue curves on a log scale of the global kernel of one class and of its ten cluster blocks, with dots at the local truncation ranks and a vertical line at the global rank. Right, bars of the alignment of each global direction, blue above the gap threshold and red below it.
+#
+# Algorithm 1's steps 2 and 3 for digit {glue:text}`ch08_show_class`. Left: the spectrum of the global class
+# kernel (black) and of the ten cluster blocks (colours); dots mark the local truncation ranks $r_j$, the
+# dotted line the global rank $r$ at $\tau$ = {glue:text}`ch08_tau`. Right: the alignment $\mathcal A_i$ of
+# each global direction $i \le r$; red bars are the gaps, below the dashed line $\gamma$ =
+# {glue:text}`ch08_gamma`.
+# ```
 
 # %% [markdown]
 # The leading global directions are well explained by the clusters ($A_i$ close to 1): they are, to a good
@@ -194,7 +220,7 @@ print(f"max_i |‖G̃ᵀu_i‖² − λ_i| / λ_1 = {norm_err:.1e};  max |G̃ᵀ
 # The candidate coefficient vectors are the local top eigenvectors $\tilde u^{(j)}_i$ ($i \le r_j$, zero-padded
 # from $S_j$ to all $N$ inputs; step 4) and the gap eigenvectors $u_i$, $i\in\mathcal G$ (step 5). Step 6 sorts
 # them by their eigenvalue, largest first, and runs Gram–Schmidt in that order, dropping any candidate whose
-# residual after projecting out the earlier ones is below `tol` ($10^{-6}$): it lies in their span already.
+# residual after projecting out the earlier ones is below a tolerance of $10^{-6}$: it lies in their span already.
 # With a budget $m$ the first $m$ survivors are kept. The result is $V$ with $V^\top V = I$, and
 #
 # $$G_{\rm syn} = V^\top\tilde G_c \in\mathbb{R}^{m_c\times k},\qquad t_{\rm syn} = V^\top t_c.$$
@@ -205,17 +231,29 @@ print(f"max_i |‖G̃ᵀu_i‖² − λ_i| / λ_1 = {norm_err:.1e};  max |G̃ᵀ
 # $\sqrt{1 - A_i} > \sqrt{1-\gamma}$ of its norm outside the local spans, so drops are rare unless $\gamma$ is
 # close to 1.
 
-# %%
+# %% tags=["hide-input"]
 ev_order = cs.source_eigval.numpy()
 is_gap = (cs.source[:, 0] < 0).numpy()
-fig, ax = plt.subplots(figsize=(7, 3.4))
+fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN, 3.0))
 pos = np.arange(1, cs.m + 1)
 ax.semilogy(pos[~is_gap], ev_order[~is_gap], ".", color="tab:blue", label="local (step 4)")
 ax.semilogy(pos[is_gap], ev_order[is_gap], "x", color="tab:red", label="gap (step 5)")
-ax.set_xlabel("position in V (after step 6)")
+ax.set_xlabel("position in $V$ (after step 6)")
 ax.set_ylabel("eigenvalue of the candidate")
-ax.set_title(f"class {show_class}: the synthetic set in order, m = {cs.m} of N = {N}")
-ax.legend();
+ax.legend()
+chapter.glue_number("ch08_m_show", cs.m)
+chapter.glue_number("ch08_N", N)
+chapter.glue_figure("ch08-order", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch08-order
+# :name: fig-ch08-order
+# :alt: Eigenvalue of each synthetic gradient's source eigenvector against its position in the synthetic set, decreasing, with local candidates as blue dots and gap candidates as red crosses.
+#
+# The synthetic set of digit {glue:text}`ch08_show_class` after step 6: {glue:text}`ch08_m_show` coefficient
+# vectors for $N$ = {glue:text}`ch08_N` training points, in order of decreasing eigenvalue; local candidates
+# (step 4) and gap candidates (step 5) interleave.
+# ```
 
 # %%
 VtV_err = max(float((s.V.T @ s.V - torch.eye(s.m, dtype=torch.float64)).abs().max()) for s in res.classes)
@@ -239,12 +277,13 @@ print(f"dropped as dependent: {sum(s.n_candidates - s.m for s in res.classes)} o
 # Per class, KRR on the synthetic set solves $w_c = (G_{\rm syn}^\top G_{\rm syn} + \lambda I)^{-1}G_{\rm syn}^\top t_{\rm syn}$
 # (`ClassKRR.fit_synthetic`) and predicts $\hat f_c(x) = \tilde g_c(x)^\top w_c$ from the test point's projected
 # gradient. The ridge $\lambda_c = 10^{-3}\operatorname{tr}\tilde K_c/N$ is that of the *uncompressed* set, so
-# compressing does not silently change the regularisation (SPEC §4.3). Since $V^\top V = I$,
+# compressing does not silently change the regularisation ({eq}`eq-krr-synthetic`). Since $V^\top V = I$,
 # $G_{\rm syn}^\top G_{\rm syn} = \tilde G_c^\top VV^\top\tilde G_c$: this is KRR on the rows of $\tilde G_c$ projected
 # onto the span of $V$ — a sketched KRR with a data-dependent sketch.
 #
-# We compare the full KRR on all $N$ rows, Algorithm 1 without a budget, Algorithm 1 with `budget`
-# synthetic gradients per class, and the rank-$r$ KRR at the same $r$ (SPEC §1). Scores: test accuracy and
+# We compare the full KRR on all $N$ rows, Algorithm 1 without a budget, Algorithm 1 with
+# {glue:text}`ch08_budget` synthetic gradients per class, and the rank-$r$ KRR at the same $r$
+# ({eq}`eq-krr-rank-r`). Scores: test accuracy and
 # fidelity (agreement with the network's argmax).
 
 # %%
@@ -265,11 +304,14 @@ for name, m, (acc, fid) in rows:
     print(f"{name:<32}{m:>10}{acc:>10.3f}{fid:>10.3f}")
 print(f"budgeted run: {res_b.counts()['local']} local and {res_b.counts()['gap']} gap gradients "
       f"({N * C / sum(res_b.m):.0f}× fewer than the N·C real rows)")
+chapter.glue_number("ch08_acc_budget", scores(pred_b)[0])
+chapter.glue_number("ch08_acc_full", scores(pred_full)[0])
+chapter.glue_number("ch08_m_unbudgeted", sum(res.m) / C)
 
 # %% [markdown]
 # ## Two exact implementations
 #
-# The paper eigendecomposes the full $N\times N$ kernel, which the reviewers flagged as the bottleneck. Every
+# The paper eigendecomposes the full $N\times N$ kernel, which becomes the bottleneck as $N$ grows. Every
 # eigendecomposition of Algorithm 1 has an exact twin that works on the $N\times k$ features instead
 # (`method="matrix_free"`): the eigenpairs of $K = \tilde G\tilde G^\top$ come from the thin SVD $\tilde G = U\Sigma W^\top$
 # (via the $k\times k$ matrix $\tilde G^\top\tilde G$, $O(Nk^2)$), local ones from the row blocks $\tilde G[S_j]$, the
@@ -280,6 +322,7 @@ print(f"budgeted run: {res_b.counts()['local']} local and {res_b.counts()['gap']
 
 # %%
 res_d = local_global(G_tr, f_tr, n_clusters, tau=tau, gamma=gamma, method="dense", labels=labels)
+chapter.glue_number("ch08_dense_gib", 100_000**2 * 8 / 2**30)
 same_counts = all(a.m == b.m and torch.equal(a.gaps, b.gaps) for a, b in zip(res_d.classes, res.classes))
 V_gap = max(float((a.V.abs() - b.V.abs()).abs().max()) for a, b in zip(res_d.classes, res.classes))
 pred_d = ClassKRR().fit_synthetic(res_d.G_syn, res_d.t_syn, lam=lam_full).predict(G_te)
@@ -289,8 +332,8 @@ print(f"same r, gaps and m in every class: {same_counts}; max |V_dense| − |V_m
 
 # %% [markdown]
 # The benchmark `benchmarks/algorithm1_scale.py` times both paths as $N$ grows (the book's Algorithm 1
-# benchmark page has the measured table): the dense path needs one $N\times N$ float64 kernel per class
-# (75 GiB at $N = 100\,000$) and $O(N^3)$ eigendecompositions, the matrix-free one $O(NCk)$ memory and
+# benchmark page, {doc}`../book/benchmarks_algorithm1`, has the measured table): the dense path needs one
+# $N\times N$ float64 kernel per class ({glue:text}`ch08_dense_gib:.0f` GiB at $N = 100\,000$) and $O(N^3)$ eigendecompositions, the matrix-free one $O(NCk)$ memory and
 # $O(Nk^2)$ time per class.
 #
 # ## A special case: Algorithm 1 is the rank-$r$ KRR
@@ -327,18 +370,20 @@ print("rank-r KRR at the same r: accuracy {:.3f}, fidelity {:.3f}".format(*score
 #
 # * On the digits class kernels the clusters of $\bar K$ are the digits (high purity), and the leading global
 #   eigendirections of each class kernel are local: they sit inside single clusters. The gaps appear further
-#   down the spectrum; with $\tau = 0.95$, $\gamma = 0.9$ they are a minority of the synthetic set, and their
+#   down the spectrum; with $\tau$ = {glue:text}`ch08_tau`, $\gamma$ = {glue:text}`ch08_gamma` they are a minority
+#   of the synthetic set, and their
 #   number grows with $\gamma$ (the next chapter's grid).
 # * Remark 4.2 holds to round-off: each synthetic gradient built from an eigenvector is a principal direction
 #   of feature space carrying exactly its eigenvalue's energy.
-# * Without a budget Algorithm 1 keeps hundreds of gradients per class and reproduces the full KRR; with
-#   five per class it still keeps most of its accuracy. Why five *local* directions do better than the five
+# * Without a budget Algorithm 1 keeps {glue:text}`ch08_m_unbudgeted:.0f` gradients per class on average and
+#   reproduces the full KRR (test accuracy {glue:text}`ch08_acc_full:.3f`); with {glue:text}`ch08_budget` per
+#   class it still reaches {glue:text}`ch08_acc_budget:.3f`. Why five *local* directions do better than the five
 #   top *global* directions of PCA — and better than sampling real gradients — is the subject of
 #   {doc}`10_local_global_vs_baselines`.
 # * The dense and matrix-free implementations agree to round-off, and with no clusters Algorithm 1 reduces
-#   exactly to the rank-$r$ KRR of SPEC §1.
+#   exactly to the rank-$r$ KRR of {ref}`maths-1` ({prf:ref}`a-prop-lg-rank-r`).
 
-# %%
+# %% tags=["hide-input"]
 assert purity > 0.9, "the clusters of the class-averaged kernel should follow the digits"
 assert norm_err < 1e-8 and dir_err < 1e-6, "Remark 4.2"
 assert VtV_err < 1e-10 and syn_err < 1e-8 and n_checked >= C and order_ok

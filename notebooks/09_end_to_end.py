@@ -10,10 +10,10 @@
 # # The whole DNTK, end to end
 #
 # The earlier chapters took the Distilled Neural Tangent Kernel apart; this one puts it together and
-# measures what the paper measures in Sec 4.4 and 5.1. Starting from a dataset and a trained network,
+# measures what {cite:t}`mahowald2026dntk` measure in Sec 4.4 and 5.1. Starting from a dataset and a trained network,
 # the DNTK compresses the kernel three times:
 #
-# 1. **dataset distillation** (WMDD, Sec 4.1; {doc}`06_wmdd`): replace the $N$ training images by $N_d = C\cdot\text{ipc}$
+# 1. **dataset distillation** (WMDD {cite}`liu2023wmdd`, Sec 4.1; {doc}`06_wmdd`): replace the $N$ training images by $N_d = C\cdot\text{ipc}$
 #    synthetic images whose tangent features span nearly the same subspace;
 # 2. **random projection** (Sec 4.2; {doc}`07_random_projection`): replace each $P$-dimensional logit gradient $g_c(x)$ by a
 #    $k$-dimensional sketch $R^\top g_c(x)$;
@@ -32,8 +32,8 @@
 # trained from scratch on the distilled images only, with the teacher's soft labels). In both cases
 # the kernel is computed from gradients at the distilled inputs.
 #
-# Everything below is one call, `dntk.pipeline.run(config)`, on a configuration read from
-# `params/*.yaml`: the same thing `dntk run params/smoke.yaml` does on the command line. The run caches
+# Everything below is one call, `dntk.pipeline.run(config)`, on a configuration read from a parameter
+# file in `params/`: the same thing `dntk run params/smoke.yaml` does on the command line. The run caches
 # each stage on disk under a key of its settings, so the sweeps below recompute only what a changed
 # setting touches.
 
@@ -61,12 +61,17 @@ progress = False
 
 # %%
 import json
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 import dntk.pipeline as pipeline
+from dntk import chapter
+
+chapter.use_book_style()
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # no widget progress bars in the book
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
@@ -98,6 +103,12 @@ print(f"dataset {cfg.data.name}, network {cfg.teacher.arch}, WMDD ipc {cfg.disti
       f"({cfg.distill.iterations} iterations), projector {cfg.projection.kind} k = {cfg.projection.k}, "
       f"Algorithm 1 with M = {cfg.gradient_distillation.n_clusters} clusters, "
       f"tau = {cfg.gradient_distillation.tau}, gamma = {cfg.gradient_distillation.gamma}")
+for key, value in {"ch09_ipc": cfg.distill.ipc, "ch09_iterations": cfg.distill.iterations, "ch09_k": cfg.projection.k,
+                   "ch09_M": cfg.gradient_distillation.n_clusters, "ch09_tau": cfg.gradient_distillation.tau,
+                   "ch09_gamma": cfg.gradient_distillation.gamma, "ch09_budget": cfg.gradient_distillation.budget,
+                   "ch09_N_d": cfg.distill.ipc * 10, "ch09_lam_rel": cfg.krr.lam_rel,
+                   "ch09_student_epochs": cfg.student.epochs}.items():
+    chapter.glue_number(key, value)
 
 # %% [markdown]
 # ## One run of the pipeline
@@ -117,24 +128,73 @@ print(f"dataset {cfg.data.name}, network {cfg.teacher.arch}, WMDD ipc {cfg.disti
 #
 # The regression targets are the network's own logits at the distilled inputs, and
 # $\lambda_c = \lambda_\text{rel}\,\mathrm{tr}(\tilde K_c)/N_d$ is set from the *uncompressed* distilled kernel, so
-# compressing the gradients does not silently change the regularisation (SPEC §4.3). For comparison the
+# compressing the gradients does not silently change the regularisation ({eq}`eq-krr-synthetic`). For comparison the
 # run also fits KRR on all $N_d$ distilled gradients ("DD + JL", no Algorithm 1) and, for the teacher, on
 # the projected gradients of the whole training set ("JL only").
+
+# Our settings here: WMDD with {glue:text}`ch09_ipc` images per class ($N_d$ = {glue:text}`ch09_N_d`,
+# {glue:text}`ch09_iterations` synthesis steps), a Gaussian projection to $k$ = {glue:text}`ch09_k`, Algorithm 1
+# with $M$ = {glue:text}`ch09_M` clusters, $\tau$ = {glue:text}`ch09_tau`, $\gamma$ = {glue:text}`ch09_gamma` and a
+# budget of {glue:text}`ch09_budget` synthetic gradients per class, $\lambda_\text{rel}$ =
+# {glue:text}`ch09_lam_rel`, and a student trained for {glue:text}`ch09_student_epochs` epochs.
 
 # %%
 headline = pipeline.run(cfg.replace(**{"run_dir": str(OUT / "headline"), "krr.full_reference": True}))
 print(headline.table())
+t = headline.metrics["teacher"]
+s = headline.metrics.get("student")
+for key, value in {"ch09_net_acc": t["network_accuracy"], "ch09_full_fid": t["full"]["fidelity"],
+                   "ch09_dd_acc": t["distilled"]["accuracy"], "ch09_dd_fid": t["distilled"]["fidelity"],
+                   "ch09_dntk_acc": t["dntk"]["accuracy"], "ch09_dntk_fid": t["dntk"]["fidelity"]}.items():
+    chapter.glue_number(key, value)
+if s is not None:
+    chapter.glue_number("ch09_student_net_acc", s["network_accuracy"])
+    chapter.glue_number("ch09_student_dntk_fid", s["dntk"]["fidelity"])
 
 # %% [markdown]
-# The last lines list each stage and whether it was computed or read from the cache, and the ledger's
-# headline: how many multiply–adds the DNTK saves against the full NTK and against projection alone on
-# these sizes (the full cost ledger is in {doc}`12_cost_and_scaling`).
+# The table ends with the ledger's headline: how many multiply–adds the DNTK saves against the full NTK and
+# against projection alone on these sizes (the full cost ledger is in {doc}`12_cost_and_scaling`). With
+# {glue:text}`ch09_budget` synthetic gradients per class the teacher's DNTK reaches test accuracy
+# {glue:text}`ch09_dntk_acc:.3f` and fidelity {glue:text}`ch09_dntk_fid:.3f`; KRR on all {glue:text}`ch09_N_d`
+# distilled gradients reaches fidelity {glue:text}`ch09_dd_fid:.3f`, and the network itself accuracy
+# {glue:text}`ch09_net_acc:.3f`.
+#
+# ## The stage cache: a first run and a rerun
+#
+# Each stage's result is stored under a key made of its own settings and the checksums of what it read, so a
+# rerun loads what is unchanged and recomputes only what a change touches. To show it from scratch, the same
+# configuration runs three times against an empty cache folder: a first run, an identical rerun, and a rerun
+# with only Algorithm 1's budget changed.
+
+# %%
+demo_cache = Path(tempfile.mkdtemp(prefix="dntk-cache-demo-"))
+demo = cfg.replace(**{"cache_dir": str(demo_cache), "run_dir": str(OUT / "cache-demo"), "ledger.measure": False})
+changed_budget = max(1, cfg.gradient_distillation.budget - 3)
+demo_runs = {"first run": pipeline.run(demo), "identical rerun": pipeline.run(demo),
+             f"budget {cfg.gradient_distillation.budget} → {changed_budget}":
+                 pipeline.run(demo.replace(**{"gradient_distillation.budget": changed_budget}))}
+shutil.rmtree(demo_cache, ignore_errors=True)
+status = {name: {(r["role"], r["stage"]): r["status"] for r in res.stages} for name, res in demo_runs.items()}
+stage_keys = list(status["first run"])
+print(f"{'model':<9}{'stage':<24}" + "".join(f"{name:>20}" for name in demo_runs))
+for role, stage in stage_keys:
+    print(f"{role:<9}{stage:<24}" + "".join(f"{status[name].get((role, stage), '-'):>20}" for name in demo_runs))
+n_first = sum(v != "cached" for v in status["first run"].values())
+n_rerun = sum(v != "cached" for v in status["identical rerun"].values())
+n_changed = sum(v != "cached" for v in list(status.values())[2].values())
+chapter.glue_number("ch09_n_stages", len(stage_keys))
+chapter.glue_number("ch09_n_changed", n_changed)
+
+# %% [markdown]
+# The first run computes all {glue:text}`ch09_n_stages` stages, the identical rerun loads every one of them,
+# and changing the budget recomputes {glue:text}`ch09_n_changed` stages — Algorithm 1 and what depends on it —
+# while the trained networks, the distilled set and the projected gradients come from the cache.
 #
 # ## Accuracy and fidelity against the number of distilled points and synthetic gradients
 #
 # The paper's Fig 1 shows accuracy and fidelity saturating quickly as points are added. We sweep the two
 # sizes the DNTK controls: the distilled-set size (images per class) and the number $m$ of synthetic
-# gradients per class. Changing only $m$ reruns only Algorithm 1 and the KRR — the cache keeps the rest.
+# gradients per class, all through the same cache, so the sweep recomputes only what each setting touches.
 
 # %%
 records = []
@@ -167,16 +227,12 @@ def rows(model, ipc=None):
 # Reading the table: for each model and distilled-set size, the DNTK's accuracy and fidelity as the
 # number of synthetic gradients per class grows; "DD+JL" is KRR on all $N_d$ distilled gradients of each
 # class (what Algorithm 1 compresses) and "coverage" is the fraction of the distilled class-gradient
-# energy that the synthetic gradients' span captures, $\|\tilde G\Pi\|_F^2/\|\tilde G\|_F^2$. Which stages
-# each configuration had to recompute:
+# energy that the synthetic gradients' span captures, $\|\tilde G\Pi\|_F^2/\|\tilde G\|_F^2$
+# ({eq}`eq-coverage`). {numref}`fig-ch09-sweep` draws the same numbers.
 
-# %%
-for r_ in sorted(rows("teacher"), key=lambda r_: (r_["ipc"], r_["m"])):
-    print(f"ipc {r_['ipc']:>3}, m {r_['m']:>3}: recomputed {r_['recomputed'] or 'nothing'}")
-
-# %%
+# %% tags=["hide-input"]
 full_acc = headline.metrics["teacher"]["full"]["accuracy"]
-fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True, sharey="row")
+fig, axes = plt.subplots(2, 2, figsize=(chapter.PAGE_WIDTH_IN, 6.2), sharex=True, sharey="row")
 for j, role in enumerate(["teacher", "student"]):
     if not rows(role):
         continue
@@ -185,20 +241,34 @@ for j, role in enumerate(["teacher", "student"]):
         for k_, ipc in enumerate(ipcs):
             g = rows(role, ipc)
             ax.plot([r_["m"] for r_ in g], [r_[f"DNTK {metric}"] for r_ in g], "o-", color=f"C{k_}",
-                    label=f"DNTK, ipc {ipc} ($N_d$={10 * ipc})")
+                    label=f"DNTK, {ipc} images per class")
             ax.axhline(g[0][f"DD+JL {metric}"], color=f"C{k_}", ls=":", lw=1)
         if metric == "accuracy":
             ax.axhline(rows(role)[0]["network accuracy"], color="k", ls="--", lw=1, label=f"{role} network")
             if role == "teacher":
                 ax.axhline(full_acc, color="0.5", ls="-.", lw=1, label="KRR, whole training set")
         ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.set_title(f"{role}: test {metric}")
         ax.set_ylim(0, 1.02)
         if i == 1:
             ax.set_xlabel("synthetic gradients per class $m$")
-        ax.legend(fontsize=7, loc="lower right")
-fig.suptitle("DNTK on digits (dotted: KRR on all distilled gradients of that ipc)", fontsize=10)
-fig.tight_layout();
+handles, names = axes[0, 0].get_legend_handles_labels()
+handles2, names2 = axes[0, 1].get_legend_handles_labels()
+extra = [(h, n) for h, n in zip(handles2, names2) if n not in names]
+fig.legend(handles + [h for h, _ in extra], names + [n for _, n in extra], loc="outside lower center", ncol=2)
+chapter.glue_figure("ch09-sweep", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch09-sweep
+# :name: fig-ch09-sweep
+# :alt: Four panels: test accuracy (top) and fidelity (bottom) of the teacher's (left) and the student's (right) DNTK against the number of synthetic gradients per class, one line per distilled-set size, with dotted lines for KRR on all distilled gradients and dashed lines for the networks.
+#
+# The DNTK on digits for the teacher (left) and the student (right): test accuracy (top) and fidelity
+# (bottom) against the number $m$ of synthetic gradients per class, one colour per distilled-set size.
+# Dotted: KRR on all distilled gradients of that size; dashed: the network's own accuracy; dash-dotted:
+# KRR on the whole training set. The analogue of the paper's Fig 1.
+# ```
 
 # %% [markdown]
 # ## What the numbers say, and how they compare with the paper
@@ -214,6 +284,13 @@ fig.tight_layout();
 #   low-rank (Sec 5.2);
 # - the student's kernel models its own (weaker) network; its ceiling is the student's accuracy.
 #
+# The student here is trained for {glue:text}`ch09_student_epochs` epochs on {glue:text}`ch09_ipc` distilled images
+# per class (test accuracy {glue:text}`ch09_student_net_acc:.3f`; its DNTK's fidelity is
+# {glue:text}`ch09_student_dntk_fid:.3f`). {doc}`06_wmdd` trains its students on other set sizes and with other
+# training settings, and the `digits-full` run of {doc}`../book/results` uses ten images per class, so their
+# student and distilled-set numbers differ from these; the results page lists each number with the settings
+# and the page that produced it.
+#
 # Where the curve is below the paper's, the reason is usually Algorithm 1's settings: with very few
 # synthetic gradients, the candidates are ordered by eigenvalue, so the first ones are the top local
 # eigenvectors of single clusters; how many clusters $M$ and which $\tau$, $\gamma$ work best is
@@ -221,8 +298,6 @@ fig.tight_layout();
 # The paper-scale run is one command on a GPU: `dntk run params/imagenette-resnet18.yaml --set device=cuda`.
 
 # %%
-t = headline.metrics["teacher"]
-s = headline.metrics.get("student")
 summary = {
     "teacher network accuracy": t["network_accuracy"],
     "teacher KRR whole training set (JL only)": t["full"]["accuracy"],
@@ -236,8 +311,8 @@ if s is not None:
                     f"student DNTK m={cfg.gradient_distillation.budget} fidelity": s["dntk"]["fidelity"]})
 for k_, v in summary.items():
     print(f"{k_:<48} {v:.3f}")
-(OUT / "summary.json").write_text(json.dumps({"config": str(config), "summary": summary,
-                                              "sweep": records}, indent=1))
+_ = (OUT / "summary.json").write_text(json.dumps({"config": str(config), "summary": summary,
+                                                  "sweep": records}, indent=1))
 
 # %% [markdown]
 # ## Checks
@@ -251,9 +326,12 @@ for k_, v in summary.items():
 #    fidelity at the largest budget, where the synthetic gradients' span covers ≥ 85% of the distilled
 #    gradient energy), and its fidelity grows from the smallest to the largest budget;
 # 4. the DNTK is a model *of the network*: its fidelity at the largest budget is at least its accuracy
-#    minus 0.05, and the student's network is the ceiling of the student's kernel.
+#    minus 0.05, and the student's network is the ceiling of the student's kernel;
+# 5. the stage cache: a first run computes every stage, an identical rerun computes none, and a changed
+#    budget recomputes some but not all.
 
-# %%
+# %% tags=["hide-input"]
+assert n_first == len(stage_keys) and n_rerun == 0 and 0 < n_changed < len(stage_keys), status
 assert t["full"]["fidelity"] >= 0.95, t["full"]
 assert t["distilled"]["fidelity"] >= 0.85, t["distilled"]
 for ipc in ipcs:

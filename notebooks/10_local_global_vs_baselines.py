@@ -12,14 +12,14 @@
 # {doc}`08_gradient_distillation` built Algorithm 1: per class it replaces the $N$ projected gradients by $m$
 # synthetic ones, $G_{\rm syn} = V^\top\tilde G_c$, whose coefficient vectors are local and global ("gap")
 # eigenvectors of the class kernel. The obvious alternative is to keep $m$ *real* gradients — rows of
-# $\tilde G_c$ chosen by some rule — and run KRR on those. The paper's Sec 5.3 compares the two at equal budgets
+# $\tilde G_c$ chosen by some rule — and run KRR on those. Sec 5.3 of {cite:t}`mahowald2026dntk` compares the two at equal budgets
 # on ImageNette/ResNet-18 (Figs 1 and 6) and reports that with five synthetic gradients per class Algorithm 1
 # reaches 76% accuracy and 78% fidelity, above every sampling baseline at every compression ratio.
 #
 # This chapter runs the same comparison on the digits convnet:
 #
 # * budgets $m \in \{1, 2, 5, 10, 20, 50\}$ gradients per class;
-# * Algorithm 1 against four row-selection baselines (SPEC §4.3): **random** rows, ridge **leverage** scores
+# * Algorithm 1 against four row-selection baselines ({ref}`maths-4-3`): **random** rows, ridge **leverage** scores
 #   (the top $m$, and $m$ sampled in proportion to the scores), **FPS** (greedy $k$-center / farthest point
 #   sampling) and **$k$-means** (the real row nearest to each of $m$ centres); the seeded ones over three seeds;
 #   plus **PCA**, the top-$m$ global eigenvectors (the rank-$m$ KRR), as a reference line;
@@ -54,28 +54,33 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dntk import data, metrics, models, projection, tangent, wmdd
+from dntk import chapter, data, metrics, models, projection, tangent, wmdd
 from dntk.gradient_distillation import leverage_scores, local_global, local_global_grid, select
 from dntk.krr import ClassKRR, default_lam
 from dntk.spectral import spectral_clusters
 
-torch.manual_seed(seed)
+_ = torch.manual_seed(seed)
+chapter.use_book_style()
+chapter.glue_number("ch10_k", proj_dim)
+chapter.glue_number("ch10_wmdd_ipc", wmdd_ipc)
+chapter.glue_number("ch10_tau", tau)
+chapter.glue_number("ch10_gamma", gamma)
 
 # %% [markdown]
 # ## Features, targets, and how a compressed set is scored
 #
-# Projected class gradients ($k$ = `proj_dim`) of the training and test images, and the network's logits as
+# Projected class gradients ($k$ = {glue:text}`ch10_k`) of the training and test images, and the network's logits as
 # regression targets. Every method produces, per class, a small training set $(G_{\rm syn}, t_{\rm syn})$ —
 # real rows and their targets for the baselines, $(V^\top\tilde G_c, V^\top t_c)$ for Algorithm 1 and PCA — and
 # is then scored identically:
 #
 # * **KRR** on the compressed set with the ridge of the *uncompressed* set, $\lambda_c = 10^{-3}\operatorname{tr}\tilde
-#   K_c/N$ (SPEC §4.3), predicting from the test points' projected gradients; test **accuracy** and **fidelity**
+#   K_c/N$ ({eq}`eq-krr-synthetic`), predicting from the test points' projected gradients; test **accuracy** and **fidelity**
 #   (agreement with the network's argmax).
 # * **Coverage** $\|\tilde G\Pi\|_F^2/\|\tilde G\|_F^2$ with $\Pi$ the orthogonal projector onto the row space of
 #   $G_{\rm syn}$ — the fraction of the class's gradient energy inside the compressed set's span — and the
 #   **relative Nyström error** $\|\tilde G(I-\Pi)\|_F^2/\|\tilde G\|_F^2 = \operatorname{tr}(\tilde K - \tilde K_\Pi)/\operatorname{tr}\tilde K$
-#   (eq 10), the trace-norm error of the Nyström kernel that the compressed set induces. Both are averaged
+#   ({eq}`eq-kernel-fidelity`, the paper's eq 10), the trace-norm error of the Nyström kernel that the compressed set induces. Both are averaged
 #   over the classes (`dntk.metrics.coverage`, `dntk.metrics.nystrom_error`).
 
 # %%
@@ -164,10 +169,12 @@ for key, title in [("acc", "test accuracy"), ("fid", "fidelity"), ("cov", "cover
     print()
 
 
-# %%
-def plot_metrics(out, title):
+# %% tags=["hide-input"]
+def plot_metrics(out):
+    """A 2×2 figure of accuracy, fidelity, coverage and Nyström error against the budget m."""
     ms = list(next(iter(out.values())))
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = plt.subplots(2, 2, figsize=(chapter.PAGE_WIDTH_IN, 6.4), sharex=True)
+    axes = axes.ravel()
     styles = {"Algorithm 1": dict(color="k", lw=2.2, marker="o"), "PCA (rank m)": dict(color="gray", ls="--", marker=".")}
     cmap = plt.get_cmap("tab10")
     for ax, (key, label) in zip(axes, [("acc", "test accuracy"), ("fid", "fidelity"), ("cov", "coverage"),
@@ -178,16 +185,29 @@ def plot_metrics(out, title):
             if name in SEEDED:
                 ax.fill_between(ms, lo, hi, color=st["color"], alpha=0.15)
         ax.set_xscale("log")
-        ax.set_xlabel("gradients per class m")
+        ax.set_xticks(ms, [str(m) for m in ms])
         ax.set_title(label)
         if key == "nys":
             ax.set_yscale("log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
+    for ax in axes[2:]:
+        ax.set_xlabel("gradients per class $m$")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=4, fontsize=9)
+    return fig
 
 
-plot_metrics(out, f"digits training set (N = {N}): Algorithm 1 vs sampling baselines (band: min–max over seeds)");
+chapter.glue_number("ch10_N", N)
+chapter.glue_figure("ch10-train", plot_metrics(out))
+
+# %% [markdown]
+# ```{glue:figure} ch10-train
+# :name: fig-ch10-train
+# :alt: Four panels against the number of gradients per class on a log axis: test accuracy, fidelity, subspace coverage and relative Nyström error, for Algorithm 1 (thick black), the rank-m PCA reference (dashed grey) and five sampling baselines; Algorithm 1 is highest in accuracy and fidelity at small budgets.
+#
+# Algorithm 1 against the sampling baselines on the digits training set ($N$ = {glue:text}`ch10_N`), at
+# budgets of $m$ gradients per class. Bands show the minimum and maximum over the baselines' seeds; the
+# dashed grey line is the rank-$m$ PCA reference. The analogue of the paper's Figs 1 and 6.
+# ```
 
 # %% [markdown]
 # Reading the plots (the analogue of the paper's Figs 1 and 6):
@@ -197,7 +217,7 @@ plot_metrics(out, f"digits training set (N = {N}): Algorithm 1 vs sampling basel
 #   with the idiosyncrasies of one input; a synthetic gradient is an eigen-direction, i.e. an average over
 #   all the inputs of a cluster weighted by their share in that direction.
 # * **It also beats PCA at the smallest budgets, although PCA covers more of the kernel.** PCA's coverage is
-#   the highest possible for any $m$-dimensional span (Ky Fan, SPEC §3 Prop 3.6) and its Nyström error the
+#   the highest possible for any $m$-dimensional span (Ky Fan, {prf:ref}`a-prop-energy-gap`) and its Nyström error the
 #   lowest, yet the rank-1 and rank-2 KRR classify almost nothing correctly: the leading *global*
 #   eigenvector of a class kernel is almost the constant vector, i.e. its synthetic gradient is the mean
 #   gradient shared by all inputs (the kernels are uncentred; printed below), which carries more than half
@@ -235,7 +255,7 @@ print(f"without a budget at τ = {tau}, γ = {gamma} Algorithm 1 would keep {sum
 # %% [markdown]
 # With up to ten gradients per class the synthetic sets are made of **local** gradients only: step 6 orders
 # candidates by eigenvalue, and the top local eigenvalues of the ten digit clusters are larger than those of
-# the gap directions, which sit further down the global spectrum (chapter 8's plot). Gaps enter from
+# the gap directions, which sit further down the global spectrum ({numref}`fig-ch08-spectra`). Gaps enter from
 # $m = 20$ on, and they make up a large part of unbudgeted sets — which is what the grid search below varies.
 #
 # ## Grid search over $(\tau, \gamma)$ and the Pareto front (Fig 9)
@@ -265,21 +285,23 @@ for p in sorted(pts, key=lambda p: (p["tau"], p["gamma"])):
     print(f"{p['tau']:>5}{p['gamma']:>6}{p['m']:>17}{p['local']:>7}{p['gap']:>6}{p['acc']:>10.3f}{p['fid']:>10.3f}"
           f"  {'*' if p in front else ''}")
 
-# %%
-fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN, 3.6))
 cm = plt.get_cmap("viridis")
 for i, t_ in enumerate(grid_taus):
     sel = [p for p in pts if p["tau"] == t_]
-    axes[0].scatter([p["m"] for p in sel], [p["fid"] for p in sel], color=cm(i / max(1, len(grid_taus) - 1)),
-                    label=f"τ = {t_}", s=[20 + 60 * p["gamma"] for p in sel])
-axes[0].step([p["m"] for p in front], [p["fid"] for p in front], where="post", color="k", lw=1, label="Pareto front")
-axes[0].axhline(fid_full, color="gray", ls=":", lw=1, label="full KRR")
-axes[0].set_xscale("log")
-axes[0].set_xlabel("synthetic gradients (all classes)")
-axes[0].set_ylabel("fidelity")
-axes[0].set_title("fidelity vs size (marker size: γ)")
-axes[0].legend(fontsize=7)
-for ax, key in zip(axes[1:], ["local", "gap"]):
+    ax.scatter([p["m"] for p in sel], [p["fid"] for p in sel], color=cm(i / max(1, len(grid_taus) - 1)),
+               label=f"τ = {t_}", s=[20 + 60 * p["gamma"] for p in sel])
+ax.step([p["m"] for p in front], [p["fid"] for p in front], where="post", color="k", lw=1, label="Pareto front")
+ax.axhline(fid_full, color="gray", ls=":", lw=1, label="full KRR")
+ax.set_xscale("log")
+ax.set_xlabel("synthetic gradients (all classes)")
+ax.set_ylabel("fidelity")
+ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+chapter.glue_figure("ch10-pareto", fig)
+
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.4))
+for ax, key in zip(axes, ["local", "gap"]):
     Z = np.array([[next(p[key] for p in pts if p["tau"] == t_ and p["gamma"] == g_) for g_ in grid_gammas]
                   for t_ in grid_taus])
     im = ax.imshow(Z, cmap="magma", aspect="auto")
@@ -290,8 +312,26 @@ for ax, key in zip(axes[1:], ["local", "gap"]):
     ax.set_title(f"{key} gradients (all classes)")
     for a in range(len(grid_taus)):
         for b in range(len(grid_gammas)):
-            ax.text(b, a, int(Z[a, b]), ha="center", va="center", fontsize=8, color="w" if Z[a, b] < Z.max() / 2 else "k")
-fig.tight_layout();
+            ax.text(b, a, int(Z[a, b]), ha="center", va="center", fontsize=9, color="w" if Z[a, b] < Z.max() / 2 else "k")
+chapter.glue_figure("ch10-grid-counts", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch10-pareto
+# :name: fig-ch10-pareto
+# :alt: Scatter of fidelity against the total number of synthetic gradients for every (tau, gamma) pair of the grid, coloured by tau with marker size growing with gamma, with the Pareto front as a black step line and the full KRR's fidelity as a dotted line.
+#
+# The $(\tau, \gamma)$ grid search without a budget (the analogue of the paper's Fig 9): fidelity against the
+# size of the synthetic set, summed over the classes. Colour: $\tau$; marker size grows with $\gamma$; black
+# steps: the Pareto front; dotted: the full KRR on all training rows.
+# ```
+#
+# ```{glue:figure} ch10-grid-counts
+# :name: fig-ch10-grid-counts
+# :alt: Two heatmaps over the tau-gamma grid with the count printed in each cell: the number of local gradients (left), which changes only with tau, and the number of gap gradients (right), which grows with gamma.
+#
+# How many of the synthetic gradients in {numref}`fig-ch10-pareto` are local (left) and gaps (right), summed
+# over the classes, for every $(\tau, \gamma)$.
+# ```
 
 # %% [markdown]
 # The number of local gradients depends on $\tau$ only (one per cluster and class while $\tau \le 0.7$: each
@@ -307,8 +347,8 @@ fig.tight_layout();
 # %% [markdown]
 # ## The same comparison on a WMDD-distilled set
 #
-# The paper runs Algorithm 1 on the gradients of a *distilled* set: WMDD (chapter 6 of this book, SPEC §4.1)
-# synthesises `wmdd_ipc` images per class, the class kernels are built over these $N = C\cdot\text{ipc}$ images, and
+# The paper runs Algorithm 1 on the gradients of a *distilled* set: WMDD ({doc}`06_wmdd`, {ref}`maths-4-1`)
+# synthesises {glue:text}`ch10_wmdd_ipc` images per class, the class kernels are built over these $N = C\cdot\text{ipc}$ images, and
 # Algorithm 1 compresses each class to a handful of synthetic gradients (the paper: 500 distilled images,
 # five synthetic gradients per class, a 100× compression). Targets are the teacher's logits at the distilled
 # images (WMDD's soft labels); scores are on the real test set as before.
@@ -330,7 +370,17 @@ if wmdd_ipc:
         print_table(out_d, key, title)
         print()
     print("Algorithm 1 (local, gap) per budget:", {m: counts_d[m] for m in budgets_d})
-    plot_metrics(out_d, f"WMDD-distilled set (N = {len(dset)}): Algorithm 1 vs sampling baselines")
+    chapter.glue_number("ch10_N_d", len(dset))
+    chapter.glue_figure("ch10-wmdd", plot_metrics(out_d))
+
+# %% [markdown]
+# ```{glue:figure} ch10-wmdd
+# :name: fig-ch10-wmdd
+# :alt: The same four panels as the training-set figure, for the WMDD-distilled set: Algorithm 1 is again highest in accuracy and fidelity at small budgets.
+#
+# As {numref}`fig-ch10-train`, on the WMDD-distilled set of $N$ = {glue:text}`ch10_N_d` images
+# ({glue:text}`ch10_wmdd_ipc` per class); scores on the real test set.
+# ```
 
 # %% [markdown]
 # ## What reproduces and what differs
@@ -347,13 +397,14 @@ if wmdd_ipc:
 #   digits is easy, not because the method does better).
 # * **Different: gaps.** In the paper the gap representatives (step 5) are part of the small synthetic sets;
 #   on digits the eigenvalue order of step 6 fills budgets of up to ten per class with local gradients only,
-#   and gaps enter from $m = 20$ on. The local–global structure is there (chapter 8 shows the gaps), but at
+#   and gaps enter from $m = 20$ on. The local–global structure is there ({numref}`fig-ch08-spectra` shows the
+#   gaps), but at
 #   small budgets the local part wins.
 # * **Beyond the paper: PCA.** The paper does not compare with the top global eigenvectors. On digits they are
 #   useless at $m \le 2$, behind Algorithm 1 at $m = 5$ and comparable from $m = 10$ on, even though they cover
 #   more of the kernel at every budget: what the classifier needs is not simply the most energy.
 
-# %%
+# %% tags=["hide-input"]
 fid = summary(out, "fid")
 acc_lg = summary(out, "acc")["Algorithm 1"][0]
 for i, m in enumerate(budgets):

@@ -9,8 +9,9 @@
 # %% [markdown]
 # # Where the kernel model's error comes from
 #
-# A kernel ridge regression (KRR) model of a network (chapter 2) misses the network's logits for three
-# different reasons, and Appendix B of the paper separates them (Prop B.3):
+# A kernel ridge regression (KRR) model of a network ({doc}`02_kernel_ridge_regression`) misses the network's logits for three
+# different reasons, and Appendix B of {cite:t}`mahowald2026dntk` separates them (Prop B.3; appendix
+# {ref}`maths-5`):
 #
 # 1. **approximation** — the network is not exactly a linear function of its tangent features;
 # 2. **bias** — the ridge penalty λ shrinks the fit;
@@ -42,7 +43,10 @@ import dntk.data
 import dntk.models
 import dntk.projection
 import dntk.tangent
+from dntk import chapter
 from dntk.krr import ErrorDecomposer
+
+chapter.use_book_style()
 
 # %% [markdown]
 # ## The decomposition
@@ -64,11 +68,21 @@ from dntk.krr import ErrorDecomposer
 # ```{prf:proposition} Error decomposition (Prop B.3)
 # :label: prop-error-decomposition
 #
-# For every input $x$, $\;f - \hat f = \underbrace{(f - f^*)}_{\text{approximation}}
-# + \underbrace{(f^* - f_\lambda)}_{\text{bias}} + \underbrace{(f_\lambda - \hat f)}_{\text{variance}}$,
-# and therefore $\mathbb{E}(f - \hat f)^2 \le 3\big(\mathbb{E}(f-f^*)^2 + \mathbb{E}(f^*-f_\lambda)^2
-# + \mathbb{E}(f_\lambda-\hat f)^2\big)$. Moreover the approximation term is orthogonal to every linear
-# function of the features, so in fact
+# For every input $x$,
+#
+# $$
+# f - \hat f = \underbrace{(f - f^*)}_{\text{approximation}} + \underbrace{(f^* - f_\lambda)}_{\text{bias}}
+# + \underbrace{(f_\lambda - \hat f)}_{\text{variance}},
+# $$
+#
+# and therefore
+#
+# $$
+# \mathbb{E}(f - \hat f)^2 \le 3\big(\mathbb{E}(f-f^*)^2 + \mathbb{E}(f^*-f_\lambda)^2
+# + \mathbb{E}(f_\lambda-\hat f)^2\big).
+# $$
+#
+# Moreover the approximation term is orthogonal to every linear function of the features, so in fact
 # $\mathbb{E}(f - \hat f)^2 = \mathbb{E}(f-f^*)^2 + \mathbb{E}(f^*-\hat f)^2$.
 # ```
 #
@@ -94,17 +108,18 @@ from dntk.krr import ErrorDecomposer
 # $\mathbb{E}(f - f_\lambda)^2$ that the ridge fit cannot explain.
 #
 # **What stands in for the population.** We have no distribution, only data, so a *pool* plays its role:
-# all 1797 digits (train and test splits together). Expectations are averages over the pool, $f^*$ is
+# all {glue:text}`ch11_n_pool` digits (train and test splits together). Expectations are averages over the pool, $f^*$ is
 # least squares on the pool, $f_\lambda$ is ridge on the pool, and each $\hat f$ is ridge on $N$ points
-# drawn from the pool without replacement; all three are evaluated on the whole pool (SPEC §5). Note
+# drawn from the pool without replacement; all three are evaluated on the whole pool (appendix
+# {ref}`maths-5`). Note
 # the scaling: $(\hat\Sigma + \lambda I)^{-1}$ is KRR with ridge $N\lambda$ on the kernel $G G^\top$,
 # so a fixed population λ means a KRR ridge that grows with $N$. We set
 # $\lambda = \rho\,\mathrm{tr}(\Sigma)$ per class; for comparison, the library's default KRR rule
 # $\lambda_{\text{KRR}} = 10^{-3}\,\mathrm{tr}(K)/N$ corresponds to $\rho = 10^{-3}/N$.
 #
-# The features are the tangent features projected to $k$ dimensions (`dntk.projection`, chapter on random
-# projection): with the exact $P \approx 29\,000$ features the pool's least squares would interpolate all
-# 1797 points and the approximation term would vanish trivially.
+# The features are the tangent features projected to $k$ = {glue:text}`ch11_k` dimensions (`dntk.projection`,
+# {doc}`07_random_projection`): with all $P$ = {glue:text}`ch11_P:,` exact features the pool's least squares
+# would interpolate all {glue:text}`ch11_n_pool` points and the approximation term would vanish trivially.
 
 # %%
 model = dntk.models.trained(model_name, dataset=dataset, progress=progress)
@@ -115,6 +130,9 @@ projector = dntk.projection.make(projector_kind, k, seed=seed)
 G_pool = dntk.tangent.class_gradients(model, X_pool, projector=projector, device=device, progress=progress)
 f_pool = dntk.tangent.logits(model, X_pool)
 n_pool, C, _ = G_pool.shape
+chapter.glue_number("ch11_n_pool", n_pool)
+chapter.glue_number("ch11_k", k)
+chapter.glue_number("ch11_P", dntk.tangent.num_params(model))
 print(f"pool: n = {n_pool} digits, C = {C} classes, features {tuple(G_pool.shape)} "
       f"({projector_kind} projection of P = {dntk.tangent.num_params(model)} to k = {k})")
 
@@ -150,9 +168,13 @@ print(f"approximation term E(f − f*)²: {approx_ms:.4f}  "
 # %% [markdown]
 # ## Sweep over the number of training points
 #
-# At fixed $\rho$ = `rho_fixed`, the mean squares over the pool (and over `n_draws` random training sets):
+# At fixed $\rho$ = {glue:text}`ch11_rho_fixed:.0e`, the mean squares over the pool (averaged over
+# {glue:text}`ch11_n_draws` random training sets of each size):
 
 # %%
+chapter.glue_number("ch11_rho_fixed", rho_fixed)
+chapter.glue_number("ch11_n_draws", n_draws)
+chapter.glue_number("ch11_n_fixed", n_fixed)
 by_n = [{"N": n, **measure(n, rho_fixed)} for n in n_grid]
 hdr = f"{'N':>6}{'approx.':>10}{'bias':>10}{'variance':>10}{'total':>10}"
 print(hdr)
@@ -162,11 +184,12 @@ Ns = np.array([r["N"] for r in by_n], dtype=float)
 var_n = np.array([r["variance"] for r in by_n])
 slope_n = float(np.polyfit(np.log(Ns), np.log(var_n), 1)[0])
 print(f"log–log slope of the variance term against N: {slope_n:.2f} (App B: −1)")
+chapter.glue_number("ch11_slope_n", slope_n)
 
 # %% [markdown]
 # ## Sweep over λ
 #
-# At fixed $N$ = `n_fixed`, varying $\rho = \lambda/\mathrm{tr}\,\Sigma$. The closed-form bias uses the
+# At fixed $N$ = {glue:text}`ch11_n_fixed`, varying $\rho = \lambda/\mathrm{tr}\,\Sigma$. The closed-form bias uses the
 # eigendecomposition of the pool covariance $\Sigma = G^\top G/n$ per class (computed here independently
 # of the library), and the variance is compared with the heuristic $\sigma^2 d_{\mathrm{eff}}(\lambda)/N$.
 
@@ -200,27 +223,40 @@ for r, bf, vh in zip(by_rho, bias_formula, var_heuristic):
     print(f"{r['rho']:>8.0e}{r['bias']:>10.4f}{bf:>16.4f}{r['variance']:>10.4f}{vh:>11.4f}{r['total']:>10.4f}")
 best_rho = by_rho[int(np.argmin([r["total"] for r in by_rho]))]["rho"]
 print(f"smallest total error at ρ = {best_rho:.0e} for N = {n_fixed}")
+chapter.glue_number("ch11_best_rho", best_rho)
 
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+# %% tags=["hide-input"]
+styles = (("approximation", "o-"), ("bias", "s-"), ("variance", "^-"), ("total", "k--"))
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.4), sharey=True)
 ax = axes[0]
-for key, style in (("approximation", "o-"), ("bias", "s-"), ("variance", "^-"), ("total", "k--")):
+for key, style in styles:
     ax.loglog(Ns, [r[key] for r in by_n], style, label=key)
 ax.loglog(Ns, var_n[0] * Ns[0] / Ns, ":", color="gray", label=r"$\propto 1/N$")
-ax.set_xlabel("training points N")
+ax.set_xlabel("training points $N$")
 ax.set_ylabel("mean square over the pool")
-ax.set_title(rf"terms vs $N$ ($\rho$ = {rho_fixed:g})")
-ax.legend(fontsize=8)
+ax.set_title(rf"against $N$ ($\rho$ = {rho_fixed:.0e})")
 ax = axes[1]
 rhos = np.array(rho_grid)
-for key, style in (("approximation", "o-"), ("bias", "s-"), ("variance", "^-"), ("total", "k--")):
-    ax.loglog(rhos, [max(r[key], 1e-12) for r in by_rho], style, label=key)
+for key, style in styles:
+    ax.loglog(rhos, [max(r[key], 1e-12) for r in by_rho], style)
 ax.loglog(rhos, np.maximum(bias_formula, 1e-12), "x", color="C1", ms=9, label="bias, closed form")
 ax.loglog(rhos, var_heuristic, ":", color="C2", label=r"$\sigma^2 d_{\rm eff}/N$")
+ax.set_xticks(rhos[::2])
 ax.set_xlabel(r"$\rho = \lambda / \mathrm{tr}\,\Sigma$")
-ax.set_title(f"terms vs λ (N = {n_fixed})")
-ax.legend(fontsize=8)
-fig.tight_layout();
+ax.set_title(f"against λ ($N$ = {n_fixed})")
+fig.legend(loc="outside lower center", ncol=4, fontsize=9)
+chapter.glue_figure("ch11-terms", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch11-terms
+# :name: fig-ch11-terms
+# :alt: Two log-log panels: approximation, bias, variance and total error against the number of training points (the variance falls like 1/N) and against the ridge parameter (the bias grows and matches its closed form, the variance shrinks).
+#
+# The three error terms of {prf:ref}`prop-error-decomposition` on the digits pool. Left: against the
+# number of training points $N$ at fixed ridge; the dotted grey line has slope $-1$. Right: against the
+# relative ridge $\rho$ at fixed $N$, with the closed-form bias (crosses) and the heuristic
+# $\sigma^2 d_{\mathrm{eff}}/N$ for the variance (dotted).
+# ```
 
 # %% [markdown]
 # ## Reading the numbers
@@ -230,20 +266,22 @@ fig.tight_layout();
 #   the "near the lazy regime" condition [1] of App B holding for this network on this data.
 # - The **bias** term grows monotonically with λ and matches its spectral formula to round-off; for
 #   small λ it is negligible because the logits live on the leading eigendirections of $\Sigma$.
-# - The **variance** term falls roughly like $1/N$ and shrinks as λ grows; the heuristic
+# - The **variance** term falls roughly like $1/N$ (log–log slope {glue:text}`ch11_slope_n:.2f`) and shrinks
+#   as λ grows; the heuristic
 #   $\sigma^2 d_{\mathrm{eff}}/N$ gets its order of magnitude and its trend in λ right but is not a
 #   bound (it assumes homoscedastic residuals).
-# - Their sum shows the usual trade-off in λ: the total error is smallest at an intermediate λ.
+# - Their sum shows the usual trade-off in λ: the total error is smallest at an intermediate λ
+#   ($\rho$ = {glue:text}`ch11_best_rho:.0e` here).
 #
 # The paper states Prop B.3 and the scalings without measuring them; these are our own measurements on
 # digits, so there is no paper number to compare with. The approximation term is measured in-sample on the
-# pool (least squares with $k$ = 512 features on 1797 points), so it slightly underestimates the
-# population value.
+# pool (least squares with $k$ = {glue:text}`ch11_k` features on {glue:text}`ch11_n_pool` points), so it
+# slightly underestimates the population value.
 
 # %% [markdown]
 # ## Checks
 
-# %%
+# %% tags=["hide-input"]
 for r in by_n + by_rho:
     # the decomposition is an identity, and the approximation term is orthogonal to the rest
     assert r["identity gap"] < 1e-9, r

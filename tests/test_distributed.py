@@ -65,3 +65,152 @@ def test_needs_a_projector(tmp_path):
     model, X, _ = _setup()
     with pytest.raises(ValueError, match="projector"):
         distributed.class_gradients(model, X, None, str(tmp_path / "f"))
+
+
+# ------------------------------------------------------------------ nothing stale is ever returned
+def test_another_model_at_the_same_path_is_refused(tmp_path):
+    path = str(tmp_path / "feats.f32")
+    model, X, R = _setup()
+    distributed.class_gradients(model, X, R, path)
+    other = models.build("convnet", 3, in_channels=1, width=4, seed=1)  # same shapes, other weights
+    with pytest.raises(ValueError, match="another model"):
+        distributed.class_gradients(other, X, R, path)
+
+
+def test_other_inputs_of_the_same_size_are_recomputed(tmp_path):
+    path = str(tmp_path / "feats.f32")
+    model, X, R = _setup()
+    distributed.class_gradients(model, X, R, path)
+    X2 = torch.rand(X.shape, generator=torch.Generator().manual_seed(5))
+    got = distributed.class_gradients(model, X2, R, path)
+    ref = tangent.class_gradients(model, X2, projector=R, method="exact")
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_corrupted_rows_are_recomputed(tmp_path, monkeypatch):
+    path = str(tmp_path / "feats.f32")
+    model, X, R = _setup()
+    first = np.array(distributed.class_gradients(model, X, R, path))
+    mm = np.memmap(path, dtype="float32", mode="r+", shape=first.shape)
+    mm[3] = 123.0
+    mm.flush()
+    del mm
+    calls = []
+    real = tangent.class_gradients
+    monkeypatch.setattr(tangent, "class_gradients", lambda m, x, **kw: calls.append(len(x)) or real(m, x, **kw))
+    got = distributed.class_gradients(model, X, R, path)
+    assert calls == [len(X)]
+    np.testing.assert_array_equal(got, first)
+
+
+def test_other_world_size_is_refused(tmp_path):
+    path = str(tmp_path / "feats.f32")
+    model, X, R = _setup()
+    distributed.class_gradients(model, X, R, path, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="world_size"):
+        distributed.class_gradients(model, X, R, path, rank=0, world_size=3)
+
+
+# ------------------------------------------------------------------ process groups: clear errors
+def test_more_ranks_than_classes_is_refused():
+    with pytest.raises(distributed.DistributedError, match="exceeds the 10 classes"):
+        distributed.Ranks(0, 11).check_work(10)
+    distributed.Ranks(0, 10).check_work(10)
+
+
+def test_nccl_without_cuda_is_refused(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(distributed.DistributedError, match="nccl backend needs CUDA"):
+        distributed.init_from_env("nccl")
+    with pytest.raises(distributed.DistributedError, match="nccl backend needs CUDA"):
+        distributed.init_from_env(None, device="cuda")
+    with pytest.raises(distributed.DistributedError, match="nccl backend needs CUDA"):
+        distributed.launch(_rank_job, 2, backend="nccl")
+
+
+@pytest.mark.parametrize("env, match", [({"WORLD_SIZE": "2", "RANK": "2"}, "need 0 <= RANK < WORLD_SIZE"),
+                                        ({"WORLD_SIZE": "two"}, "must be integers"),
+                                        ({"WORLD_SIZE": "2", "RANK": "1"}, "MASTER_ADDR is not set")])
+def test_bad_process_group_environment(monkeypatch, env, match):
+    for var in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(distributed.DistributedError, match=match):
+        distributed.init_from_env()
+
+
+def test_unreachable_rendezvous_times_out_with_a_message(tmp_path):
+    """A rank whose rank 0 never comes fails after the timeout with one line, instead of hanging."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nprogress: false\n")
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "DNTK_DIST_TIMEOUT": "3", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "dntk", "run", str(cfg)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2, out.stderr
+    assert len(err) == 1 and "could not join the 2 processes" in err[0] and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------ the pipeline over two gloo ranks
+def _pipeline_rank(cfg_dict, out_dir):
+    import json
+
+    from dntk import pipeline
+
+    res = pipeline.run(pipeline.Config.from_dict(cfg_dict))
+    rank = torch.distributed.get_rank()
+    with open(f"{out_dir}/rank{rank}.json", "w") as fh:
+        json.dump({"metrics": res.metrics, "info": res.info, "stages": res.stages}, fh, default=str)
+
+
+def test_smoke_config_over_two_gloo_ranks_equals_one_process(tmp_path, monkeypatch):
+    """params/smoke.yaml: one process, then the same run shared by two gloo ranks (teacher, distilled set and
+    student reused from the single run's cache, so the ranks featurise, run Algorithm 1 and KRR): the
+    features are bit-identical, the metrics equal, and result.json records who did what."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from dntk import pipeline
+    from dntk.store import Store
+
+    monkeypatch.setenv("DNTK_CACHE", str(Path.home() / ".cache" / "dntk"))  # the shared trained teacher
+    root = Path(__file__).resolve().parents[1]
+    cfg = pipeline.load_config(root / "params" / "smoke.yaml").replace(
+        progress=False, figures=False, run_dir=str(tmp_path / "one"), cache_dir=str(tmp_path / "cache1"),
+        **{"ledger.measure": False})
+    single = pipeline.run(cfg)
+    for stage in ("teacher", "distill", "student"):
+        shutil.copytree(tmp_path / "cache1" / stage, tmp_path / "cache2" / stage)
+    d = cfg.replace(run_dir=str(tmp_path / "two"), cache_dir=str(tmp_path / "cache2")).to_dict()
+    distributed.launch(_pipeline_rank, world_size=2, args=(d, str(tmp_path)))
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    written = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert r0["metrics"] == r1["metrics"] == written["metrics"] == json.loads(json.dumps(single.metrics))
+    assert written["info"]["world_size"] == 2
+    work = written["info"]["work"]
+    assert work["gradient_distillation[teacher]"] == {"0": [0, 1, 2, 3, 4], "1": [5, 6, 7, 8, 9]}
+    assert work["features[teacher/train]"] == {"0": [0, 719], "1": [719, 1437]}
+    computed = {(s["stage"], s["role"]) for s in written["stages"] if s["status"] == "computed"}
+    assert ("features", "teacher/distilled") in computed and ("teacher", "") not in computed
+    # same content keys, bit-identical features
+    assert written["info"]["stage_keys"] == single.info["stage_keys"]
+    s1, s2 = Store(tmp_path / "cache1"), Store(tmp_path / "cache2")
+    for label, key in single.info["stage_keys"].items():
+        if label.startswith("features"):
+            a, b = s1.load("features", key), s2.load("features", key)
+            assert torch.equal(a["features"], b["features"]) and torch.equal(a["logits"], b["logits"]), label

@@ -78,10 +78,12 @@ def test_error_decomposition_bad_input():
 
 def test_non_finite_pool_rejected():
     F, T = _data(10, 2, 5)
-    Fb = F.clone(); Fb[2, 1, 0] = float("nan")
+    Fb = F.clone()
+    Fb[2, 1, 0] = float("nan")
     with pytest.raises(ValueError, match="pool_features"):
         ErrorDecomposer(Fb, T)
-    Tb = T.clone(); Tb[0, 0] = float("inf")
+    Tb = T.clone()
+    Tb[0, 0] = float("inf")
     with pytest.raises(ValueError, match="pool_targets"):
         ErrorDecomposer(F, Tb)
 

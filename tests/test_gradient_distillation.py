@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dntk.gradient_distillation import (SELECT_METHODS, leverage_scores, local_global, local_global_grid,
-                                        select)
+from dntk.baselines import select
+from dntk.gradient_distillation import local_global, local_global_grid
 from dntk.krr import ClassKRR, default_lam
 
 
@@ -119,7 +119,8 @@ def test_steps_against_numpy_reference(data):
             rj = ref_rank(lj, tau)
             A += ((Uj[:, :rj].T @ U[S, :r]) ** 2).sum(0)
             for l in range(rj):
-                v = np.zeros(len(G)); v[S] = Uj[:, l]
+                v = np.zeros(len(G))
+                v[S] = Uj[:, l]
                 cands.append((lj[l], v))
         gaps = np.nonzero(A < gamma)[0]
         cands += [(lam[i], U[:, i]) for i in gaps]
@@ -255,72 +256,6 @@ def test_remark_4_2_norms(data):
         assert float(cs.G_syn[0].pow(2).sum()) == pytest.approx(float(cs.source_eigval[0]), rel=1e-9)
 
 
-def test_leverage_scores_direct():
-    g = torch.Generator().manual_seed(3)
-    for N, k in ((50, 12), (10, 30)):
-        G = torch.randn(N, k, generator=g, dtype=torch.float64) @ torch.diag(torch.logspace(0, -3, k, dtype=torch.float64))
-        K = (G @ G.T).numpy()
-        for lam in (1e-4, 0.3):
-            direct = np.diag(K @ np.linalg.inv(K + lam * np.eye(N)))
-            np.testing.assert_allclose(leverage_scores(G, lam=lam).numpy(), direct, rtol=1e-8, atol=1e-12)
-        lam_default = 1e-3 * np.trace(K) / N
-        direct = np.diag(K @ np.linalg.inv(K + lam_default * np.eye(N)))
-        np.testing.assert_allclose(leverage_scores(G).numpy(), direct, rtol=1e-8)
-    s = select("leverage", G, 4)
-    assert torch.equal(s.indices, torch.argsort(s.scores, descending=True)[:4])
-    s2 = select("leverage_sampled", G, 4, seed=3, scores=s.scores)
-    assert torch.equal(s2.indices, select("leverage_sampled", G, 4, seed=3).indices)
-    with pytest.raises(ValueError, match="scores"):
-        select("leverage", G, 4, scores=s.scores[:-1])
-
-
-def test_fps_matches_brute_force():
-    g = torch.Generator().manual_seed(4)
-    G = torch.randn(60, 5, generator=g)
-    for seed in range(3):
-        sel = select("fps", G, 8, seed=seed).indices.tolist()
-        X = G.double().numpy()
-        chosen = [sel[0]]
-        for _ in range(7):
-            best, best_d = None, -1.0
-            for i in range(len(X)):
-                if i in chosen:
-                    continue
-                d = min(np.linalg.norm(X[i] - X[j]) for j in chosen)
-                if d > best_d + 1e-12:
-                    best, best_d = i, d
-            chosen.append(best)
-        assert sel == chosen
-    assert select("fps", G, 3, start=7).indices[0] == 7
-
-
-def test_random_kmeans_and_pca():
-    X, T, _ = clustered_features(N=120, C=2)
-    G = X[:, 0]
-    r1, r2 = select("random", G, 10, seed=1).indices, select("random", G, 10, seed=2).indices
-    assert len(set(r1.tolist())) == 10 and not torch.equal(r1, r2)
-    assert torch.equal(r1, select("random", G, 10, seed=1).indices)
-    km = select("kmeans", G, 6, seed=0)
-    assert len(set(km.indices.tolist())) == 6 and int(km.indices.max()) < 120
-    from sklearn.cluster import KMeans
-    cent = KMeans(n_clusters=6, n_init=1, random_state=0).fit(G.double().numpy()).cluster_centers_
-    d = ((G.double().numpy()[None] - cent[:, None]) ** 2).sum(2)
-    np.testing.assert_array_equal(km.indices.numpy(), d.argmin(1))  # distinct nearest rows here
-    ls = select("leverage_sampled", G, 10, seed=0).indices
-    assert len(set(ls.tolist())) == 10
-    # pca: the rank-m KRR reference
-    p = select("pca", G, 4)
-    Gs, ts = p.apply(G, T[:, 0])
-    torch.testing.assert_close(p.V.T @ p.V, torch.eye(4, dtype=torch.float64), atol=1e-10, rtol=0)
-    lam = float(default_lam(X)[0])
-    w = ClassKRR(lam=lam).fit_synthetic([Gs], [ts]).weights_[0]
-    ref = ClassKRR(lam=lam, rank=4).fit(X[:, :1], T[:, :1]).weights_[0]
-    torch.testing.assert_close(w, ref, atol=1e-9, rtol=1e-9)
-    rows = select("random", G, 3, seed=0)
-    Gr, tr = rows.apply(G, T[:, 0])
-    torch.testing.assert_close(Gr, G[rows.indices].double())
-
-
 @pytest.mark.parametrize("kwargs, name", [
     (dict(budget=0), "budget"), (dict(budget=-2), "budget"), (dict(n_clusters=10_000), "n_clusters"),
     (dict(n_clusters=-1), "n_clusters"), (dict(tau=0.0), "tau"), (dict(tau=1.5), "tau"),
@@ -340,25 +275,20 @@ def test_bad_arrays(data):
     with pytest.raises(ValueError, match="features and targets"):
         local_global(X, T[:-1], 4, 0.9, 0.5, labels=labels)
     for bad in (float("nan"), float("inf")):
-        Xb = X.clone(); Xb[3, 1, 2] = bad
+        Xb = X.clone()
+        Xb[3, 1, 2] = bad
         with pytest.raises(ValueError, match="features"):
             local_global(Xb, T, 4, 0.9, 0.5, labels=labels)
     with pytest.raises(ValueError, match="features"):
         local_global(X[:, 0], T, 4, 0.9, 0.5)
     with pytest.raises(ValueError, match="labels"):
         local_global(X, T, 4, 0.9, 0.5, labels=labels % 3)
-    with pytest.raises(ValueError, match="budget"):
-        select("random", X[:, 0], 0)
-    with pytest.raises(ValueError, match="budget"):
-        select("fps", X[:, 0], X.shape[0] + 1)
-    with pytest.raises(ValueError, match="method"):
-        select("greedy", X[:, 0], 3)
-    with pytest.raises(ValueError, match="features_c"):
-        select("random", X, 3)
-    Xb = X[:, 0].clone(); Xb[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="features_c"):
-        select("leverage", Xb, 3)
-    assert set(SELECT_METHODS) == {"random", "leverage", "leverage_sampled", "fps", "kmeans", "pca"}
+    Tb = T.clone()
+    Tb[5, 0] = float("inf")
+    with pytest.raises(ValueError, match="targets"):
+        local_global(X, Tb, 4, 0.9, 0.5, labels=labels)
+    with pytest.raises(TypeError, match="features"):
+        local_global(X.to(torch.complex128), T, 4, 0.9, 0.5, labels=labels)
 
 
 def test_thread_setting_restored(data):
@@ -366,3 +296,117 @@ def test_thread_setting_restored(data):
     before = torch.get_num_threads()
     local_global(X, T, 4, tau=0.9, gamma=0.7, method="matrix_free", labels=labels)
     assert torch.get_num_threads() == before
+
+
+# ----------------------------------------------------------------------------- the main experiment
+@pytest.fixture(scope="module")
+def comparison():
+    from dntk.gradient_distillation import compare
+    X, T, labels = clustered_features(N=160, C=3, k=24, seed=5)
+    Xt, Tt, _ = clustered_features(N=60, C=3, k=24, seed=5)       # same bases: a test set of the same law
+    Xt = Xt + 0.05 * torch.randn(Xt.shape, generator=torch.Generator().manual_seed(9))
+    yt = (Tt + 0.3 * torch.randn(Tt.shape, generator=torch.Generator().manual_seed(8))).argmax(1)
+    budgets = [1, 3, 6]
+    res = compare(X, T, Xt, yt, Tt, budgets, seeds=(0, 1), n_clusters=4, labels=labels, lam_rel=1e-3)
+    return X, T, Xt, yt, Tt, budgets, res
+
+
+def _sk_scores(G, T, Gt, yt, Tt, sets, lam):
+    """Accuracy, fidelity and mean coverage from scikit-learn Ridge and a pinv projector, per-class sets."""
+    from sklearn.linear_model import Ridge
+    C = G.shape[1]
+    pred = np.stack([Ridge(alpha=float(lam[c]), fit_intercept=False, solver="cholesky")
+                     .fit(sets[c][0], sets[c][1]).predict(Gt[:, c].numpy()) for c in range(C)], 1)
+    acc = float((pred.argmax(1) == yt.numpy()).mean())
+    fid = float((pred.argmax(1) == Tt.numpy().argmax(1)).mean())
+    cov = []
+    for c in range(C):
+        S, A = np.asarray(sets[c][0]), G[:, c].double().numpy()
+        Pi = S.T @ np.linalg.pinv(S @ S.T) @ S
+        cov.append(np.sum((A @ Pi) ** 2) / np.sum(A ** 2))
+    return acc, fid, float(np.mean(cov))
+
+
+def test_compare_baseline_rows_equal_sklearn(comparison):
+    X, T, Xt, yt, Tt, budgets, res = comparison
+    lam = default_lam(X, 1e-3).numpy()
+    np.testing.assert_allclose(res.lam.numpy(), lam, rtol=1e-12)
+    G, Tn = X.double().numpy(), T.double().numpy()
+    for method in ("random", "fps", "leverage", "kmeans"):
+        for m in budgets:
+            for s in ((0, 1) if method != "leverage" else (None,)):
+                row = next(r for r in res.rows if r.method == method and r.m == m and r.seed == s)
+                idx = [select(method, X[:, c], m, seed=0 if s is None else s).indices.numpy() for c in range(3)]
+                sets = [(G[idx[c], c], Tn[idx[c], c]) for c in range(3)]
+                acc, fid, cov = _sk_scores(X, T, Xt, yt, Tt, sets, lam)
+                assert (row.accuracy, row.fidelity) == (acc, fid), (method, m, s)
+                assert abs(row.coverage - cov) < 1e-8 and abs(row.nystrom_error - (1 - cov)) < 1e-8
+    # the full-KRR ceiling equals scikit-learn on all rows
+    acc, fid, _ = _sk_scores(X, T, Xt, yt, Tt, [(G[:, c], Tn[:, c]) for c in range(3)], lam)
+    assert (res.full.accuracy, res.full.fidelity) == (acc, fid)
+
+
+def test_compare_pca_coverage_is_ky_fan_and_counts(comparison):
+    X, T, _, _, _, budgets, res = comparison
+    for m in budgets:
+        row = next(r for r in res.rows if r.method == "pca" and r.m == m)
+        ref = np.mean([np.sum(s[:m] ** 2) / np.sum(s ** 2)
+                       for s in (np.linalg.svd(X[:, c].double().numpy(), compute_uv=False) for c in range(3))])
+        assert abs(row.coverage - ref) < 1e-10
+    counts = res.counts()
+    assert set(counts) == set(budgets)
+    assert all(loc + gap == 3 * m for m, (loc, gap) in counts.items())
+    assert res.values("random", "fidelity").shape == (len(budgets), 2)
+    assert res.values("pca", "accuracy").shape == (len(budgets), 1)
+    mean, lo, hi = res.summary("coverage")["random"]
+    assert np.all(lo <= mean) and np.all(mean <= hi)
+    assert "Algorithm 1" in res.table("accuracy") and res.result is not None
+
+
+def test_compare_algorithm1_without_clusters_is_pca():
+    """n_clusters = 0, τ = 1, γ = 1: every global direction is a gap, so V = U_m — the rank-m KRR (pca)."""
+    from dntk.gradient_distillation import compare
+    X, T, _ = clustered_features(N=90, C=2, k=20, seed=2)
+    Xt, Tt, _ = clustered_features(N=40, C=2, k=20, seed=2)
+    res = compare(X, T, Xt, Tt.argmax(1), Tt, [1, 2, 4], methods=("local_global", "pca"), n_clusters=0,
+                  tau=1.0, gamma=1.0)
+    for m in (1, 2, 4):
+        a = next(r for r in res.rows if r.method == "local_global" and r.m == m)
+        b = next(r for r in res.rows if r.method == "pca" and r.m == m)
+        assert (a.accuracy, a.fidelity) == (b.accuracy, b.fidelity)
+        assert abs(a.coverage - b.coverage) < 1e-10 and (a.n_local, a.n_gap) == (0, 2 * m)
+
+
+def test_compare_bad_arguments():
+    from dntk.gradient_distillation import compare
+    X, T, _ = clustered_features(N=40, C=2, k=12, M=2, seed=1)
+    y = T.argmax(1)
+    with pytest.raises(ValueError, match="methods"):
+        compare(X, T, X, y, T, [2], methods=("greedy",))
+    with pytest.raises(ValueError, match="budgets"):
+        compare(X, T, X, y, T, [41], methods=("random",))
+    with pytest.raises(ValueError, match="budgets"):
+        compare(X, T, X, y, T, [0], methods=("random",))
+    with pytest.raises(ValueError, match="seeds"):
+        compare(X, T, X, y, T, [2], methods=("random",), seeds=())
+    with pytest.raises(ValueError, match="n_clusters"):
+        compare(X, T, X, y, T, [2], methods=("local_global",), n_clusters=1000)
+    Tb = T.clone()
+    Tb[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="targets"):
+        compare(X, Tb, X, y, T, [2], methods=("random",))
+
+
+def test_score_of_algorithm1_output_equals_sklearn(data):
+    from dntk.gradient_distillation import Score, score
+    X, T, labels = data
+    res = local_global(X, T, 4, tau=0.9, gamma=0.7, labels=labels, budget=5)
+    Xt, Tt = X[::3], T[::3]
+    yt = Tt.argmax(1)
+    lam = default_lam(X).numpy()
+    sets = [(cs.G_syn.numpy(), cs.t_syn.numpy()) for cs in res.classes]
+    acc, fid, cov = _sk_scores(X, T, Xt, yt, Tt, sets, lam)
+    s = score(res.G_syn, res.t_syn, lam, Xt, yt, Tt, features=X)
+    assert (s.accuracy, s.fidelity) == (acc, fid) and abs(s.coverage - cov) < 1e-8
+    bare = score(res.G_syn, res.t_syn, lam, Xt, yt, Tt)
+    assert isinstance(bare, Score) and bare.coverage is None and bare.accuracy == acc

@@ -283,14 +283,17 @@ def test_bad_shapes_say_which():
 
 def test_nan_inf_rejected():
     F, T, Ft = _data(10, 2, 5)
-    Fn = F.clone(); Fn[3, 1, 2] = float("nan")
-    Ti = T.clone(); Ti[0, 0] = float("inf")
+    Fn = F.clone()
+    Fn[3, 1, 2] = float("nan")
+    Ti = T.clone()
+    Ti[0, 0] = float("inf")
     with pytest.raises(ValueError, match="features contains 1 NaN/inf"):
         ClassKRR(lam=1.0).fit(Fn, T)
     with pytest.raises(ValueError, match="targets contains 1 NaN/inf"):
         ClassKRR(lam=1.0).fit(F, Ti)
     m = ClassKRR(lam=1.0).fit(F, T)
-    Fti = Ft.clone(); Fti[0, 0, 0] = float("-inf")
+    Fti = Ft.clone()
+    Fti[0, 0, 0] = float("-inf")
     with pytest.raises(ValueError, match="NaN/inf"):
         m.predict(Fti)
 
@@ -343,7 +346,8 @@ def test_fit_synthetic_bad_input():
         ClassKRR().fit_synthetic([F[:4, 0], F[:0, 1]], [T[:4, 0], T[:0, 1]], lam=0.1)
     with pytest.raises(ValueError, match="width"):
         ClassKRR().fit_synthetic([F[:4, 0], torch.randn(3, 7, dtype=torch.float64)], [T[:4, 0], T[:3, 1]], lam=0.1)
-    bad = F[:4, 0].clone(); bad[0, 0] = float("nan")
+    bad = F[:4, 0].clone()
+    bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN/inf"):
         ClassKRR().fit_synthetic([bad, F[:6, 1]], targs, lam=0.1)
     with pytest.raises(ValueError, match="center=True"):

@@ -1,4 +1,6 @@
 """dntk.metrics against hand computations, scikit-learn and the Nyström formula of SPEC §3 (eqs 7–10)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -61,8 +63,11 @@ def test_coverage_edge_cases():
     G = rng.normal(size=(20, 6))
     assert abs(metrics.coverage(G, G) - 1.0) < 1e-12             # full row space
     assert metrics.nystrom_error(G, 3.0 * G[:0]) == 1.0           # empty set covers nothing
-    Gz = G.copy(); Gz[:, 3:] = 0.0
-    S = np.zeros((2, 6)); S[0, 4] = 1.0; S[1, 5] = 2.0            # directions G does not use
+    Gz = G.copy()
+    Gz[:, 3:] = 0.0
+    S = np.zeros((2, 6))
+    S[0, 4] = 1.0
+    S[1, 5] = 2.0  # directions G does not use
     assert metrics.coverage(Gz, S) == 0.0
     S_dup = np.vstack([G[:3], G[:3], 2 * G[1:2]])                 # rank-deficient: duplicates count once
     assert abs(metrics.coverage(G, S_dup) - metrics.coverage(G, G[:3])) < 1e-12
@@ -90,7 +95,8 @@ def test_float32_inputs_give_float64_accuracy():
 
 
 def test_bad_input():
-    p = np.zeros((4, 3)); p[:, 0] = 1
+    p = np.zeros((4, 3))
+    p[:, 0] = 1
     with pytest.raises(ValueError, match=r"labels must have shape \(N,\)"):
         metrics.accuracy(p, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
@@ -101,7 +107,8 @@ def test_bad_input():
         metrics.accuracy(p[:, 0], np.array([0, 1, 2, 0]))
     with pytest.raises(ValueError, match="same shape"):
         metrics.fidelity(p, np.zeros((4, 2)))
-    bad = p.copy(); bad[0, 0] = np.nan
+    bad = p.copy()
+    bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN/inf"):
         metrics.fidelity(bad, p)
     with pytest.raises(ValueError, match="R² is undefined"):
@@ -119,3 +126,24 @@ def test_bad_input():
         metrics.coverage(np.ones((5, 3, 4)), [np.ones((1, 4))] * 2)
     with pytest.raises(ValueError, match=r"G_syn must have shape \(m, k\)"):
         metrics.nystrom_error(G, np.ones(4))
+
+
+def test_report_equals_the_single_metrics_and_sklearn():
+    rng = np.random.default_rng(4)
+    f = rng.normal(size=(40, 5))
+    p = f + 0.5 * rng.normal(size=f.shape)
+    y = rng.integers(0, 5, size=40)
+    r = metrics.report(p, y, f)
+    assert r.accuracy == float(np.mean(p.argmax(1) == y))
+    assert r.fidelity == float(np.mean(p.argmax(1) == f.argmax(1)))
+    assert abs(r.logit_r2 - r2_score(f, p, multioutput="variance_weighted")) < 1e-12
+    assert abs(r.relative_logit_error - np.linalg.norm(p - f) / np.linalg.norm(f)) < 1e-12
+    assert r.as_dict()["accuracy"] == r.accuracy
+    only = metrics.report(p, labels=y)
+    assert only.fidelity is None and only.accuracy == r.accuracy
+    const = np.ones((40, 5)) * np.arange(5)                      # R² undefined, the rest defined
+    assert metrics.report(p, net_logits=const).logit_r2 is None
+    with pytest.raises(ValueError, match="labels"):
+        metrics.report(p)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.accuracy = 1.0

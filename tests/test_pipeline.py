@@ -1,9 +1,16 @@
-"""Tests for dntk.pipeline: config loading/validation, per-stage caching, resume, run-dir safety, outputs."""
+"""Tests for dntk.pipeline: config loading/validation, preflight, per-stage caching keyed by content,
+resume, run-dir safety, outputs."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+import dntk.distributed as D
 import dntk.pipeline as P
 from dntk.pipeline import Config, ConfigError, load_config
 
@@ -23,8 +30,10 @@ TINY = {
 
 
 CALLS: dict = {}
-_STAGE_FUNCS = ("_compute_teacher", "_compute_distill", "_compute_student", "_compute_features",
-                "_compute_gd", "_compute_krr")
+# (module, function, counter name): every stage computation of a run
+_STAGE_FUNCS = ((P, "_compute_teacher", "_compute_teacher"), (P, "_compute_distill", "_compute_distill"),
+                (P, "_compute_student", "_compute_student"), (D, "featurize", "_compute_features"),
+                (P, "_compute_gd", "_compute_gd"), (P, "_compute_krr", "_compute_krr"))
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +41,14 @@ def _patched(tmp_path_factory):
     """Wrap every stage computation with a call counter (module-wide); isolate model caches."""
     mp = pytest.MonkeyPatch()
     mp.setenv("DNTK_CACHE", str(tmp_path_factory.mktemp("dntk-cache")))
-    for name in _STAGE_FUNCS:
-        orig = getattr(P, name)
+    for module, name, counter in _STAGE_FUNCS:
+        orig = getattr(module, name)
 
-        def wrapper(*a, _orig=orig, _name=name, **kw):
+        def wrapper(*a, _orig=orig, _name=counter, **kw):
             CALLS[_name] = CALLS.get(_name, 0) + 1
             return _orig(*a, **kw)
 
-        mp.setattr(P, name, wrapper)
+        mp.setattr(module, name, wrapper)
     yield CALLS
     mp.undo()
 
@@ -252,3 +261,225 @@ def test_baseline_selection_and_random_subset(warm, counted):
     # each class kernel has N_d = C·ipc = 20 rows; with budget 20 fps keeps them all, so the DNTK
     # equals KRR on all distilled gradients
     assert res.metrics["teacher"]["dntk"]["accuracy"] == pytest.approx(res.metrics["teacher"]["distilled"]["accuracy"])
+
+
+# ------------------------------------------------------------------------ allowed values, finiteness
+def test_allowed_values_come_from_the_owning_modules():
+    from dntk import data, gradient_distillation as gd, models, projection, wmdd
+
+    for kind in projection.KINDS:
+        assert Config.from_dict({"projection": {"kind": kind}}).projection.kind == kind
+    for method in (*gd.SELECT_METHODS, *P.GD_METHODS):
+        assert Config.from_dict({"gradient_distillation": {"method": method}}).gradient_distillation.method == method
+    for arch in models.MODELS:
+        assert Config.from_dict({"teacher": {"arch": arch}}).teacher.arch == arch
+    for init in wmdd.INITS:
+        assert Config.from_dict({"distill": {"init": init}}).distill.init == init
+    with pytest.raises(ConfigError, match="choose one of " + ", ".join(data.DATASETS)):
+        Config.from_dict({"data": {"name": "nope"}})
+    # one default each: the config's defaults are the owning modules' defaults
+    cfg = Config()
+    assert (cfg.teacher.epochs, cfg.teacher.lr) == (models.TEACHER_DEFAULTS.epochs, models.TEACHER_DEFAULTS.lr)
+    assert (cfg.distill.iterations, cfg.distill.lr) == (wmdd.WMDD_DEFAULTS.iterations, wmdd.WMDD_DEFAULTS.lr)
+    assert cfg.student.epochs == wmdd.STUDENT_DEFAULTS.epochs
+
+
+@pytest.mark.parametrize("override, key", [
+    ("krr.lam_rel=.inf", "krr.lam_rel"), ("distill.lr=.nan", "distill.lr"), ("teacher.lr=-.inf", "teacher.lr"),
+    ("ledger.forward_flops=.inf", "ledger.forward_flops"), ("projection.k=.inf", "projection.k"),
+    ("student.temperature=1e999", "student.temperature"),
+])
+def test_non_finite_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"{key} must be (a finite number|int)"):
+        load_config(None, [override])
+
+
+# ------------------------------------------------------------------------------- hostile preflight
+def _bytes_file(path, data: bytes):
+    path.write_bytes(data)
+    return str(path)
+
+
+HOSTILE = {
+    # name: (override builder (tmp_path -> dict of dotted keys), the config key the message must name)
+    "orthonormal k > P": (lambda t: {"projection.kind": "orthonormal", "projection.k": 100_000}, "projection.k"),
+    "srht k > P'": (lambda t: {"projection.kind": "srht", "projection.k": 10_000}, "projection.k"),
+    "test_limit 1": (lambda t: {"data.test_limit": 1}, "data.test_limit"),
+    "mlp with BatchNorm matching": (lambda t: {"teacher.arch": "mlp"}, "distill.r_bn"),
+    "run_dir is a file": (lambda t: {"run_dir": _bytes_file(t / "f", b"x")}, "run_dir"),
+    "cache_dir is a file": (lambda t: {"cache_dir": _bytes_file(t / "g", b"x")}, "cache_dir"),
+    "cache_dir under a file": (lambda t: {"cache_dir": _bytes_file(t / "h", b"x") + "/sub"}, "cache_dir"),
+    "garbage checkpoint": (lambda t: {"teacher.checkpoint": _bytes_file(t / "ck.pt", os.urandom(4096))},
+                           "teacher.checkpoint"),
+    "text checkpoint": (lambda t: {"teacher.checkpoint": _bytes_file(t / "ck.txt", b"not a checkpoint")},
+                        "teacher.checkpoint"),
+    "corrupt distilled set": (lambda t: {"distill.path": str(_corrupt_distilled(t))}, "distill.path"),
+    "n_clusters > N_d": (lambda t: {"gradient_distillation.n_clusters": 1000}, "gradient_distillation.n_clusters"),
+    "budget > N_d": (lambda t: {"gradient_distillation.method": "fps", "gradient_distillation.budget": 21},
+                     "gradient_distillation.budget"),
+    "ipc > class size": (lambda t: {"distill.ipc": 9}, "distill.ipc"),
+    "unknown option": (lambda t: {"distill.options": {"bogus": 1}}, "distill.options.bogus"),
+    "student without distilled set": (lambda t: {"distill.method": "none"}, "student.enabled"),
+    "selection without budget": (lambda t: {"gradient_distillation.method": "kmeans",
+                                            "gradient_distillation.budget": None}, "gradient_distillation.budget"),
+}
+
+
+def _corrupt_distilled(tmp_path):
+    d = tmp_path / "distilled"
+    d.mkdir()
+    (d / "meta.json").write_text("{\"format\": 2, \"n_arrays\": 1}")
+    (d / "tensors.pt").write_bytes(os.urandom(256))
+    (d / "settings.json").write_text("{}")
+    return d
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_settings_fail_in_preflight_naming_the_key(case, tmp_path, counted):
+    build, key = HOSTILE[case]
+    cfg_dict = json.loads(json.dumps(TINY))
+    cfg_dict.update(run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    d = build(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        P.run(Config.from_dict(cfg_dict).replace(**d))
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg, msg
+    assert counted == {}  # refused before any stage ran
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_read_only_run_dir_is_refused(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write into read-only folders; the probe cannot fail here")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="run_dir: cannot write into"):
+            tiny(tmp_path).replace(run_dir=str(ro / "run")).validate(check_paths=True)
+    finally:
+        ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"\x00\x01\x02binary\xff\xfe", "not a text file"),
+    (b"krr: [unclosed\n", "not valid YAML"),
+    (b"- just\n- a list\n", "top level must be a mapping"),
+])
+def test_unreadable_config_files_are_one_line_errors(tmp_path, content, match):
+    f = tmp_path / "c.yaml"
+    f.write_bytes(content)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_config(f)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_config_yaml_in_the_run_dir_is_reported(tmp_path, counted):
+    cfg = tiny(tmp_path)
+    cfg.run_path.mkdir(parents=True)
+    (cfg.run_path / "config.yaml").write_text("krr: {lam_rel: [\n")
+    with pytest.raises(ConfigError, match="holds an unreadable config.yaml .*overwrite=true"):
+        P.run(cfg)
+    assert counted == {}
+
+
+# ------------------------------------------------------------------ content-keyed cache, corruption
+def _artifact_dir(cfg, stage, result, role=""):
+    key = next(r["key"] for r in result.stages if r["stage"] == stage and r["role"] == role)
+    return cfg.cache_path / stage / key
+
+
+def test_corrupt_cached_teacher_is_recomputed_never_mixed(base, warm, counted):
+    cfg, r1, _ = base
+    r_warm = P.run(warm)
+    assert set(_status(r_warm).values()) == {"cached"}
+    d = _artifact_dir(warm, "teacher", r_warm)
+    arrays = sorted(d.glob("*.npy"))
+    big = max(arrays, key=lambda p: p.stat().st_size)
+    raw = bytearray(big.read_bytes())
+    raw[-64:] = os.urandom(64)  # same size, random bytes in the weights
+    big.write_bytes(bytes(raw))
+    counted.clear()
+    r = P.run(warm.replace(overwrite=True))
+    st = _status(r)
+    assert st[("teacher", "")] == "recomputed" and counted.get("_compute_teacher") == 1
+    # the recomputed teacher is the same network (deterministic training), so everything downstream,
+    # keyed by its content checksum, is still valid; the numbers agree with the first run
+    assert r.metrics == r1.metrics
+
+
+def test_changed_checkpoint_content_recomputes_everything_downstream(tmp_path, counted):
+    from dntk import models
+
+    ck = tmp_path / "teacher.pt"
+    m_a = models.build("convnet", 10, in_channels=1, width=8, seed=1)
+    models.save(m_a, ck)
+    cfg = tiny(tmp_path, **{"teacher.checkpoint": str(ck), "student.enabled": False})
+    r_a = P.run(cfg)
+    counted.clear()
+    assert set(_status(P.run(cfg)).values()) == {"cached"} and counted == {}
+    m_b = models.build("convnet", 10, in_channels=1, width=8, seed=2)  # same path, other weights
+    models.save(m_b, ck)
+    r_b = P.run(cfg)
+    assert set(_status(r_b).values()) == {"computed"}
+    assert counted["_compute_distill"] == 1 and counted["_compute_features"] == 2
+    X, y = P._Run(cfg).test_data()
+    with torch.no_grad():
+        acc_b = float((m_b.eval()(X).argmax(1) == y).double().mean())
+    assert r_b.metrics["teacher"]["network_accuracy"] == pytest.approx(acc_b)
+    assert r_b.info["stage_keys"]["teacher"] != r_a.info["stage_keys"]["teacher"]
+
+
+def test_live_temporary_folders_survive_a_concurrent_run(warm, tmp_path):
+    """clean_partial at the start of a run removes only leftovers whose owner process is gone."""
+    import socket
+
+    host = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in socket.gethostname())[:40] or "host"
+    stage_dir = warm.cache_path / "krr"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = stage_dir / f".abc.{host}.{os.getpid()}.1234abcd.tmp"
+    orphan = stage_dir / f".abc.{host}.{int(dead.stdout)}.1234abcd.tmp"
+    live.mkdir()
+    orphan.mkdir()
+    P.run(warm)
+    assert live.is_dir() and not orphan.exists()
+
+
+CONCURRENT = """
+import json, sys
+from dntk import pipeline
+pipeline.run(pipeline.Config.from_dict(json.loads(sys.argv[1])))
+"""
+
+
+def test_two_concurrent_runs_into_one_run_dir_both_finish(tmp_path):
+    d = json.loads(json.dumps(TINY))
+    d.update(run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    d["student"]["enabled"] = False
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DNTK_CACHE": str(tmp_path / "models")}
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, json.dumps(d)], env=env, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    res = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert 0 <= res["metrics"]["teacher"]["dntk"]["accuracy"] <= 1
+    assert not [p for p in (tmp_path / "cache").rglob(".*.tmp")]
+
+
+def test_stage_declarations_cover_every_stage():
+    assert [s.name for s in P.STAGES] == ["teacher", "distill", "student", "features", "gradient_distillation", "krr"]
+    cfg = Config()
+    for s in P.STAGES:
+        settings = s.settings(cfg)
+        assert isinstance(settings, dict) and json.dumps(settings)
+    # a stage's key changes with its own settings, not with another stage's
+    krr = P._STAGE["krr"].settings
+    assert krr(cfg) != krr(cfg.replace(**{"krr.lam_rel": 1e-2}))
+    assert krr(cfg) == krr(cfg.replace(**{"projection.k": 64}))
+
+
+def test_run_is_short():
+    import inspect
+
+    assert len(inspect.getsource(P.run).splitlines()) < 50

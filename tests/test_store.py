@@ -306,8 +306,11 @@ def test_read_artifact_outside_a_store(tmp_path):
     assert meta["kind"] == "test" and meta["checksum"] == checksum and art["meta"] == {"ipc": 1}
     with pytest.raises(FileNotFoundError, match="no stored artifact"):
         read_artifact(tmp_path / "nothing")
-    with pytest.raises(ValueError, match="not finite"):
-        write_artifact(tmp_path / "bad", {"acc": float("nan")})
+    write_artifact(tmp_path / "nan", {"r2": float("nan"), "hi": float("inf"), "lo": [float("-inf")]})
+    back, _ = read_artifact(tmp_path / "nan")
+    assert np.isnan(back["r2"]) and back["hi"] == float("inf") and back["lo"] == [float("-inf")]
+    with pytest.raises(ValueError, match="reserved"):
+        write_artifact(tmp_path / "bad", {"__float__": "1"})
     assert not (tmp_path / "bad").exists() and [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
