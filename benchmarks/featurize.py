@@ -1,6 +1,7 @@
 """Projected per-class gradients, side by side: floor, torch.func recipe, TRAK, and dntk's projectors.
 
 Usage:  .venv/bin/python benchmarks/featurize.py [--threads 2] [--only convnet|resnet18] [--quick] [--json out.json]
+                [--methods floor,dntk-sparse,dntk-sparse-old] [--frontier book/benchmarks_featurize_frontier.png]
 
 One table per model: same model, same inputs, same ``k``, same thread count. Each method runs in its own
 subprocess (so its peak RSS is its own); timed runs follow one warm-up run
@@ -17,6 +18,11 @@ Methods
                 its defaults on CPU: float16, block_size=100
   trak-fp32     the same, fair-tuned: float32 and the largest block_size whose block fits 512 MiB
   dntk-<kind>   dntk.tangent.class_gradients(model, X, projector=dntk.projection.make(kind, k))
+  dntk-sparse-old  the previous ``sparse`` kind (very sparse projection, density 1/√P), kept here only as the
+                reference row for the sparse JL transform that replaced it (same accumulation code path)
+
+``--frontier PNG`` (convnet) times every kind at several k in one worker per kind (minimum of 3 runs each)
+and plots kernel error against CPU seconds: the error–time frontier.
 
 ResNet-18 (P ≈ 11 M, k = 2048): the dense P×k matrix has 23 G entries, so every method that applies a
 dense Gaussian to all of P (recipe, TRAK, dntk gaussian/rademacher) costs minutes per batch on two cores.
@@ -31,7 +37,6 @@ import json
 import math
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,6 +178,97 @@ def _trak(model, X, C, k, dtype, block_size, chunk, P, slice_frac=1, timing=None
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# the previous sparse projector (reference row only)
+# --------------------------------------------------------------------------------------------------
+def _old_sparse(k, seed=0):
+    """The ``sparse`` kind as it was before the sparse JL transform: entries ``±1/√(k q)`` with probability
+    ``q/2`` each (``q = 1/√P``), else 0, drawn per tile (Binomial count, uniform positions), applied as a
+    CSR product. Plugged into the same accumulator as the new kind, so only ``R`` differs."""
+    import warnings
+
+    import torch
+
+    from dntk import projection
+
+    class VerySparseReference(projection.SparseProjector):
+        def _check_layout(self, blocks, P):
+            self.density = min(1.0, 1.0 / math.sqrt(P))
+            self.tile_rows = max(1, int((1 << 18) / (k * self.density)))
+
+        def _tile(self, b, t):
+            def build():
+                rows = min(self.tile_rows, self.blocks[b].size - t * self.tile_rows)
+                g = projection._generator(self.seed, projection._KIND_ID["sparse"], b, t, 0)
+                q, n = self.density, rows * k
+                rng = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, (1,), generator=g))))
+                cnt = int(rng.binomial(n, q))
+                flat = np.sort(rng.choice(n, size=cnt, replace=False)) if cnt else np.zeros(0, np.int64)
+                r, c = flat // k, flat % k
+                vals = (rng.integers(0, 2, cnt).astype(np.float32) * 2 - 1) / math.sqrt(k * q)
+                order = np.lexsort((r, c))
+                c, r, vals = c[order], r[order], vals[order]
+                crow = np.zeros(k + 1, np.int64)
+                np.cumsum(np.bincount(c, minlength=k), out=crow[1:])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(r.astype(np.int64)),
+                                                   torch.from_numpy(vals), (k, rows), check_invariants=False)
+            return self._cached((b, t), build)
+
+        def rows_matmul(self, b, start, G):
+            stop, tr = start + G.shape[1], self.tile_rows
+            out = None
+            for t in range(start // tr, (stop - 1) // tr + 1):
+                ST = self._tile(b, t)
+                lo, hi = max(start - t * tr, 0), min(stop - t * tr, ST.shape[1])
+                g0 = t * tr + lo - start
+                if lo != 0 or hi != ST.shape[1]:
+                    ST = _csr_columns(ST, lo, hi)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    part = torch.sparse.mm(ST, G[:, g0 : g0 + hi - lo].T.contiguous()).T
+                out = part if out is None else out + part
+            return out
+
+    return VerySparseReference(k, seed, s=1)
+
+
+def _csr_columns(S, lo, hi):
+    import warnings
+
+    import torch
+
+    crow, col, val = S.crow_indices(), S.col_indices(), S.values()
+    row = torch.repeat_interleave(torch.arange(S.shape[0]), crow[1:] - crow[:-1])
+    keep = (col >= lo) & (col < hi)
+    counts = torch.bincount(row[keep], minlength=S.shape[0])
+    new_crow = torch.zeros(S.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=new_crow[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(new_crow, col[keep] - lo, val[keep], (S.shape[0], hi - lo), check_invariants=False)
+
+
+def _frontier_worker(model, X, cfg):
+    """Every (k) of one kind, minimum of ``repeats`` CPU/wall times each; features saved for the error."""
+    from dntk import projection, tangent
+
+    rows = []
+    for kk in cfg["dims"]:
+        times, cpus = [], []
+        feats = None
+        for _ in range(cfg["repeats"]):
+            t0, c0 = time.perf_counter(), time.process_time()
+            feats = tangent.class_gradients(model, X, projector=projection.make(cfg["kind"], kk, seed=0))
+            times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        path = os.path.join(cfg["tmp"], f"frontier-{cfg['kind']}-{kk}.npy")
+        np.save(path, feats.numpy())
+        rows.append({"k": kk, "time": min(times), "cpu": min(cpus), "feats": path})
+    return rows
+
+
 def worker(cfg):
     import torch
 
@@ -232,6 +328,12 @@ def worker(cfg):
             return o
 
         extra["block_size"], extra["chunk"] = bsz, chunk
+    elif method == "frontier":
+        print(json.dumps({"rows": _frontier_worker(model, X, cfg)}))
+        return
+    elif method == "dntk-sparse-old":
+        def run():
+            return tangent.class_gradients(model, X, projector=_old_sparse(k), batch_size=cfg.get("batch"))
     elif method.startswith("dntk-"):
         kind = method[5:]
         opts = dict(cfg.get("opts", {}))
@@ -317,19 +419,23 @@ def _summarise(r):
 def run_model(name, args, tmp):
     quick = args.quick
     if name == "convnet":
-        cfg = dict(model="convnet", n=64 if quick else 256, k=512, threads=args.threads, repeats=1 if quick else 7)
+        cfg = dict(model="convnet", n=args.n or (64 if quick else 256), k=512, threads=args.threads,
+                   repeats=1 if quick else 7)
         methods = ["floor", "recipe", "trak-default", "trak-fp32", "dntk-gaussian", "dntk-rademacher",
-                   "dntk-sparse", "dntk-srht", "dntk-kronecker", "dntk-orthonormal"]
+                   "dntk-sparse", "dntk-sparse-old", "dntk-srht", "dntk-kronecker", "dntk-orthonormal"]
         slow = {"trak-default": dict(repeats=1, warmup=False, n=64)}  # float16 on CPU: ~40x slower; fewer samples
     else:
         cfg = dict(model="resnet18", n=4 if quick else args.resnet_n, k=2048, threads=args.threads, repeats=1,
                    slice=args.slice)
-        methods = ["floor", "recipe", "trak-fp32", "dntk-gaussian", "dntk-srht", "dntk-sparse", "dntk-kronecker"]
+        methods = ["floor", "recipe", "trak-fp32", "dntk-gaussian", "dntk-srht", "dntk-sparse", "dntk-sparse-old",
+                   "dntk-kronecker"]
         if not quick:
             methods.insert(2, "trak-default")
         if args.all:
             methods.insert(5, "dntk-rademacher")
         slow = {m: dict(warmup=False) for m in methods if m != "floor"}  # minutes each: no warm-up run
+    if args.methods:
+        methods = [m for m in methods if m in args.methods.split(",")]
     print(f"\n== {name}: N = {cfg['n']}, k = {cfg['k']}, threads = {cfg['threads']}", flush=True)
     t0 = time.perf_counter()
     K = _exact_kernels(cfg, tmp)
@@ -354,7 +460,9 @@ def run_model(name, args, tmp):
         rows.append(r)
         print(f"   {m:18s} {r['time']:9.3f} s{'~' if r['extrap'] else ' '}  (wall {time.perf_counter() - t0:.0f} s)", flush=True)
     extra_rows = []
-    if name == "convnet" and not quick:
+    if name == "convnet" and args.frontier:
+        cfg["frontier"] = _frontier(cfg, K, tmp, args)
+    if name == "convnet" and not quick and not args.methods:
         # peak memory flat in N: dntk gaussian at 4N
         c = dict(cfg, method="dntk-gaussian", n=4 * cfg["n"], repeats=3, feats=None)
         r = _spawn(c)
@@ -370,6 +478,58 @@ def run_model(name, args, tmp):
             os.remove(c["feats"])
             extra_rows.append(r)
     return cfg, rows, extra_rows
+
+
+def _frontier(cfg, K, tmp, args):
+    """Error against CPU time for every kind at several k (one worker per kind); writes the figure."""
+    dims = [int(d) for d in args.frontier_dims.split(",")]
+    kinds = ["gaussian", "rademacher", "sparse", "srht", "kronecker", "orthonormal"]
+    points = []
+    for kind in kinds:
+        kd = [d for d in dims if kind != "orthonormal" or d * 28842 <= (1 << 25)]
+        c = dict(cfg, method="frontier", kind=kind, dims=kd, repeats=1 if args.quick else 3, tmp=tmp)
+        try:
+            res = _spawn(c)
+        except Exception as e:
+            print(f"   frontier {kind}: FAILED ({str(e).splitlines()[0]})", flush=True)
+            continue
+        for r in res["rows"]:
+            r.update(kind=kind, err=_kernel_error(r.pop("feats"), K))
+            points.append(r)
+            print(f"   frontier {kind:12s} k={r['k']:6d}  {r['cpu']:7.3f} CPU-s  {r['time']:7.3f} s  error {r['err']:.4f}",
+                  flush=True)
+    _plot_frontier(points, cfg, args.frontier)
+    print("\n| kind | k | wall (s) | CPU (s) | kernel rel. error |\n|---|---:|---:|---:|---:|")
+    for p in points:
+        print(f"| {p['kind']} | {p['k']} | {p['time']:.3f} | {p['cpu']:.2f} | {p['err']:.4f} |")
+    return points
+
+
+def _plot_frontier(points, cfg, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    markers = dict(gaussian="o", rademacher="s", sparse="D", srht="^", kronecker="v", orthonormal="P")
+    for kind in markers:
+        pts = sorted((p for p in points if p["kind"] == kind), key=lambda p: p["k"])
+        if not pts:
+            continue
+        ax.plot([p["cpu"] for p in pts], [p["err"] for p in pts], marker=markers[kind], label=kind)
+        for p in pts:
+            ax.annotate(f"{p['k']}", (p["cpu"], p["err"]), textcoords="offset points", xytext=(4, 3), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"CPU seconds for N = {cfg['n']} images ({cfg['threads']} threads)", fontsize=11)
+    ax.set_ylabel("class-kernel relative error", fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    print(f"   frontier figure: {path}", flush=True)
 
 
 def print_table(name, cfg, rows, extra_rows):
@@ -401,6 +561,10 @@ def main(argv=None):
     ap.add_argument("--slice", type=int, default=32, help="ResNet-18 recipe/TRAK: project a 1/slice prefix of P and scale")
     ap.add_argument("--json", help="write all rows to this JSON file")
     ap.add_argument("--all", action="store_true", help="also ResNet-18 rademacher (as slow as gaussian)")
+    ap.add_argument("--methods", help="comma-separated subset of the rows to run (e.g. floor,dntk-sparse,dntk-sparse-old)")
+    ap.add_argument("--frontier", help="convnet: write the error-versus-time frontier of every kind to this PNG")
+    ap.add_argument("--frontier-dims", default="128,512,2048", help="k values of the frontier (default 128,512,2048)")
+    ap.add_argument("--n", type=int, help="convnet samples (default 256; 64 with --quick)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:

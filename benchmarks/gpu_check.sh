@@ -15,7 +15,8 @@
 #
 # Needs, at the repository root (both git-ignored; see benchmarks/fashion_gpu_prepare.sh, which makes them):
 #   .data/fashion-mnist/   the four IDX .gz files (found through DNTK_DATA=$PWD/.data)
-#   .data/pylib/ot         POT for Python 3.12 (dntk.wmdd's barycenter imports `ot`), used via PYTHONPATH
+#   .data/pylib/ot         POT for Python 3.12 (dntk.wmdd's barycenter imports `ot`), added to PYTHONPATH
+#                          when the interpreter has no POT of its own
 # dntk itself is used from the source tree (PYTHONPATH=$PWD); nothing is installed or downloaded.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh                       # on the GPU machine
@@ -29,7 +30,9 @@ SIZE=${SIZE:-gpu}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 export DNTK_DATA=${DNTK_DATA:-$PWD/.data}
-export PYTHONPATH="$PWD:$PWD/.data/pylib${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# POT from .data/pylib only where the interpreter has none of its own (that copy is built for CPython 3.12)
+"$PY" -c "import ot" 2>/dev/null || export PYTHONPATH="$PYTHONPATH:$PWD/.data/pylib"
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
 

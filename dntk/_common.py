@@ -2,7 +2,8 @@
 
 One place for the small things every stage needs, so that each is written once:
 input checks, the eval/device context for models, the ``functional_call`` parameter split,
-progress bars, learning-rate schedules and the Gram-matrix eigendecomposition.
+progress bars and learning-rate schedules (the Gram-matrix eigendecomposition is the public
+:mod:`dntk.linalg`).
 Persistence (atomic writes, checksums) lives in :mod:`dntk.store`, not here.
 
 Sections are owned by the module that introduced them; add new helpers at the end of the
@@ -371,3 +372,4 @@ def torch_threads(n: int | None):
 
 
 # --- linear algebra: Gram-matrix eigendecomposition -----------------------------------------
+# The Gram-matrix eigendecomposition is public: :mod:`dntk.linalg` (``gram_eig`` and its round-off rule).

@@ -312,6 +312,8 @@ def init_from_env(backend: str | None = None, device: str = "cpu",
     timeout_s = float(os.environ.get("DNTK_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)) if timeout_s is None else timeout_s
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if rank != 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # the store is hosted elsewhere
+        _wait_for_rendezvous(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world_size, timeout_s)
     try:
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
@@ -321,6 +323,25 @@ def init_from_env(backend: str | None = None, device: str = "cpu",
             f"{os.environ['MASTER_PORT']} within {timeout_s:g} s ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
             "check that every rank was started and can reach rank 0") from None
     return Ranks.current()
+
+
+def _wait_for_rendezvous(addr: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+    """Wait until the rendezvous store at ``addr:port`` accepts connections, or fail after `timeout_s`."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise DistributedError(
+                    f"rank {rank} could not join the {world_size} processes: nothing answers at {addr}:{port} "
+                    f"after {timeout_s:g} s ({e.strerror or type(e).__name__}); check that rank 0 was started and "
+                    "is reachable (DNTK_DIST_TIMEOUT sets the wait)") from None
+            time.sleep(0.2)
 
 
 def featurize(run, model, X, shard_name: str, label: str) -> dict:

@@ -956,7 +956,7 @@ def compare(features, targets, test_features, test_labels, test_logits, budgets,
         return ComparisonRow(method=method, m=m, seed=s, accuracy=sc.accuracy, fidelity=sc.fidelity,
                              coverage=sc.coverage, nystrom_error=sc.nystrom_error, n_local=n_local, n_gap=n_gap)
 
-    full_pred = ClassKRR(lam=lam).fit(G64, T64).predict(test_features)
+    full_pred = ClassKRR(lam_rel=lam_rel).fit(G64, T64).predict(test_features)
     full = metrics.report(full_pred, test_labels, test_logits)
     rows, result = [], None
     bar = progress_bar(len(methods), "compare", progress)

@@ -207,15 +207,32 @@ def _build_mlp(num_classes, in_channels, width, input_shape):
 
 def build(name: str, num_classes: int, in_channels: int = 1, width: int | None = None, seed: int = 0,
           input_shape=None) -> Classifier:
-    """Build a freshly initialised :class:`Classifier` (seeded; global RNG untouched).
+    """Build a freshly initialised :class:`Classifier` (seeded; the global RNG is left as it was).
 
-    name: ``"convnet"`` — three Conv3x3-BatchNorm-ReLU blocks with channels ``(w, w, 2w)`` (default
-        ``w=32``: 28,842 parameters for 10 classes, 1 channel), 2x2 max-pool between blocks where
-        the image is still >= 2 pixels, global average pool, ``D = 2w``;
-        ``"resnet18"`` — torchvision's ResNet-18 (``weights=None``) with a 3x3 stride-1 stem and
-        no max-pool (small images), ``D = 8w`` (default ``w=64``: the standard widths);
-        ``"mlp"`` — flatten + two hidden ReLU layers of width ``w`` (default 128), for inputs of
-        ``input_shape`` (default ``(in_channels, 8, 8)``).
+    Parameters
+    ----------
+    name : {"convnet", "resnet18", "mlp"}
+        ``"convnet"``: three Conv3x3-BatchNorm-ReLU blocks with channels ``(w, w, 2w)`` (default
+        ``w=32``: 28,842 parameters for 10 classes, 1 channel), 2x2 max-pool between blocks where the
+        image is still >= 2 pixels, global average pool, ``D = 2w``. ``"resnet18"``: torchvision's
+        ResNet-18 (``weights=None``) with a 3x3 stride-1 stem and no max-pool (small images), ``D = 8w``
+        (default ``w=64``: the standard widths). ``"mlp"``: flatten + two hidden ReLU layers of width
+        ``w`` (default 128).
+    num_classes : int
+        Outputs ``C``.
+    in_channels : int
+        Input channels.
+    width : int, optional
+        ``w`` above.
+    seed : int
+        Seeds the initialisation.
+    input_shape : tuple, optional
+        ``(in_channels, H, W)`` of the mlp's inputs (default ``(in_channels, 8, 8)``); mlp only.
+
+    Returns
+    -------
+    Classifier
+        In eval mode; ``model(x)`` maps ``(N, in_channels, H, W)`` to logits ``(N, C)``.
     """
     if not isinstance(name, str) or name.lower() not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}.")
@@ -310,22 +327,6 @@ def _check_label_range(y: torch.Tensor, num_classes: int, where: str) -> None:
                          "num_classes = the number of classes, or fix the labels.")
 
 
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}.")
-    return v
-
-
-def _check_lr(lr) -> float:
-    try:
-        lr = float(lr)
-    except (TypeError, ValueError):
-        raise TypeError(f"lr must be a number, got {type(lr).__name__}.") from None
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}.")
-    return lr
-
-
 # --------------------------------------------------------------------------- training
 def training_loop(model: nn.Module, batches: Callable[[int], Iterable[Any]],
                   step_loss: Callable[[nn.Module, Any], tuple[torch.Tensor, int, dict] | None], *,
@@ -365,7 +366,7 @@ def training_loop(model: nn.Module, batches: Callable[[int], Iterable[Any]],
     TrainingDivergedError
         A non-finite loss (naming the epoch and step), or non-finite weights after an epoch.
     """
-    lr = _check_lr(lr)
+    lr = _common.check_positive(lr, "lr")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'sgd'.")
     if schedule not in (None, "cosine"):
@@ -459,10 +460,9 @@ def train(model: nn.Module, dataset, epochs: int = TEACHER_DEFAULTS.epochs, lr: 
     _common.check_model(model)
     ds = _as_dataset(dataset)
     _check_channels(model, ds)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}.")
-    batch_size = _positive_int("batch_size", batch_size)
-    _check_lr(lr)
+    epochs = _common.check_int(epochs, "epochs", 0)
+    batch_size = _common.check_int(batch_size, "batch_size", 1)
+    _common.check_positive(lr, "lr")
     if len(ds) < 2:
         raise ValueError(f"training needs at least 2 samples (BatchNorm cannot train on one), got {len(ds)}.")
     _common.check_model_finite(model)
@@ -499,15 +499,29 @@ def train(model: nn.Module, dataset, epochs: int = TEACHER_DEFAULTS.epochs, lr: 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, batch_size: int = 256, device=None) -> float:
-    """Accuracy of ``model`` (in eval mode) on a Dataset or ``(X (N, C, H, W) float, y (N,) int)``.
+    """Accuracy of ``model`` (in eval mode) on labelled data.
 
-    The model's weights and the images must be finite and the labels must lie in ``0..C-1``
-    (``C`` = the model's outputs); anything else raises instead of returning a meaningless number.
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier with finite weights; its train/eval flags and device are restored afterwards.
+    data : Dataset or (X (N, C_in, H, W) float, y (N,) int)
+        Finite images, labels in ``0..C-1`` (``C`` = the model's outputs).
+    batch_size : int
+        Inputs per forward pass.
+    device : str or torch.device, optional
+        Where to evaluate (default where the model is).
+
+    Returns
+    -------
+    float
+        Fraction of argmax predictions equal to the labels. Anything invalid above raises
+        ``ValueError``/``TypeError`` instead of returning a meaningless number.
     """
     _common.check_model(model)
     ds = _as_dataset(data)
     _check_channels(model, ds)
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = _common.check_int(batch_size, "batch_size", 1)
     _common.check_model_finite(model)
     checked = isinstance(ds, TensorDataset)
     correct, n = 0, 0

@@ -689,7 +689,10 @@ class _Run:
     # -------------------------------------------------------------------------- cached stages
     def fetch(self, stage: str, role: str, inputs: dict, compute, **extra):
         """The artifact of `stage` for this config, `extra` settings and `inputs` (content checksums),
-        from the store or computed (and stored atomically); records what happened. Returns ``Fetched``."""
+        from the store (verified) or computed (and stored atomically); records what happened.
+
+        Returns :class:`dntk.store.Fetched` whose ``checksum`` is the content hash of the artifact
+        without its timings: the identity that consuming stages put in their keys."""
         settings, inputs = self._keyed(stage, inputs, extra)
         label = f"{stage}[{role}]" if role else stage
         if self.bar is not None:
@@ -703,6 +706,9 @@ class _Run:
             return art
 
         got = self.store.fetch(stage, settings, timed, inputs=inputs)
+        # what consumers key on: the content, without the timings (which differ between equal results)
+        got = got._replace(checksum=content_hash_of({k: v for k, v in got.artifact.items()
+                                                     if not k.endswith("seconds")}))
         self.records.append(StageRecord(stage, role, got.key, got.status, float(got.artifact["_seconds"]),
                                         self.ranks.rank))
         if self.bar is not None:
@@ -870,7 +876,7 @@ class _Run:
 
 
 def content_hash_of(*parts) -> str:
-    """The content hash of a few JSON values (e.g. a data checksum and a limit)."""
+    """The content hash (:func:`dntk.store.content_hash`) of a few values: tensors, dicts, JSON values."""
     from .store import content_hash
 
     return content_hash(list(parts))

@@ -34,7 +34,6 @@ NaN metric is a result, not corruption).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -315,10 +314,27 @@ def artifact_checksum(body: Any, array_digests: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
+class _HashingWriter:
+    """File-like object that writes to ``fh`` and feeds every byte to a SHA-256 (``np.save`` writes to it
+    in bounded chunks, so no second copy of a large array is made)."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.sha = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.fh.write(data)
+
+
+def _save_npy(path: Path, a: np.ndarray) -> str:
+    """Write ``a`` as ``.npy`` to `path` (flushed and fsync-ed); returns the file's SHA-256."""
+    with open(path, "wb") as fh:
+        w = _HashingWriter(fh)
+        np.save(w, a, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return w.sha.hexdigest()
 
 
 def write_artifact(path: str | os.PathLike, artifact: Mapping[str, Any], record: Mapping[str, Any] | None = None,
@@ -354,14 +370,7 @@ def write_artifact(path: str | os.PathLike, artifact: Mapping[str, Any], record:
     tmp = final.parent / f"{tag}.tmp"
     tmp.mkdir()
     try:
-        digests = []
-        for i, a in enumerate(arrays):
-            data = _npy_bytes(a)
-            digests.append(hashlib.sha256(data).hexdigest())
-            with open(tmp / f"a{i:05d}.npy", "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+        digests = [_save_npy(tmp / f"a{i:05d}.npy", a) for i, a in enumerate(arrays)]
         checksum = artifact_checksum(body, digests)
         meta = {**dict(record or {}), "format": FORMAT_VERSION, "n_arrays": len(arrays), "body": body,
                 "arrays": digests, "checksum": checksum}
@@ -546,11 +555,15 @@ class Store:
                 self._check_meta(stage, key, _read_meta(final))
             except CorruptArtifactError:
                 pass  # unreadable: replaced below
+        self._write(stage, key, artifact, settings, inputs)
+        return final
+
+    def _write(self, stage, key, artifact, settings, inputs) -> str:
         record = {"stage": stage, "key": key, "settings": _canonical(settings),
                   "inputs": _canonical(dict(inputs or {}))}
-        write_artifact(final, artifact, record)
+        checksum = write_artifact(self.path(stage, key), artifact, record)
         log.debug("stored %s/%s", stage, key)
-        return final
+        return checksum
 
     def load(self, stage: str, key: str, mmap: bool = False) -> dict:
         """The artifact stored under `key`, verified against its checksums.
@@ -602,12 +615,16 @@ class Store:
                 log.warning("dntk: %s; recomputing it", str(e).split("; delete")[0])
                 self.delete(stage, key)
                 status = "recomputed"
+        self._check_writable(stage)  # before a possibly long computation, not after it
+        written = None
         art = dict(compute())
         if not (d / _META).is_file():  # else another process stored it meanwhile: keep that copy
-            self.save(stage, key, art, settings, inputs)
-        # read back what is on disk (also when a concurrent writer's copy was kept)
-        self._check_meta(stage, key, _read_meta(d))
-        art, meta = read_artifact(d, mmap=mmap)
+            written = self._write(stage, key, art, settings, inputs)
+        # read back what is on disk, so a computed artifact is exactly what a later run loads; verified
+        # unless it is the copy this call just wrote (a concurrent writer's copy is checked in full)
+        meta = _read_meta(d)
+        self._check_meta(stage, key, meta)
+        art, meta = read_artifact(d, mmap=mmap, verify=meta.get("checksum") != written)
         return Fetched(key, art, meta["checksum"], status)
 
     def checksum(self, stage: str, key: str) -> str:
@@ -667,6 +684,16 @@ class Store:
         return n
 
     # internals -----------------------------------------------------------------------------
+    def _check_writable(self, stage: str) -> None:
+        d = self.root / stage
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the cache folder {d} ({type(e).__name__}: {e.strerror or e}); "
+                             "choose a writable cache folder") from None
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise StoreError(f"the cache folder {d} is not writable; choose a writable cache folder")
+
     @staticmethod
     def _check_meta(stage: str, key: str, meta: dict) -> None:
         where = f"cached artifact {stage}/{key}"

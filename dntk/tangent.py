@@ -387,6 +387,23 @@ class _FastEngine:
         self.records: list[_Record] = []
         self._batched_ok = True
         self._checked = False
+        self._batch_axes = None  # per record: the axis of the batch in its input and output
+
+    def _find_batch_axes(self, x):
+        """The batch axis of every recorded layer output, found by comparing a forward pass on one sample
+        with one on that sample twice (sequence-first layers, e.g. ``(T, B, d)``, have it at axis 1)."""
+        shapes = []
+        for xx in (x[:1], torch.cat([x[:1], x[:1]])):
+            self._run_forward(xx, grad=True)  # with gradients: the same code path as the real pass
+            shapes.append([tuple(r.probes[0].shape) for r in self.records])
+        self.records = []
+        if len(shapes[0]) != len(shapes[1]):  # data-dependent control flow: assume batch-first
+            return None
+        axes = []
+        for s1, s2 in zip(*shapes):
+            diff = [i for i, (a, b) in enumerate(zip(s1, s2)) if a != b]
+            axes.append(diff[0] if len(s1) == len(s2) and len(diff) == 1 and s1[diff[0]] == 1 else 0)
+        return axes
 
     # ---------------------------------------------------------------- capture
     def _hook(self, unit):
@@ -515,7 +532,19 @@ class _FastEngine:
                 del m.forward
 
     def _forward_backward(self, x, C):
+        if self._batch_axes is None:
+            self._batch_axes = self._find_batch_axes(x) or []
         out = self._run_forward(x, grad=True)
+        axes = self._batch_axes if len(self._batch_axes) == len(self.records) else [0] * len(self.records)
+        for r, a in zip(self.records, axes):
+            if a == 0:
+                continue
+            if r.unit.kind not in ("linear", "ln"):
+                raise ValueError(
+                    f"layer {r.unit.name!r} ({type(r.unit.module).__name__}) is called with the batch on axis {a}, "
+                    "not first; the fast path supports that for Linear and LayerNorm only — use method='exact'."
+                )
+            r.x = r.x.movedim(a, 0)
         if not self._checked:
             self._check_coverage(out)
         B = x.shape[0]
@@ -537,11 +566,11 @@ class _FastEngine:
                 per_class.append(torch.autograd.grad(out, probes, grad_outputs=v, allow_unused=True,
                                                      retain_graph=c < C - 1))
             grads = [None if g[0] is None else torch.stack(g) for g in zip(*per_class)]
-        # (C, B, ...) -> (B, C, ...), regrouped per record
-        flat = [None if g is None else g.transpose(0, 1) for g in grads]
+        # (C, ..., B at axis a + 1, ...) -> (B, C, ...), regrouped per record
         grouped, i = [], 0
-        for r in self.records:
-            grouped.append(flat[i : i + len(r.probes)])
+        for r, a in zip(self.records, axes):
+            gs = grads[i : i + len(r.probes)]
+            grouped.append([None if g is None else g.movedim(a + 1, 0) for g in gs])
             i += len(r.probes)
         return grouped
 
@@ -563,7 +592,7 @@ class _FastEngine:
 
     # ---------------------------------------------------------------- batch size
     def default_batch_size(self, x0, C, width, projector, max_bytes):
-        self._run_forward(x0, grad=False)
+        self._run_forward(x0, grad=True)
         es = x0.element_size()
         per = 0
         for r in self.records:

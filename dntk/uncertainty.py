@@ -44,6 +44,8 @@ __all__ = [
 
 #: Kernel OOD scores of :meth:`KernelPosterior.score`.
 OOD_SCORES = ("variance", "relative")
+#: Projector attributes that hold a ``make()`` option under another name.
+_OPTION_ATTRIBUTES = {"factors": "factor_kind"}
 #: Test points per block when applying a factorisation (bounds the working memory).
 _CHUNK = 4096
 
@@ -159,12 +161,15 @@ def fingerprint(model: nn.Module, projector=None) -> Fingerprint:
 
         if not isinstance(projector, Projector):
             raise TypeError(f"projector must come from dntk.projection.make(...), got {type(projector).__name__}.")
-        items = {"kind": projector.kind, "dim": int(projector.dim), "seed": int(projector.seed),
-                 # the options given to make() that change R (binding fills in defaults; those are implied)
-                 "tile_rows": getattr(projector, "_tile_rows_opt", None),
-                 "density": getattr(projector, "_density_opt", None)}
-        if projector.kind == "kronecker":
-            items.update(k_out=projector.k_out, k_in=projector.k_in, factors=projector.kron_factors)
+        identity = getattr(projector, "identity", None)
+        if callable(identity):
+            items = dict(identity())
+        else:  # kind, dim, seed and the options given to make() that change R (named by the kind's class)
+            items = {"kind": projector.kind, "dim": int(projector.dim), "seed": int(projector.seed)}
+            for name in getattr(type(projector), "options", ()):
+                value = getattr(projector, _OPTION_ATTRIBUTES.get(name, name), None)
+                if value is None or isinstance(value, (bool, int, float, str)):
+                    items[name] = value
         proj = tuple(sorted((k, v) for k, v in items.items() if v is not None))
     return Fingerprint(projector=proj, model=content_hash(model))
 
@@ -240,17 +245,24 @@ class CompressedSet:
         return cls._make([F[:, c, :] for c in range(C)], [T[:, c] for c in range(C)], lam, fingerprint, None, name)
 
     @classmethod
-    def from_synthesis(cls, result, fingerprint: Fingerprint, lam, intercept=None, name: str = "") -> "CompressedSet":
+    def from_synthesis(cls, result, fingerprint: Fingerprint, lam, m: int | None = None, intercept=None,
+                       name: str = "") -> "CompressedSet":
         """Algorithm 1's synthetic gradients: ``result`` from :func:`dntk.gradient_distillation.local_global`
         (``result.G_syn[c] (m_c, k)``, ``result.t_syn[c] (m_c,)``). ``lam``: the uncompressed set's ``(C,)``
-        ridge (:func:`dntk.krr.default_lam` of the features Algorithm 1 was given; appendix §4.3)."""
+        ridge (:func:`dntk.krr.default_lam` of the features Algorithm 1 was given; appendix §4.3).
+        ``m``: keep the first ``m`` synthetic gradients of each class — Algorithm 1's budgets are nested, so
+        this equals running it with ``budget=m``."""
         if not hasattr(result, "G_syn") or not hasattr(result, "t_syn"):
             raise TypeError(f"result must be a LocalGlobalResult from dntk.gradient_distillation.local_global, "
                             f"got {type(result).__name__}.")
         if lam is None:
             raise ValueError("from_synthesis needs lam, the ridge of the uncompressed set: "
                              "lam=dntk.krr.default_lam(features, lam_rel).")
-        return cls._make(list(result.G_syn), list(result.t_syn), lam, fingerprint, intercept, name)
+        if m is not None and (isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1):
+            raise ValueError(f"m must be a positive integer or None, got {m!r}.")
+        stop = None if m is None else int(m)
+        return cls._make([G[:stop] for G in result.G_syn], [t[:stop] for t in result.t_syn], lam, fingerprint,
+                         intercept, name)
 
     @classmethod
     def _make(cls, feats, targs, lam, fp, intercept, name):

@@ -84,21 +84,16 @@ INITS = ("real", "nearest", "noise")
 # ----------------------------------------------------------------------------------------------------
 # settings
 # ----------------------------------------------------------------------------------------------------
-def _finite(name: str, v, lo: float | None = None, strict: bool = False) -> float:
+def _finite(name: str, v, lo: float | None = None) -> float:
+    """``float(v)`` if finite (and ``>= lo`` when given), else a ``TypeError``/``ValueError`` naming ``name``."""
     try:
         f = float(v)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number; got {v!r}.") from None
-    if not math.isfinite(f) or (lo is not None and (f <= lo if strict else f < lo)):
-        bound = "" if lo is None else (f" > {lo:g}" if strict else f" >= {lo:g}")
+    if not math.isfinite(f) or (lo is not None and f < lo):
+        bound = "" if lo is None else f" >= {lo:g}"
         raise ValueError(f"{name} must be a finite number{bound}; got {v!r}.")
     return f
-
-
-def _int(name: str, v, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}.")
-    return int(v)
 
 
 @dataclass(frozen=True)
@@ -149,17 +144,17 @@ class WMDDSettings:
     seed: int = 0
 
     def __post_init__(self):
-        _int("iterations", self.iterations, 0)
-        _finite("lr", self.lr, 0.0, strict=True)
+        _common.check_int(self.iterations, "iterations", 0)
+        _common.check_positive(self.lr, "lr")
         for name in ("r_ce", "r_feat", "r_bn"):
             _finite(name, getattr(self, name), 0.0)
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {self.init!r}.")
-        _int("barycenter_iter", self.barycenter_iter, 1)
+        _common.check_int(self.barycenter_iter, "barycenter_iter", 1)
         if self.class_batch is not None:
-            _int("class_batch", self.class_batch, 1)
+            _common.check_int(self.class_batch, "class_batch", 1)
         if self.jitter is not None:
-            _int("jitter", self.jitter, 0)
+            _common.check_int(self.jitter, "jitter", 0)
         if self.crop_scale is not None:
             cs = tuple(_finite("crop_scale", v) for v in self.crop_scale)
             if len(cs) != 2 or not (0 < cs[0] <= cs[1] <= 1):
@@ -297,13 +292,32 @@ def barycenter(features, m: int, seed=0, weighted: bool = False, max_iter: int =
                stop_thr: float = 1e-7, weight_iter: int = 20) -> Barycenter:
     """Free-support Wasserstein barycenter of one class's features with ``m`` atoms (appendix §4.1 step 2).
 
-    features (n, D) real features of one class (uniform weights ``1/n``). The atoms start at ``m``
-    distinct real features chosen by ``np.random.default_rng(seed)`` (``seed`` may be an int or a
-    sequence such as ``[seed, c]``). Uniform atom weights ``1/m``: ``ot.lp.free_support_barycenter``
-    (balanced k-means for one measure). ``weighted=True`` (the paper's variant) alternates the weights
-    that are optimal for fixed atoms (the mass of each atom's Voronoi cell, exact for one input measure)
-    with POT's location update, ``weight_iter`` times or until the weights stop changing.
-    Returns ``Barycenter(atoms (m, D) float64, weights (m,), init (m,))``.
+    Uniform atom weights ``1/m``: ``ot.lp.free_support_barycenter`` (balanced k-means for one measure).
+    ``weighted=True`` (the paper's variant) alternates the weights that are optimal for fixed atoms (the
+    mass of each atom's Voronoi cell, exact for one input measure) with POT's location update,
+    ``weight_iter`` times or until the weights stop changing; the result is a fixed point of Lloyd's
+    k-means.
+
+    Parameters
+    ----------
+    features : array-like
+        ``(n, D)`` finite real features of one class (uniform weights ``1/n``).
+    m : int
+        Number of atoms, ``1 <= m <= n``.
+    seed : int or sequence of int
+        The atoms start at ``m`` distinct real features chosen by ``np.random.default_rng(seed)``
+        (e.g. ``[seed, c]``).
+    weighted : bool
+        Learn the atom weights.
+    max_iter, stop_thr : int, float
+        POT's iteration limit and stopping threshold.
+    weight_iter : int
+        Alternations of the weighted variant.
+
+    Returns
+    -------
+    Barycenter
+        ``(atoms (m, D) float64, weights (m,) summing to 1, init (m,) int64 starting rows)``.
     """
     import ot
 
@@ -401,8 +415,24 @@ def _batches(X: torch.Tensor, batch_size: int):
 @torch.no_grad()
 def penultimate_features(teacher: nn.Module, X: torch.Tensor, batch_size: int = 256,
                          feature_module: nn.Module | None = None) -> torch.Tensor:
-    """Penultimate features ``φ(X)`` (N, D) float32 of the teacher in eval mode, read by a forward hook
-    on the input of its final linear layer (appendix §4.1 step 1)."""
+    """Penultimate features ``φ(X)`` of the teacher in eval mode (appendix §4.1 step 1).
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        The classifier; read through a forward hook on the input of its final linear layer.
+    X : torch.Tensor
+        Inputs ``(N, ...)``.
+    batch_size : int
+        Inputs per forward pass.
+    feature_module : nn.Module, optional
+        The module whose input is the feature (default ``.head``, ``.fc`` or ``.classifier``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, D)`` float32 on the CPU.
+    """
     mod = _feature_module(teacher, feature_module)
     was_training = teacher.training
     teacher.eval()
@@ -486,9 +516,31 @@ def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None
     """Per-class penultimate features and exact per-class BatchNorm input statistics of the real data.
 
     The statistics are accumulated from per-batch sums in float64 (Chan et al.'s pairwise merge), so any
-    ``batch_size`` gives the same mean and biased variance as one pass over the whole class. The
-    teacher runs in eval mode (BN uses its running statistics, as at synthesis time). Pass the result to
-    ``distill(..., statistics=...)`` to reuse it across IPCs and seeds of the same teacher and data.
+    ``batch_size`` gives the same mean and biased variance as one pass over the whole class (appendix
+    §4.1 steps 1 and 3). The teacher runs in eval mode (BN uses its running statistics, as at synthesis
+    time). Pass the result to ``distill(..., statistics=...)`` to reuse it across IPCs and seeds of the
+    same teacher and data.
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        Classifier with finite weights.
+    dataset : Dataset or (X (N, ...), y (N,))
+        The real data; every class ``0..C-1`` needs a sample.
+    num_classes : int, optional
+        ``C`` (default ``max(y) + 1``).
+    batch_size : int
+        Inputs per forward pass.
+    feature_module : nn.Module, optional
+        The module whose input is the penultimate feature.
+    device : str or torch.device, optional
+        Move the teacher there first.
+
+    Returns
+    -------
+    ClassStatistics
+        Features ``(n_c, D)`` per class, per-layer BN means and variances ``(C, channels)`` float64,
+        class counts ``(C,)``.
     """
     _common.check_model(teacher)
     _common.check_model_finite(teacher)
@@ -560,7 +612,23 @@ def augment(x: torch.Tensor, generator: torch.Generator, crop_scale=(0.08, 1.0),
     """Differentiable random-resized-crop (per image), horizontal flip (per image, p = 1/2) and a circular
     shift by ``(dx, dy) ∈ [0, jitter]²`` (per batch, as the official code's ``torch.roll``).
 
-    x (B, C, H, W); all randomness drawn from ``generator`` on the CPU (reproducible on any device).
+    Parameters
+    ----------
+    x : torch.Tensor
+        Images ``(B, C, H, W)``.
+    generator : torch.Generator
+        Source of all randomness, drawn on the CPU (reproducible on any device).
+    crop_scale, ratio : (float, float)
+        Area and aspect-ratio ranges of the crop.
+    flip : bool
+        Random horizontal flips.
+    jitter : int
+        Maximum circular shift in pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C, H, W)``, differentiable in ``x`` (appendix §4.1 step 4).
     """
     if x.dim() != 4:
         raise ValueError(f"image augmentation needs inputs of shape (B, C, H, W); got {tuple(x.shape)}.")
@@ -654,30 +722,63 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
             barycenter_iter: int = WMDD_DEFAULTS.barycenter_iter, feature_module: nn.Module | None = None,
             statistics: ClassStatistics | None = None, cache_dir=None, device: str | torch.device = "cpu",
             progress: bool = False) -> DistilledSet:
-    """Distil ``dataset`` into ``ipc`` images per class with WMDD (appendix §4.1).
+    """Distil ``dataset`` into ``ipc`` images per class with WMDD (appendix §4.1, steps 1-5).
 
-    teacher      trained classifier with finite weights; runs in eval mode, its weights are not changed (it
-                 is moved to ``device``)
-    dataset      map-style Dataset of ``(input, label)`` or a pair ``(X (N, …), y (N,))``
-    ipc          images per class, ``1 ≤ ipc ≤`` the smallest class size
-    iterations … barycenter_iter, seed   the fields of :class:`WMDDSettings` (defaults :data:`WMDD_DEFAULTS`;
-                 ``augment_images`` is its ``augment``); ``crop_scale`` defaults to a range scaled to the
-                 image size, ``jitter`` to ``round(32·H/224)``, ``class_batch`` (classes synthesised
-                 together; the loss is a mean over classes, so this does not change the objective) to all,
-                 ``pixel_range`` (clip range) to the real data's min and max
-    statistics   ``class_statistics(teacher, dataset)`` computed beforehand (reused across calls); it must
-                 come from the same teacher and data
-    cache_dir    if given, reuse a set stored there (a :class:`dntk.store.Store`, stage ``wmdd``) under a key
-                 of the settings and the content hashes of the teacher's weights and the data, or store
-                 the new one there (atomically, checksummed; a corrupt copy is recomputed)
-    Returns a ``DistilledSet``. Deterministic for a seed on a given device. A synthesis whose loss
-    becomes non-finite stops with :class:`dntk.models.TrainingDivergedError` naming the iteration.
+    Parameters
+    ----------
+    teacher : nn.Module
+        Trained classifier with finite weights; runs in eval mode, its weights are not changed (it is
+        moved to ``device``).
+    dataset : Dataset or (X (N, ...), y (N,))
+        Map-style Dataset of ``(input, label)`` or a pair of tensors; finite inputs, integer labels in
+        ``0..C-1``, every class present.
+    ipc : int
+        Images per class, ``1 <= ipc <=`` the smallest class size.
+    iterations, lr, r_ce, r_feat, r_bn, init, weighted, flip, barycenter_iter, seed
+        The fields of :class:`WMDDSettings` (defaults :data:`WMDD_DEFAULTS`).
+    augment_images : bool
+        :attr:`WMDDSettings.augment`.
+    crop_scale : (float, float), optional
+        Random-resized-crop area range; default scaled to the image size.
+    jitter : int, optional
+        Shift range in pixels; default ``round(32·H/224)``.
+    class_batch : int, optional
+        Classes synthesised together (a memory knob; default all). The loss is a mean over classes,
+        so this does not change the objective.
+    pixel_range : (float, float), optional
+        Clip range; default the real data's min and max.
+    batch_size : int
+        Batch size of the teacher's passes over the real data.
+    feature_module : nn.Module, optional
+        The module whose input is the penultimate feature (default ``.head``, ``.fc`` or ``.classifier``).
+    statistics : ClassStatistics, optional
+        ``class_statistics(teacher, dataset)`` computed beforehand (reused across calls); it must come
+        from the same teacher and data.
+    cache_dir : path-like, optional
+        Reuse a set stored there (a :class:`dntk.store.Store`, stage ``wmdd``) under a key of the settings
+        and the content hashes of the teacher's weights and the data, or store the new one there
+        (atomically, checksummed; a corrupt copy is recomputed).
+    device : str or torch.device
+        Where the synthesis runs.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    DistilledSet
+        ``C·ipc`` class-major images with labels, soft labels, barycenter atoms and weights, the settings
+        used and the loss history. Deterministic for a seed on a given device.
+
+    Raises
+    ------
+    dntk.models.TrainingDivergedError
+        The synthesis loss became non-finite (the message names the iteration).
     """
     _common.check_model(teacher)
     if isinstance(ipc, bool) or not isinstance(ipc, (int, np.integer)) or ipc < 1:
         raise ValueError(f"ipc (images per class) must be a positive integer; got {ipc!r}.")
     ipc = int(ipc)
-    _int("batch_size", batch_size, 1)
+    _common.check_int(batch_size, "batch_size", 1)
     s = WMDDSettings(iterations=iterations, lr=lr, r_ce=r_ce, r_feat=r_feat, r_bn=r_bn, init=init,
                      weighted=weighted, augment=augment_images,
                      crop_scale=None if crop_scale is None else tuple(crop_scale), flip=flip, jitter=jitter,
@@ -898,9 +999,27 @@ def _synthesize(teacher, chunk: _Chunk, s: WMDDSettings, bn, feat_mod, gen, bar)
 def real_subset(teacher: nn.Module, dataset, indices, *, batch_size: int = 256,
                 feature_module: nn.Module | None = None, device: str | torch.device = "cpu",
                 method: str = "real_subset") -> DistilledSet:
-    """A set of real samples in the ``DistilledSet`` format (the baselines of a distillation: random or
-    k-center real subsets of the same size). ``indices`` (C·ipc,) class-major, ``ipc`` per class; soft
-    labels are the teacher's logits, weights uniform, ``atoms`` the chosen samples' own features."""
+    """A set of real samples in the ``DistilledSet`` format (the baselines of a distillation).
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        Classifier with finite weights; gives the soft labels (its logits) and the atoms (the chosen
+        samples' own penultimate features).
+    dataset : Dataset or (X, y)
+        The real data.
+    indices : array-like
+        ``(C·ipc,)`` rows, class-major, ``ipc`` per class in class order (random or k-center subsets).
+    batch_size, feature_module, device
+        As in :func:`penultimate_features`.
+    method : str
+        Recorded in ``settings["method"]``.
+
+    Returns
+    -------
+    DistilledSet
+        With uniform weights ``(C, ipc)`` and atoms ``(C, ipc, D)``.
+    """
     _common.check_model(teacher)
     _common.check_model_finite(teacher)
     X, y = _dataset_tensors(dataset)
@@ -942,26 +1061,56 @@ def train_student(model: nn.Module, distilled: DistilledSet, *, epochs: int = ST
                   flip: bool | None = None, jitter: int | None = None, use_weights: bool = True,
                   weight_decay: float = STUDENT_DEFAULTS.weight_decay,
                   seed: int = 0, device: str | torch.device = "cpu", progress: bool = False) -> dict:
-    """Train ``model`` (freshly built, e.g. ``dntk.models.build("convnet", C)``) on the distilled set with
-    soft labels: loss ``T² · KL(softmax(s/T) ‖ softmax(f/T))`` per image, weighted by ``ipc · w_{c,j}``
-    (the barycenter weights; ``use_weights=False`` for uniform), Adam with cosine lr, through the shared
-    :func:`dntk.models.training_loop`. Defaults: :data:`STUDENT_DEFAULTS`.
+    """Train a student on the distilled set with soft labels (Sec 5.1), through :func:`dntk.models.training_loop`.
 
-    Soft targets are the stored teacher logits, or, when ``teacher`` is given, the teacher's logits on
-    each augmented batch (the official relabel-on-crop knowledge distillation). Augmentation defaults to
-    the distillation's own setting (``crop_scale``, ``flip``, ``jitter`` override it). Trains in place;
-    returns ``{"loss": [per-epoch mean]}`` and leaves the model in eval mode. A loss that becomes
-    non-finite stops with :class:`dntk.models.TrainingDivergedError` naming the epoch.
+    Loss per image ``T² · KL(softmax(s/T) ‖ softmax(f/T))``, weighted by ``ipc · w_{c,j}`` (the barycenter
+    weights; ``use_weights=False`` for uniform); Adam with cosine lr. Soft targets ``s`` are the stored
+    teacher logits, or, when ``teacher`` is given, the teacher's logits on each augmented batch (the
+    official relabel-on-crop knowledge distillation).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Freshly built student (e.g. ``dntk.models.build("convnet", C)``) with finite weights and ``C``
+        outputs; trained in place and left in eval mode on ``device``.
+    distilled : DistilledSet
+        The set: images ``(m, ...)``, soft labels ``(m, C)``, weights ``(C, ipc)`` (or empty).
+    epochs, lr, temperature, weight_decay
+        Defaults :data:`STUDENT_DEFAULTS`.
+    batch_size : int, optional
+        Images per step (default all ``m``).
+    teacher : nn.Module, optional
+        Relabel each augmented batch with this teacher.
+    augment_images, crop_scale, flip, jitter : optional
+        Augmentation; default the distillation's own settings.
+    use_weights : bool
+        Weight each image by its barycenter weight.
+    seed : int
+        Seeds the shuffling and the augmentation draws (a local generator).
+    device : str or torch.device
+        Where to train.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        ``{"loss": [per-epoch mean]}``.
+
+    Raises
+    ------
+    dntk.models.TrainingDivergedError
+        The loss or the weights became non-finite (the message names the epoch).
     """
     _common.check_model(model)
     if not isinstance(distilled, DistilledSet):
         raise TypeError(f"distilled must be a DistilledSet; got {type(distilled).__name__}.")
-    T = _finite("temperature", temperature, 0.0, strict=True)
-    _finite("lr", lr, 0.0, strict=True)
+    T = _common.check_positive(temperature, "temperature")
+    _common.check_positive(lr, "lr")
     _finite("weight_decay", weight_decay, 0.0)
-    epochs = _int("epochs", epochs, 1)
+    epochs = _common.check_int(epochs, "epochs", 1)
     if batch_size is not None:
-        _int("batch_size", batch_size, 1)
+        _common.check_int(batch_size, "batch_size", 1)
     _common.check_model_finite(model)
     if teacher is not None:
         _common.check_model(teacher)

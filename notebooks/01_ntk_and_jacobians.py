@@ -10,7 +10,8 @@
 # # The neural tangent kernel and per-class Jacobians
 #
 # Everything in this book is built from one object: the gradient of a network's output with respect
-# to its parameters. This chapter defines it (the paper's Sec 3.1 and App A.1–A.2, eq 1), computes it
+# to its parameters. This chapter defines it (Sec 3.1 and App A.1–A.2 of {cite:t}`mahowald2026dntk`, eq 1;
+# appendix {ref}`maths-0`), computes it
 # for a small trained convolutional network on the scikit-learn digits, checks two independent exact
 # ways of getting the kernel it induces against each other, and counts what the kernel costs — which
 # is the reason the rest of the paper exists.
@@ -30,9 +31,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dntk import data, kernel, models, tangent
+from dntk import chapter, data, kernel, models, tangent
 
-torch.manual_seed(seed)
+_ = torch.manual_seed(seed)
+chapter.use_book_style()
 model = models.trained("convnet", dataset="digits", seed=0)
 train = data.load("digits", "train")
 X, y = data.as_tensors(train, per_class=n_per_class, seed=seed)
@@ -63,9 +65,9 @@ print(f"convnet: P = {P:,} trainable parameters, C = {C} classes; N = {len(X)} d
 # test–train *cross kernel* is $K_c(X^*, X) = G_c(X^*)\, G_c^\top$.
 # ```
 #
-# The NTK describes the network linearised around its current parameters: a small parameter step
-# $\Delta$ changes the logits by $J(x)\Delta$, and gradient descent on the linearised model is kernel
-# regression with $\Theta$. The paper (and this book) works with the $C$ class kernels instead of the
+# The NTK {cite}`jacot2018ntk` describes the network linearised around its current parameters: a small
+# parameter step $\Delta$ changes the logits by $J(x)\Delta$, and gradient descent on the linearised model is
+# kernel regression with $\Theta$. The paper (and this book) works with the $C$ class kernels instead of the
 # full $\Theta$: one kernel regression per logit, $C$ times fewer entries and no cross-class terms.
 #
 # `dntk.tangent.class_gradients(model, X)` returns the stack $(G_1, \dots, G_C)$ as an array of shape
@@ -94,23 +96,34 @@ Theta = kernel.empirical_ntk(Gs)  # (n, n, C, C)
 K_small = kernel.class_kernels(Gs)  # (C, n, n)
 diag_gap = max(float((Theta[:, :, c, c] - K_small[c]).abs().max()) for c in range(C))
 M = kernel.ntk_matrix(Theta).numpy()
+chapter.glue_number("ch01_n_ntk", n_ntk)
 
-fig, ax = plt.subplots(1, 2, figsize=(10, 4.3))
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.3))
 lim = np.abs(M).max()
 im = ax[0].imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
-ax[0].set_title(f"$\\Theta$ on {n_ntk} digits ({n_ntk * C}×{n_ntk * C}, C×C blocks)")
+ax[0].set_title(f"$\\Theta$, {n_ntk * C}×{n_ntk * C}")
 ax[0].set_xlabel("$j\\cdot C + c'$")
 ax[0].set_ylabel("$i\\cdot C + c$")
 fig.colorbar(im, ax=ax[0], shrink=0.8)
 blk = np.abs(Theta.numpy()).mean(axis=(0, 1))
 im = ax[1].imshow(blk, cmap="viridis")
-ax[1].set_title("mean $|\\Theta_{cc'}|$ over sample pairs")
+ax[1].set_title("mean $|\\Theta_{cc'}|$ over pairs")
 ax[1].set_xlabel("class $c'$")
 ax[1].set_ylabel("class $c$")
 fig.colorbar(im, ax=ax[1], shrink=0.8)
-fig.tight_layout();
+chapter.glue_figure("ch01-ntk", fig)
 
 # %% [markdown]
+# ```{glue:figure} ch01-ntk
+# :name: fig-ch01-ntk
+# :alt: Left, a heatmap of the full empirical NTK matrix of a dozen digits made of ten-by-ten class blocks. Right, a ten-by-ten heatmap of the mean absolute NTK entry for each pair of classes, brightest on the diagonal.
+#
+# The full empirical NTK $\Theta$ of {glue:text}`ch01_n_ntk` digits, laid out as an $NC\times NC$ matrix with
+# row index $i\cdot C + c$ (left), and the mean absolute entry $|\Theta_{cc'}|$ of each pair of classes over
+# all pairs of inputs (right).
+# ```
+#
 # The diagonal of the right panel (same-class pairs $\Theta_{cc}$, i.e. the class kernels) carries
 # clearly more mass than the off-diagonal cross-class terms, which is part of why the paper can drop
 # the cross-class terms.
@@ -156,7 +169,7 @@ print(f"K_c v matrix-free vs stored Jacobians: relative difference {class_recipe
 #
 # ## What the kernel costs
 #
-# With $N$ inputs, $C$ classes, $P$ parameters and $F$ multiply–adds per forward pass (SPEC §7; a
+# With $N$ inputs, $C$ classes, $P$ parameters and $F$ multiply–adds per forward pass (appendix {ref}`maths-7`; a
 # per-class gradient costs a share of one forward and $C$ backward passes of about $2F$ each):
 #
 # | object | time | memory |
@@ -199,11 +212,22 @@ for name, (N_, C_, P_, F_) in settings.items():
     for obj, (macs, mem) in cost_rows(N_, C_, P_, F_).items():
         print(f"{name:30s} {obj:18s} {macs:15.2e} {mem / 2**30:10.2f} GiB")
         name = ""
+digits_rows = cost_rows(*settings["digits convnet"])
+paper_rows = cost_rows(*settings["ImageNette ResNet-18 (paper)"])
+chapter.glue_number("ch01_N_train", len(train))
+chapter.glue_math("ch01_digits_ntk_macs", digits_rows["full NTK"][0])
+chapter.glue_number("ch01_digits_ntk_gib", digits_rows["full NTK"][1] / 2**30)
+chapter.glue_number("ch01_digits_grad_gib", digits_rows["stored gradients"][1] / 2**30)
+chapter.glue_math("ch01_paper_ntk_macs", paper_rows["full NTK"][0])
+chapter.glue_number("ch01_paper_ntk_gib", paper_rows["full NTK"][1] / 2**30)
+chapter.glue_number("ch01_paper_grad_tib", paper_rows["stored gradients"][1] / 2**40)
 
 # %% [markdown]
-# For the small convnet the full NTK on 1,437 digits already needs $6\times10^{12}$ multiply–adds and
-# 1.5 GiB, and storing all per-class gradients another 1.5 GiB. At the paper's scale the full NTK is
-# $10^{17}$ multiply–adds and 67 GiB for the kernel alone, and the gradients would take about 4 TiB.
+# For the small convnet the full NTK on {glue:text}`ch01_N_train:,` digits already needs
+# {glue:md}`ch01_digits_ntk_macs:myst` multiply–adds and {glue:text}`ch01_digits_ntk_gib:.1f` GiB, and storing all
+# per-class gradients another {glue:text}`ch01_digits_grad_gib:.1f` GiB. At the paper's scale the full NTK is
+# {glue:md}`ch01_paper_ntk_macs:myst` multiply–adds and {glue:text}`ch01_paper_ntk_gib:.0f` GiB for the kernel
+# alone, and the gradients would take about {glue:text}`ch01_paper_grad_tib:.0f` TiB.
 # Dropping cross-class terms saves a factor $C$; the rest of the paper removes the remaining factors —
 # projecting $P$ down to $k$ (random projection), shrinking $N$
 # (dataset distillation) and compressing the kernel itself (gradient distillation).
@@ -218,15 +242,25 @@ for name, (N_, C_, P_, F_) in settings.items():
 K = kernel.class_kernels(G)  # (C, N, N) float64
 eig = torch.linalg.eigvalsh(K).flip(-1)  # descending, per class
 eff_rank = (eig.sum(-1) ** 2 / (eig**2).sum(-1))
+chapter.glue_number("ch01_N", len(X))
 
-fig, ax = plt.subplots(figsize=(6.5, 4))
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN, 3.4))
 for c in range(C):
     ax.semilogy(np.arange(1, len(X) + 1), (eig[c] / eig[c, 0]).clamp_min(1e-16).numpy(), lw=1, label=f"class {c}")
 ax.set_xlabel("index $i$")
 ax.set_ylabel("$\\lambda_i / \\lambda_1$ of $K_c$")
-ax.set_title(f"class-kernel spectra, N = {len(X)} digits")
-ax.legend(ncol=2, fontsize=7)
-fig.tight_layout();
+ax.legend(ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
+chapter.glue_figure("ch01-spectra", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch01-spectra
+# :name: fig-ch01-spectra
+# :alt: Ten decreasing curves on a logarithmic axis, one per class, showing the class-kernel eigenvalues divided by the largest one falling by several orders of magnitude.
+#
+# Eigenvalues of the ten class kernels $K_c$ on $N$ = {glue:text}`ch01_N` digits, each divided by its
+# largest eigenvalue.
+# ```
 
 # %%
 print(f"effective rank (Σλ)²/Σλ² per class: {np.round(eff_rank.numpy(), 1)} (N = {len(X)})")
@@ -241,7 +275,7 @@ print(f"effective rank (Σλ)²/Σλ² per class: {np.round(eff_rank.numpy(), 1)
 # diagonal of $\Theta$, the two exact recipes agree, the kernels are symmetric positive semi-definite,
 # the spectrum is strongly concentrated, and the cost ratios are the ones in the table.
 
-# %%
+# %% tags=["hide-input"]
 assert G.shape == (len(X), C, P)
 assert fast_vs_exact < 1e-5, fast_vs_exact
 assert diag_gap < 1e-9, diag_gap

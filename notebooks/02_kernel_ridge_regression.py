@@ -26,7 +26,7 @@
 # %% tags=["parameters"]
 n_train_max = 500        # training points for the largest kernel (the digits train split has 1437)
 n_grid = [10, 20, 50, 100, 200]   # smaller training-set sizes for the saturation curve (n_train_max is added)
-lam_rel = 1e-3           # ridge: λ_c = lam_rel · tr(K_c) / N (SPEC §1)
+lam_rel = 1e-3           # ridge: λ_c = lam_rel · tr(K_c) / N (appendix §1)
 n_loo = 200              # training points for the leave-one-out λ selection at the end
 seed = 0                 # which random training subset
 model_name = "convnet"
@@ -42,10 +42,11 @@ import torch
 import dntk.data
 import dntk.models
 import dntk.tangent
-from dntk import metrics
-from dntk.krr import ClassKRR, loo_gcv
+from dntk import chapter, metrics
+from dntk.krr import ClassKRR
 
-torch.manual_seed(seed)
+_ = torch.manual_seed(seed)
+chapter.use_book_style()
 n_train_max = min(int(n_train_max), 1437 if dataset == "digits" else int(n_train_max))
 n_grid = sorted({int(n) for n in n_grid if 0 < int(n) < n_train_max} | {n_train_max})
 
@@ -83,15 +84,16 @@ n_grid = sorted({int(n) for n in n_grid if 0 < int(n) < n_train_max} | {n_train_
 # matrix $K + \lambda I$ (cost $O(N^2 P + N^3/3)$), the *primal* solve the $P\times P$ (or, after a
 # random projection to width $k$, $k\times k$) matrix $G^\top G + \lambda I$ (cost $O(N P^2 + P^3/3)$).
 # `dntk.krr.ClassKRR` picks the dual when $N \le P$ and the primal otherwise, always with a float64
-# Cholesky factorisation. Here $P \approx 29\,000$ parameters and $N \le 1437$, so the dual is the one
+# Cholesky factorisation. Here $P$ = {glue:text}`ch02_P:,` parameters and $N \le$ {glue:text}`ch02_n_max`, so the dual is the one
 # that runs; the primal solve becomes the cheap one once gradients are projected to a few hundred
 # dimensions (later chapters).
 #
 # **Choosing λ.** The kernel's scale depends on the network, so λ is set relative to it:
 # $\lambda_c = \lambda_{\text{rel}}\,\mathrm{tr}(K_c)/N$, i.e. $\lambda_{\text{rel}}$ times the mean
-# eigenvalue of $K_c$ (SPEC §1). `ClassKRR(select="loo")` or `select="gcv"` instead picks
+# eigenvalue of $K_c$ ({eq}`eq-lambda-rel`). `ClassKRR(select="loo")` or `select="gcv"` instead picks
 # $\lambda_{\text{rel}}$ per class on a grid from closed-form leave-one-out residuals
-# $e = (I-H)t \oslash \operatorname{diag}(I-H)$ with $H = K(K+\lambda I)^{-1}$, which needs one
+# $e = (I-H)t \oslash \operatorname{diag}(I-H)$ with $H = K(K+\lambda I)^{-1}$ (Allen's PRESS
+# {cite}`allen1974press`, {eq}`eq-loo-press`), which needs one
 # eigendecomposition of $K$ for the whole grid; we use it at the end of the chapter.
 #
 # The full predictor stacks the classes, $\hat f(x) = (\hat f_1(x),\dots,\hat f_C(x))$, and is scored on
@@ -102,7 +104,7 @@ n_grid = sorted({int(n) for n in n_grid if 0 < int(n) < n_train_max} | {n_train_
 # ## The network and its tangent features
 #
 # `dntk.models.trained()` returns the convnet trained on the digits training split (trained once and
-# cached). We draw a seeded random subset of `n_train_max` training points; the smaller training sets
+# cached). We draw a seeded random subset of {glue:text}`ch02_n_max` training points; the smaller training sets
 # of the saturation curve are prefixes of the same random order, so they are nested.
 
 # %%
@@ -120,10 +122,15 @@ C = f_test.shape[1]
 print(f"{model_name}: P = {P} trainable parameters, C = {C} classes")
 print(f"train subset N = {len(y_train)} of {len(y_all)}, test N* = {len(y_test)}")
 print(f"network test accuracy: {net_test_acc:.4f}")
+chapter.glue_number("ch02_P", P)
+chapter.glue_number("ch02_n_max", n_train_max)
+chapter.glue_number("ch02_n_all", len(y_all))
+chapter.glue_number("ch02_n_loo", min(int(n_loo), n_train_max))
 
 # %% [markdown]
 # The exact per-class gradients of every training and test point, `(N, C, P)` float32
-# (chapter 1 checks them against autograd). At the default sizes they take about a gigabyte; the dual
+# ({doc}`01_ntk_and_jacobians` checks them against autograd). At the default sizes they take
+# {glue:text}`ch02_feat_mib:.0f` MiB; the dual
 # solve only ever needs the $N\times N$ class kernels built from them (float64, computed one class at a time).
 
 # %%
@@ -131,13 +138,14 @@ G_train = dntk.tangent.class_gradients(model, X_train, device=device, progress=p
 G_test = dntk.tangent.class_gradients(model, X_test, device=device, progress=progress)
 print("train features", tuple(G_train.shape), "test features", tuple(G_test.shape))
 print(f"memory: {(G_train.numel() + G_test.numel()) * 4 / 2**20:.0f} MiB (float32)")
+chapter.glue_number("ch02_feat_mib", (G_train.numel() + G_test.numel()) * 4 / 2**20)
 
 # %% [markdown]
 # ## KRR on the full class kernels
 #
 # A `ClassKRR` fit is ten independent ridge regressions, one per class, each on its own kernel $K_c$ and
 # its own target column. We fit it on every training-set size of the grid at once (the saturation curve
-# below reuses these fits); the largest, all `n_train_max` points, is "the full-kernel KRR".
+# below reuses these fits); the largest, all {glue:text}`ch02_n_max` points, is "the full-kernel KRR".
 
 # %%
 def evaluate(pred):
@@ -161,16 +169,18 @@ print(f"{'model':<34}{'test acc':>9}{'fidelity':>10}{'rel. logit err':>16}{'logi
 print(f"{'network (' + model_name + ')':<34}{net_test_acc:>9.4f}{1.0:>10.4f}{0.0:>16.4f}{1.0:>10.4f}")
 print(f"{f'KRR on class kernels, N = {n_train_max}':<34}{full['accuracy']:>9.4f}{full['fidelity']:>10.4f}"
       f"{full['rel. logit error']:>16.4f}{full['logit R²']:>10.4f}")
+chapter.glue_number("ch02_fid", full["fidelity"])
+chapter.glue_number("ch02_logit_err", full["rel. logit error"])
 
 # %% [markdown]
-# The kernel model agrees with the network on almost every test digit and recovers the logits to within
-# a few percent, although it is a linear model in the tangent features: around the trained parameters
+# The kernel model agrees with the network on almost every test digit (fidelity {glue:text}`ch02_fid:.3f`) and
+# recovers the logits to within a relative error of {glue:text}`ch02_logit_err:.3f`, although it is a linear model in the tangent features: around the trained parameters
 # the network behaves very much like its linearisation on this data.
 
 # %% [markdown]
 # ## Saturation with the number of training points
 #
-# The paper's Fig 1 shows that accuracy and fidelity of the kernel model climb to the network's level
+# Fig 1 of {cite:t}`mahowald2026dntk` shows that accuracy and fidelity of the kernel model climb to the network's level
 # with few training points. The fits above used nested random subsets of growing size $N$ (same λ rule),
 # each scored on the same test set.
 
@@ -179,22 +189,29 @@ print(f"{'N':>6}{'test acc':>10}{'fidelity':>10}{'rel. logit err':>16}{'logit R�
 for r in rows:
     print(f"{r['N']:>6}{r['accuracy']:>10.4f}{r['fidelity']:>10.4f}{r['rel. logit error']:>16.4f}{r['logit R²']:>10.4f}")
 
-# %%
+# %% tags=["hide-input"]
 Ns = np.array([r["N"] for r in rows])
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-axes[0].plot(Ns, [r["accuracy"] for r in rows], "o-", label="KRR test accuracy")
-axes[0].plot(Ns, [r["fidelity"] for r in rows], "s--", label="KRR fidelity (agrees with network)")
-axes[0].axhline(net_test_acc, color="k", lw=1, ls=":", label="network test accuracy")
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.2))
+axes[0].plot(Ns, [r["accuracy"] for r in rows], "o-", label="KRR accuracy")
+axes[0].plot(Ns, [r["fidelity"] for r in rows], "s--", label="KRR fidelity")
+axes[0].axhline(net_test_acc, color="k", lw=1, ls=":", label="network accuracy")
 axes[0].set_xscale("log")
-axes[0].set_xlabel("training points N")
+axes[0].set_xlabel("training points $N$")
 axes[0].set_ylabel("fraction of test set")
-axes[0].set_title("accuracy and fidelity saturate")
-axes[0].legend(loc="lower right", fontsize=8)
+axes[0].legend(loc="lower right")
 axes[1].loglog(Ns, [r["rel. logit error"] for r in rows], "o-")
-axes[1].set_xlabel("training points N")
+axes[1].set_xlabel("training points $N$")
 axes[1].set_ylabel(r"$\|\hat f - f\|_F / \|f\|_F$ on test")
-axes[1].set_title("relative logit error")
-fig.tight_layout();
+chapter.glue_figure("ch02-saturation", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch02-saturation
+# :name: fig-ch02-saturation
+# :alt: Left, test accuracy and fidelity of the kernel model rising with the number of training points to the network's accuracy. Right, the relative logit error falling on log-log axes.
+#
+# KRR on the exact class kernels as the number $N$ of training points grows: test accuracy and fidelity
+# (left) against the network's accuracy (dotted), and the relative error of the predicted logits (right).
+# ```
 
 # %% [markdown]
 # Accuracy and fidelity reach the network's level with a few hundred points at most, while the logit
@@ -205,9 +222,10 @@ fig.tight_layout();
 # %% [markdown]
 # ## Dual = primal
 #
-# With $P \approx 29\,000$ the primal $P\times P$ system is far too big to factorise here (6.6 GB), so we
+# With $P$ = {glue:text}`ch02_P:,` the primal $P\times P$ system is far too big to factorise here
+# ({glue:text}`ch02_primal_gib:.1f` GiB in float64), so we
 # check {prf:ref}`lem-krr-woodbury` numerically on the gradients of the **last BatchNorm layer and the
-# linear head** — the same network, restricted to its final ~800 parameters, which is itself a valid
+# linear head** — the same network, restricted to its final {glue:text}`ch02_k_tail` parameters, which is itself a valid
 # tangent kernel (of the sub-network in which only those parameters train). Forcing `solver="dual"`
 # ($N\times N$) and `solver="primal"` ($k\times k$) must give the same weights and predictions up to
 # round-off.
@@ -218,6 +236,8 @@ tail = [n for n in layout if n.startswith("head.")]
 last_bn = [n for n in layout if n.startswith("features.") and len(layout[n].shape) == 1][-2:]
 cols = torch.cat([torch.arange(layout[n].offset, layout[n].offset + layout[n].size) for n in last_bn + tail])
 H_train, H_test = G_train[:, :, cols], G_test[:, :, cols]
+chapter.glue_number("ch02_k_tail", len(cols))
+chapter.glue_number("ch02_primal_gib", P**2 * 8 / 2**30)
 dual = ClassKRR(lam_rel=lam_rel, solver="dual").fit(H_train, f_train)
 primal = ClassKRR(lam_rel=lam_rel, solver="primal").fit(H_train, f_train)
 p_dual, p_primal = dual.predict(H_test), primal.predict(H_test)
@@ -234,7 +254,7 @@ print(f"this sub-kernel alone: test acc {metrics.accuracy(p_dual, y_test):.4f}, 
 #
 # How much does the λ rule matter? `dntk.krr.loo_gcv` returns the exact leave-one-out residuals for a
 # whole grid of λ from one eigendecomposition per class (a test checks them against brute-force
-# refits). Below, on the first `n_loo` training points: the mean squared LOO residual across
+# refits). Below, on the first {glue:text}`ch02_n_loo` training points: the mean squared LOO residual across
 # $\lambda_{\text{rel}}$, and the test metrics with λ chosen per class by LOO next to the default λ.
 
 # %%
@@ -251,31 +271,43 @@ for name, r in ((f"default λ_rel = {lam_rel:g}", default_loo), ("λ_rel chosen 
     print(f"N = {n_loo}, {name:<22}: test acc {r['accuracy']:.4f}, fidelity {r['fidelity']:.4f}, "
           f"rel. logit error {r['rel. logit error']:.4f}")
 
-fig, ax = plt.subplots(figsize=(5, 3.4))
+chapter.glue_number("ch02_lam_rel", lam_rel)
+
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN * 0.7, 3.0))
 ax.loglog(krr_loo.lam_grid_, krr_loo.cv_scores_[0], "o-", label="class 0")
 ax.loglog(krr_loo.lam_grid_, krr_loo.cv_scores_.mean(0), "k--", label="mean over classes")
-ax.axvline(lam_rel, color="gray", ls=":", label=f"default λ_rel = {lam_rel:g}")
+ax.axvline(lam_rel, color="gray", ls=":", label="default")
 ax.set_xlabel(r"$\lambda_{\mathrm{rel}}$")
 ax.set_ylabel("mean squared LOO residual")
-ax.legend(fontsize=8)
-fig.tight_layout();
+ax.legend()
+chapter.glue_figure("ch02-loo", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch02-loo
+# :name: fig-ch02-loo
+# :alt: Mean squared leave-one-out residual against the relative ridge parameter on log-log axes, flat for small values and rising for large ones, with the default marked by a dotted vertical line.
+#
+# Closed-form leave-one-out error of the logits against $\lambda_{\text{rel}}$, for one class and averaged
+# over the classes; the dotted line is the default $\lambda_{\text{rel}}$ = {glue:text}`ch02_lam_rel`.
+# ```
 
 # %% [markdown]
 # Leave-one-out prefers almost no regularisation: the logits are so well described by the tangent
 # features that the kernel model can nearly interpolate them without overfitting, and the LOO curve is
-# flat below the default $\lambda_{\text{rel}} = 10^{-3}$, which is why the default and the LOO choice give
+# flat below the default $\lambda_{\text{rel}}$ = {glue:text}`ch02_lam_rel`, which is why the default and the LOO choice give
 # the same test metrics. The LOO estimate of the logit error, computed from the training points alone,
 # is close to the error measured on the test set.
 
 # %% [markdown]
 # ## How this compares with the paper
 #
-# The paper's Fig 1 uses ImageNette, a ResNet-18 and a WMDD-distilled training set (chapter
-# "WMDD" later in the book); we use 8×8 digits, a 29k-parameter convnet and random subsets of the real
+# The paper's Fig 1 uses ImageNette, a ResNet-18 and a WMDD-distilled training set ({doc}`06_wmdd`); we use
+# 8×8 digits, a convnet with {glue:text}`ch02_P:,` parameters and random subsets of the real
 # training set, so the absolute numbers differ: our network is already ≈ 99% accurate and the kernel model
 # matches it almost exactly. The *trend* reproduces: fidelity and accuracy saturate at the network's
-# level with a small fraction of the training set. By default the largest kernel uses `n_train_max` of the
-# 1437 training points so that the chapter runs in under a minute on two CPU cores; for the whole split
+# level with a small fraction of the training set. By default the largest kernel uses {glue:text}`ch02_n_max`
+# of the {glue:text}`ch02_n_all` training points so that the chapter runs in under a minute on two CPU cores; for the whole split
 # rerun it with papermill overrides, e.g.
 # `make run NB=02_kernel_ridge_regression P='-p n_train_max 1437'`.
 
@@ -283,7 +315,7 @@ fig.tight_layout();
 # ## Checks
 # The chapter's claims, asserted so that a change that breaks them fails the build.
 
-# %%
+# %% tags=["hide-input"]
 # the kernel model reproduces the network on held-out digits
 assert full["fidelity"] >= 0.95, full
 assert full["accuracy"] >= net_test_acc - 0.03, (full, net_test_acc)

@@ -10,8 +10,8 @@
 # # Redundancy in data and parameters
 #
 # The class kernels of the previous chapter are $N\times N$ matrices built from $P$-dimensional gradients,
-# with $P \approx 29\,000$ for our small convnet and tens of millions for a ResNet. The paper's premise
-# (Sec 3.2) is that most of this size is **redundant**: a handful of directions — in data space *and* in
+# with $P$ = {glue:text}`ch03_P:,` for our small convnet and tens of millions for a ResNet. The premise of
+# {cite:t}`mahowald2026dntk` (Sec 3.2; appendix {ref}`maths-2`) is that most of this size is **redundant**: a handful of directions — in data space *and* in
 # parameter space — carry almost all of the kernel's variance. This chapter makes that precise and measures
 # it on the trained digits convnet:
 #
@@ -28,8 +28,8 @@ n_test = 200             # test points for the KRR-vs-rank curve
 taus = [0.9, 0.95, 0.99] # energy thresholds τ of Def 3.1
 ranks = [1, 2, 5, 10, 20, 50, 100]      # spectral cut-offs r for KRR (N is added)
 proj_dims = [32, 64, 128, 256, 512]  # JL projection widths k for Prop B.6
-proj_kind = "gaussian"   # projector kind (SPEC §4.2)
-lam_rel = 1e-3           # ridge: λ_c = lam_rel · tr(K_c) / N (SPEC §1)
+proj_kind = "gaussian"   # projector kind (appendix §4.2)
+lam_rel = 1e-3           # ridge: λ_c = lam_rel · tr(K_c) / N (appendix §1)
 seed = 0
 model_name = "convnet"
 dataset = "digits"
@@ -45,11 +45,12 @@ import dntk.data
 import dntk.models
 import dntk.projection
 import dntk.tangent
-from dntk import metrics
+from dntk import chapter, metrics
 from dntk import spectral as sp
 from dntk.krr import ClassKRR
 
-torch.manual_seed(seed)
+_ = torch.manual_seed(seed)
+chapter.use_book_style()
 
 # %% [markdown]
 # ## Two kinds of redundancy, one number
@@ -100,8 +101,8 @@ torch.manual_seed(seed)
 # %% [markdown]
 # ## The network and its exact class gradients
 #
-# The digits convnet of every chapter (`dntk.models.trained()`), a seeded subset of `n_train` training and
-# `n_test` test images, and the exact per-class gradients $(N, C, P)$ of both.
+# The digits convnet of every chapter (`dntk.models.trained()`), a seeded subset of {glue:text}`ch03_N` training
+# and {glue:text}`ch03_n_test` test images, and the exact per-class gradients $(N, C, P)$ of both.
 
 # %%
 model = dntk.models.trained(model_name, dataset=dataset, progress=progress)
@@ -118,6 +119,9 @@ f_train = dntk.tangent.logits(model, X_train)
 f_test = dntk.tangent.logits(model, X_test)
 N, C, P = G_train.shape
 print(f"N = {N} training points, C = {C} classes, P = {P} parameters; test N* = {len(y_test)}")
+chapter.glue_number("ch03_P", P)
+chapter.glue_number("ch03_N", N)
+chapter.glue_number("ch03_n_test", len(y_test))
 
 # %% [markdown]
 # ## The spectra of the ten class kernels (Fig 2)
@@ -145,52 +149,76 @@ r_tau = {t: np.array([s[f"r({t})"] for s in stats]) for t in taus}
 lam_c = np.array([lam_rel * ev.sum().item() / N for ev in spectra])          # the KRR ridge of each class
 print(f"ridge λ_c = {lam_rel:g}·tr(K_c)/N is {np.min(lam_c / [s['lambda_min'] for s in stats]):.2f}–"
       f"{np.max(lam_c / [s['lambda_min'] for s in stats]):.2f} × λ_min")
-
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+t_lo, t_hi = min(taus), max(taus)
+for name, value in {"ch03_tau_lo": t_lo, "ch03_tau_hi": t_hi,
+                    "ch03_r_lo_min": r_tau[t_lo].min(), "ch03_r_lo_max": r_tau[t_lo].max(),
+                    "ch03_r_hi_min": r_tau[t_hi].min(), "ch03_r_hi_max": r_tau[t_hi].max(),
+                    "ch03_alpha_lo_min": N / r_tau[t_lo].max(), "ch03_alpha_lo_max": N / r_tau[t_lo].min(),
+                    "ch03_alpha_hi": N / np.median(r_tau[t_hi]), "ch03_beta_lo": P / np.median(r_tau[t_lo]),
+                    "ch03_effrank_min": min(s["effective_rank"] for s in stats),
+                    "ch03_effrank_max": max(s["effective_rank"] for s in stats),
+                    "ch03_lmin_rel": float(np.median([s["lambda_min"] / ev[0].item() for s, ev in zip(stats, spectra)])),
+                    "ch03_lam_rel": lam_rel}.items():
+    chapter.glue_number(name, value)
+# %% tags=["hide-input"]
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.3))
 cmap = plt.get_cmap("tab10")
 for c, ev in enumerate(spectra):
     ev = ev.numpy()
-    axes[0].semilogy(np.arange(1, len(ev) + 1), ev / ev[0], color=cmap(c), lw=1, label=f"class {c}")
+    axes[0].semilogy(np.arange(1, len(ev) + 1), ev / ev[0], color=cmap(c), lw=1, label=f"{c}")
     axes[1].plot(np.arange(1, len(ev) + 1), np.cumsum(ev) / ev.sum(), color=cmap(c), lw=1)
 for t in taus:
     axes[1].axhline(t, color="gray", ls=":", lw=0.8)
-    axes[1].text(1.05, t, f"τ = {t}", ha="left", va="bottom", fontsize=8, color="gray")
-axes[0].set_xlabel("index i")
+    axes[1].text(1.05, t, f"τ = {t}", ha="left", va="bottom", fontsize=9, color="gray")
+axes[0].set_xlabel("index $i$")
 axes[0].set_ylabel(r"$\lambda_i / \lambda_1$")
-axes[0].set_title("eigenvalues of the class kernels $K_c$")
-axes[0].legend(ncol=2, fontsize=7)
+axes[0].legend(ncol=2, title="class", fontsize=9)
 axes[1].set_xscale("log")
-axes[1].set_xlabel("rank r")
+axes[1].set_xlabel("rank $r$")
 axes[1].set_ylabel(r"$\sum_{i\leq r}\lambda_i / \mathrm{tr}\,K_c$")
-axes[1].set_title("captured energy; r(τ) where a curve crosses τ")
-fig.tight_layout();
+chapter.glue_figure("ch03-spectra", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch03-spectra
+# :name: fig-ch03-spectra
+# :alt: Left, the eigenvalues of the ten class kernels divided by the largest, falling steeply then flattening. Right, the cumulative share of the trace against the rank on a log axis, with horizontal lines at the energy thresholds.
+#
+# The spectra of the ten class kernels on {glue:text}`ch03_N` digits (the analogue of the paper's Fig 2).
+# Left: eigenvalues relative to the largest. Right: the share of the trace captured by the top $r$
+# eigenvalues; the truncation rank $r(\tau)$ ({prf:ref}`def-truncation-rank`) is where a curve crosses the
+# dotted line at $\tau$.
+# ```
 
 # %% [markdown]
 # What the numbers say:
 #
-# * **The spectra fall fast at first and then flatten.** A tenth of the data directions ($r(0.9)$ of about 20–30
-#   out of $N = 250$) carries 90% of each kernel's variance, so at $\tau = 0.9$ the training subset is
-#   $\alpha \approx 8$–$12$ data-redundant and the parameters are $\beta = P/r \approx 1000$ redundant. The
-#   effective rank is only 2–3: the first eigenvalue alone holds a large share of the trace. A large part of
+# * **The spectra fall fast at first and then flatten.** A small share of the data directions
+#   ($r(\tau)$ = {glue:text}`ch03_r_lo_min`–{glue:text}`ch03_r_lo_max` out of $N$ = {glue:text}`ch03_N` at
+#   $\tau$ = {glue:text}`ch03_tau_lo`) carries that share of each kernel's variance, so the training subset is
+#   $\alpha$ = {glue:text}`ch03_alpha_lo_min:.0f`–{glue:text}`ch03_alpha_lo_max:.0f` data-redundant and the parameters
+#   are $\beta = P/r$ ≈ {glue:text}`ch03_beta_lo:.0f` redundant. The effective rank is only
+#   {glue:text}`ch03_effrank_min:.1f`–{glue:text}`ch03_effrank_max:.1f`: the first eigenvalue alone holds a large
+#   share of the trace. A large part of
 #   it is the *mean* gradient that all inputs share (the kernels are uncentred, as in the paper).
-# * **The tail is not negligible.** $r(0.99)$ is about 170–180, so the last percent of variance is spread
-#   over most of the remaining directions ($\alpha(0.99) \approx 1.4$). The smallest eigenvalue is about
-#   $10^{-4}\lambda_1$: with $P \gg N$ every kernel is full rank and well enough conditioned that the default
-#   ridge $\lambda = 10^{-3}\operatorname{tr}K/N$ lies *below* $\lambda_{\min}$ (printed above), so the full KRR
+# * **The tail is not negligible.** $r(\tau)$ at $\tau$ = {glue:text}`ch03_tau_hi` is
+#   {glue:text}`ch03_r_hi_min`–{glue:text}`ch03_r_hi_max`, so the last percent of variance is spread over most of the
+#   remaining directions ($\alpha$ ≈ {glue:text}`ch03_alpha_hi:.1f`). The smallest eigenvalue is about
+#   {glue:text}`ch03_lmin_rel:.0e` $\lambda_1$ (median over the classes): with $P \gg N$ every kernel is full rank
+#   and well enough conditioned that the default ridge $\lambda$ = {glue:text}`ch03_lam_rel` $\operatorname{tr}K/N$
+#   lies *below* $\lambda_{\min}$ (printed above), so the full KRR
 #   uses every direction; the rank cut-off below is what removes them.
 #
 # The paper reports truncation ranks "significantly lower than even [the size of] the distilled set" for
 # ImageNette/ResNet-18; on digits we see the same shape of spectrum but, at $\tau = 0.99$, a weaker effect,
-# which is expected for a 29k-parameter network on 8×8 images whose gradients are less over-parameterised.
-# Rerun with `-p n_train 1437` for the whole training split.
+# which is expected for a network of {glue:text}`ch03_P:,` parameters on 8×8 images whose gradients are less
+# over-parameterised. Rerun with `-p n_train 1437` for the whole training split.
 
 # %% [markdown]
 # ## What the redundancy buys: KRR on the top-$r$ eigendirections (Fig 5)
 #
 # If the kernel's useful information sits in its top directions, kernel ridge regression restricted to
 # them should predict as well as the full model. With the thin SVD $G_c = U\Sigma V^\top$, the rank-$r$ model is
-# $w^{(r)} = V_r\Sigma_r(\Sigma_r^2 + \lambda I)^{-1}U_r^\top t$ (SPEC §1; `ClassKRR(rank=r)`), fitted to the network's
+# $w^{(r)} = V_r\Sigma_r(\Sigma_r^2 + \lambda I)^{-1}U_r^\top t$ ({eq}`eq-krr-rank-r`; `ClassKRR(rank=r)`), fitted to the network's
 # logits $t$ and scored on held-out digits by accuracy and fidelity (agreement with the network's argmax).
 
 # %% [markdown]
@@ -223,22 +251,32 @@ print(f"{'rank r':>7}{'test acc':>10}{'fidelity':>10}{'rel. logit err':>16}")
 for r, a, f, e in krr_rows:
     print(f"{r:>7}{a:>10.3f}{f:>10.3f}{e:>16.3f}")
 
-# %%
+# %% tags=["hide-input"]
 rr = np.array([row[0] for row in krr_rows])
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-axes[0].plot(rr, [row[1] for row in krr_rows], "o-", label="KRR test accuracy")
-axes[0].plot(rr, [row[2] for row in krr_rows], "s--", label="KRR fidelity")
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.3))
+axes[0].plot(rr, [row[1] for row in krr_rows], "o-", label="accuracy")
+axes[0].plot(rr, [row[2] for row in krr_rows], "s--", label="fidelity")
 axes[0].axhline(net_acc, color="k", ls=":", lw=1, label="network")
 for t, ls in zip(taus, ["-", "--", ":"]):
     axes[0].axvline(np.median(r_tau[t]), color="gray", ls=ls, lw=0.8, label=f"median r({t})")
 axes[0].set_xscale("log")
-axes[0].set_xlabel("rank r of each class kernel")
+axes[0].set_xlabel("rank $r$ of each class kernel")
 axes[0].set_ylabel("fraction of test set")
-axes[0].legend(fontsize=7, loc="lower right")
+axes[0].legend(fontsize=9, loc="lower right")
 axes[1].loglog(rr, [row[3] for row in krr_rows], "o-")
-axes[1].set_xlabel("rank r")
+axes[1].set_xlabel("rank $r$")
 axes[1].set_ylabel("relative logit error")
-fig.tight_layout();
+chapter.glue_figure("ch03-rank-krr", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch03-rank-krr
+# :name: fig-ch03-rank-krr
+# :alt: Left, test accuracy and fidelity of rank-r KRR rising to the network's level by a few dozen directions, with vertical lines at the median truncation ranks. Right, the relative logit error falling with the rank on log-log axes.
+#
+# Rank-$r$ KRR on the top $r$ eigendirections of each class kernel (the analogue of the paper's Fig 5): test
+# accuracy and fidelity (left, with the network's accuracy dotted and the median truncation ranks as grey
+# vertical lines) and the relative logit error (right).
+# ```
 
 # %% [markdown]
 # Accuracy and fidelity saturate long before $r = N$: a few dozen directions per class — about $r(0.9)$ —
@@ -255,7 +293,7 @@ fig.tight_layout();
 # $\varepsilon = \max_r |\tilde S_r/S_r - 1|$ their largest relative error (the Johnson–Lindenstrauss lemma makes
 # it $O(1/\sqrt k)$ once $k$ exceeds the rank that matters).
 #
-# ```{prf:proposition} Truncation rank under projection (Prop B.6, SPEC §2)
+# ```{prf:proposition} Truncation rank under projection (Prop B.6)
 # :label: prop-jl-rank-bracket
 #
 # If $|\tilde S_r/S_r - 1| \le \varepsilon < 1$ for every $r$, then
@@ -273,7 +311,8 @@ fig.tight_layout();
 # so $\tilde r(\tau'') \le r$.
 # ```
 #
-# (SPEC §2 states the same bracket with the roles of $r$ and $\tilde r$ exchanged; the proof is symmetric. The
+# (The appendix, {prf:ref}`a-prop-jl-rank-bracket`, states the same bracket with the roles of $r$ and $\tilde r$
+# exchanged; the proof is symmetric. The
 # paper's own statement of Prop B.6 was lost in the text version.) Below, the exact gradients are projected with
 # a seeded `gaussian` projector at several widths $k$, $\varepsilon$ is measured per class, and the bracket is
 # checked for every class, width and $\tau$.
@@ -304,10 +343,10 @@ for k in eps_by_k:
 bracket_ok = all(p["lo"] <= p["r"] <= p["hi"] for p in proj_rows)
 print("bracket holds for every class, width and τ:", bracket_ok)
 
-# %%
+# %% tags=["hide-input"]
 ks = np.array(list(eps_by_k))
 med = np.array([np.median(eps_by_k[k]) for k in ks])
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.3))
 axes[0].loglog(ks, med, "o-", label="median over classes")
 axes[0].fill_between(ks, [eps_by_k[k].min() for k in ks], [eps_by_k[k].max() for k in ks], alpha=0.2,
                      label="min–max over classes")
@@ -316,18 +355,29 @@ for ax in axes:
     ax.set_xscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
-axes[0].set_xlabel("projection width k")
+axes[0].set_xlabel("projection width $k$")
 axes[0].set_ylabel(r"$\varepsilon = \max_r |\tilde S_r / S_r - 1|$")
-axes[0].legend(fontsize=8)
+axes[0].legend(fontsize=9)
 sel = [p for p in proj_rows if p["tau"] == 0.9]
 for c in range(C):
     pts = [p for p in sel if p["c"] == c]
     axes[1].plot([p["k"] for p in pts], [p["r_proj"] for p in pts], color=cmap(c), lw=0.8, marker=".")
-axes[1].axhspan(r_tau[0.9].min(), r_tau[0.9].max(), color="gray", alpha=0.25, label="true r(0.9), all classes")
-axes[1].set_xlabel("projection width k")
+axes[1].axhspan(r_tau[0.9].min(), r_tau[0.9].max(), color="gray", alpha=0.25, label="true $r(0.9)$")
+axes[1].set_xlabel("projection width $k$")
 axes[1].set_ylabel(r"projected $\tilde r(0.9)$")
-axes[1].legend(fontsize=8)
-fig.tight_layout();
+axes[1].legend(fontsize=9)
+chapter.glue_figure("ch03-projection", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch03-projection
+# :name: fig-ch03-projection
+# :alt: Left, the partial-sum distortion epsilon falling with the projection width, close to a one-over-square-root line. Right, the projected truncation rank of each class rising with the width towards the grey band of the true ranks.
+#
+# Spectra after a Gaussian JL projection of the exact gradients {cite}`dasgupta2003jl`. Left: the largest
+# relative error $\varepsilon$ of the partial eigenvalue sums against the width $k$ (median and range over the
+# classes; dotted: $\propto 1/\sqrt k$). Right: the projected truncation rank $\tilde r(0.9)$ of each class
+# against $k$; the grey band spans the true $r(0.9)$ of all classes.
+# ```
 
 # %% [markdown]
 # The distortion falls roughly like $1/\sqrt k$, and the projected truncation ranks approach the true ones from
@@ -340,7 +390,7 @@ fig.tight_layout();
 # %% [markdown]
 # ## Checks
 
-# %%
+# %% tags=["hide-input"]
 # the matrix-free spectrum equals the dense eigh spectrum to round-off
 assert eig_path_gap < 1e-8, eig_path_gap
 # data redundancy: every class kernel keeps 90% of its variance in at most a quarter of the data directions

@@ -10,7 +10,7 @@
 # # Dataset distillation as subspace selection
 #
 # Dataset distillation (DD) replaces a training set by a handful of (often synthetic) inputs on which training
-# works about as well. Section 3.3 of the paper looks at DD through the tangent kernel: around trained
+# works about as well. Section 3.3 of {cite:t}`mahowald2026dntk` (appendix {ref}`maths-3`) looks at DD through the tangent kernel: around trained
 # parameters $\theta$, the distilled inputs $\tilde x_1, \dots, \tilde x_m$ matter only through the **subspace of
 # parameter space spanned by their logit gradients**. Every update they can produce lies in that subspace; how
 # much one such update can lower the loss on the *real* data is governed by how much of the real gradient lies
@@ -43,10 +43,13 @@ import torch
 import dntk.data
 import dntk.models
 import dntk.tangent
+from dntk import chapter
 from dntk import spectral as sp
 from dntk import theory as th
 
-torch.manual_seed(seed)
+_ = torch.manual_seed(seed)
+chapter.use_book_style()
+chapter.glue_number("ch04_check_class", check_class)
 checks = {}              # every statement checked below, by name: (relative error, tolerance)
 
 
@@ -258,7 +261,7 @@ print(f"E‖(I−Π)g‖² / tr Σ:  distilled S {pca['optimal'].rhs / mu.sum():
 #
 # Together with {prf:ref}`prop-kernel-fidelity` this says: the trace error of the distilled (Nyström) kernel is
 # the unavoidable PCA tail plus a *misalignment* term that measures how far the distilled subspace is from
-# the best one. All three statements, checked for class `check_class`:
+# the best one. All three statements, checked for the kernel of class {glue:text}`ch04_check_class`:
 
 # %%
 G_c, G_sc = G_out[:, check_class], G_s[:, check_class]
@@ -344,25 +347,33 @@ for j, mm in enumerate(m_grid):
     print(f"{mm:>4}{mm * C:>7}" + "".join(f"{v[j]:>14.3f}" for v in decrease.values()) + "   |" + " " * 15 +
           "".join(f"{v[j]:>13.3f}" for v in nystrom_err.values()))
 
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+# %% tags=["hide-input"]
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.3))
 styles = {"PCA (bound)": "k-", "PCA (floor)": "k-", "random": "o--", "k-center": "s-."}
 for name, v in decrease.items():
     axes[0].plot(np.array(m_grid) * C, v, styles[name], label=name)
-axes[0].set_xlabel("subspace dimension (m·C)")
+axes[0].set_xlabel(r"subspace dimension $mC$")
 axes[0].set_ylabel(r"$\mathrm{tr}(\Pi\Sigma) / \mathrm{tr}\,\Sigma$")
-axes[0].set_title("guaranteed one-step decrease, share of the best")
 axes[0].set_xscale("log")
-axes[0].legend(fontsize=8)
+axes[0].legend(fontsize=9)
 for name, v in nystrom_err.items():
     axes[1].plot(m_grid, v, styles[name], label=name)
-axes[1].set_xlabel("landmarks m")
-axes[1].set_ylabel(r"$\|G_c(I-\Pi)\|_F^2 / \|G_c\|_F^2$ (mean over c)")
-axes[1].set_title("relative Nyström trace error (eq 10)")
+axes[1].set_xlabel("landmarks $m$")
+axes[1].set_ylabel("relative Nyström error")
 axes[1].set_xscale("log")
 axes[1].set_yscale("log")
-axes[1].legend(fontsize=8)
-fig.tight_layout();
+axes[1].legend(fontsize=9)
+chapter.glue_figure("ch04-subspaces", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch04-subspaces
+# :name: fig-ch04-subspaces
+# :alt: Left, the share of the best one-step decrease against the subspace dimension for PCA, random and k-center subspaces, PCA highest. Right, the relative Nyström error against the number of landmarks on log-log axes, PCA lowest.
+#
+# Random and k-center selections of real inputs against PCA. Left: the guaranteed one-step decrease as a share
+# of the best ({prf:ref}`cor-pca-subspace`); PCA is an upper bound. Right: the relative Nyström trace error
+# $\|G_c(I-\Pi)\|_F^2/\|G_c\|_F^2$ ({eq}`eq-kernel-fidelity`), averaged over the classes; PCA is the floor.
+# ```
 
 # %% [markdown]
 # PCA is, as the corollary says, an upper bound for the decrease (and a floor for the kernel error), and the gap
@@ -390,7 +401,7 @@ for i in (0, 5):
 # %% [markdown]
 # ## Checks
 
-# %%
+# %% tags=["hide-input"]
 failed = {k: v for k, v in checks.items() if not v[0] <= v[1]}
 assert not failed, failed
 # the kernel-side identities genuinely depend on an orthogonal projector

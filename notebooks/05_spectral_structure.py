@@ -9,8 +9,8 @@
 # %% [markdown]
 # # Local and global spectral structure
 #
-# Chapter 3 showed that each class kernel concentrates its variance in a few dozen eigendirections. Section 3.4
-# of the paper asks *where* those directions come from. Group the training points into clusters by their
+# {doc}`03_redundancy` showed that each class kernel concentrates its variance in a few dozen eigendirections.
+# Section 3.4 of {cite:t}`mahowald2026dntk` (appendix {ref}`maths-4-3`) asks *where* those directions come from. Group the training points into clusters by their
 # tangent features; each cluster has its own, even more concentrated, local kernel. Two properties then
 # describe how local and global structure fit together:
 #
@@ -18,14 +18,14 @@
 # * **(B)** the union of the clusters' local eigenspaces still misses part of the global top eigenspace — some
 #   global directions run *between* clusters (the "gaps").
 #
-# Algorithm 1 of the paper (a later chapter) is built on exactly this picture: it keeps each cluster's top
+# Algorithm 1 of the paper ({doc}`08_gradient_distillation`) is built on exactly this picture: it keeps each cluster's top
 # local directions and adds the global directions the clusters miss. This chapter measures (A) and (B) on the
 # trained digits convnet (the paper's Fig 4 and Fig 8), with a scalable implementation that never forms an
 # $N\times N$ matrix.
 
 # %% tags=["parameters"]
 n_points = 600           # training points (a seeded random subset of the 1437 digits training images)
-proj_kind = "kronecker"  # JL projector for the tangent features (SPEC §4.2)
+proj_kind = "kronecker"  # JL projector for the tangent features (appendix §4.2)
 proj_dim = 256           # projection width k
 n_clusters = 10          # M, clusters of the class-averaged kernel
 tau = 0.9                # truncation threshold for global and local ranks
@@ -48,16 +48,21 @@ import dntk.data
 import dntk.models
 import dntk.projection
 import dntk.tangent
+from dntk import chapter
 from dntk import spectral as sp
 
-torch.manual_seed(seed)
+_ = torch.manual_seed(seed)
+chapter.use_book_style()
+for name, value in {"ch05_tau": tau, "ch05_gamma": gamma, "ch05_show_class": show_class, "ch05_M": n_clusters,
+                    "ch05_k": proj_dim}.items():
+    chapter.glue_number(name, value)
 
 # %% [markdown]
 # ## Tangent features
 #
 # As in the paper's pipeline, gradients are never stored at full width: `class_gradients` projects them on the fly
-# with a seeded Johnson–Lindenstrauss projector (here the Kronecker-factored one, which never forms a per-sample
-# gradient; chapter on random projection). The result is $\tilde G \in \mathbb{R}^{N\times C\times k}$, one $k$-dimensional
+# with a seeded Johnson–Lindenstrauss projector (here the Kronecker-factored one of {cite}`choe2024logra`, which never
+# forms a per-sample gradient; {doc}`07_random_projection`). The result is $\tilde G \in \mathbb{R}^{N\times C\times k}$, one $k$-dimensional
 # feature per point and class, with class kernels $\tilde K_c = \tilde G_c\tilde G_c^\top$.
 
 # %%
@@ -75,8 +80,8 @@ print(f"features {tuple(F.shape)}: N = {N} points, C = {C} classes, k = {k}")
 #
 # Algorithm 1 clusters the points once, with the **class-averaged kernel** $\bar K = \frac1C\sum_c \tilde K_c$ as the
 # similarity. Spectral clustering needs non-negative affinities on a comparable scale, so $\bar K$ is cosine-normalised,
-# $A_{ij} = \bar K_{ij}/\sqrt{\bar K_{ii}\bar K_{jj}}$, and clipped at 0 (SPEC §4.3). The dense reference hands $A$ to
-# scikit-learn's `SpectralClustering`: an $N\times N$ matrix, $O(N^2)$ memory.
+# $A_{ij} = \bar K_{ij}/\sqrt{\bar K_{ii}\bar K_{jj}}$, and clipped at 0 ({prf:ref}`a-alg-local-global`). The dense
+# reference hands $A$ to scikit-learn's `SpectralClustering` {cite}`ng2002spectral`: an $N\times N$ matrix, $O(N^2)$ memory.
 #
 # The **matrix-free** path never forms $A$. Stack the features of a point over classes, $z_i = \mathrm{vec}(\tilde G_{i,:,:})$,
 # and normalise, $\hat z_i = z_i/\|z_i\|$; then $\bar K_{ij} = z_i^\top z_j/C$ and the cosine affinity is $A = \hat Z\hat Z^\top$ —
@@ -100,6 +105,9 @@ print(f"negative cosines: {float((cos < 0).double().mean()):.1%} of pairs (small
 print(f"adjusted Rand index: clusters vs digit labels {ari_digits:.3f};  dense vs matrix-free clusters {ari_paths:.3f}")
 print(f"for comparison, the same clustering of the raw pixels: {ari_pixels:.3f} against the labels")
 print("cluster sizes:", np.bincount(labels).tolist())
+chapter.glue_number("ch05_ari_digits", ari_digits)
+chapter.glue_number("ch05_ari_pixels", ari_pixels)
+chapter.glue_number("ch05_N", N)
 
 # %%
 order = np.lexsort((y, labels))
@@ -107,27 +115,40 @@ M = int(labels.max()) + 1
 table = np.zeros((M, C), dtype=int)
 np.add.at(table, (labels, y), 1)
 digit_of = table.argmax(1)                                    # the majority digit of each cluster
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+
+# %% tags=["hide-input"]
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.5))
 im = axes[0].imshow(cos[order][:, order].numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-axes[0].set_title(r"cosine-normalised $\bar K$, points sorted by cluster")
+axes[0].set_xlabel("points, sorted by cluster")
 axes[0].set_xticks([])
 axes[0].set_yticks([])
-fig.colorbar(im, ax=axes[0], fraction=0.046)
+fig.colorbar(im, ax=axes[0], fraction=0.046, ticks=[0, 0.5, 1])
 axes[1].imshow(table, cmap="Blues")
 for (j, c), v in np.ndenumerate(table):
     if v:
-        axes[1].text(c, j, str(v), ha="center", va="center", fontsize=7)
+        axes[1].text(c, j, str(v), ha="center", va="center", fontsize=8,
+                     color="w" if v > table.max() / 2 else "k")
 axes[1].set_xlabel("digit label")
 axes[1].set_ylabel("cluster")
-axes[1].set_xticks(range(C))
-axes[1].set_yticks(range(M))
-axes[1].set_title("clusters against labels")
-fig.tight_layout();
+axes[1].set_xticks(range(0, C, 2))
+axes[1].set_yticks(range(0, M, 2))
+chapter.glue_figure("ch05-clusters", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch05-clusters
+# :name: fig-ch05-clusters
+# :alt: Left, a heatmap of cosine similarities between all pairs of points sorted by cluster, showing bright diagonal blocks. Right, a table of counts of points per cluster and digit label, with one large count per row.
+#
+# Step 1 on {glue:text}`ch05_N` digits. Left: the cosine-normalised class-averaged kernel with the points sorted
+# by spectral cluster; the bright diagonal blocks are the clusters. Right: how many points of each digit label
+# (columns) fall in each cluster (rows).
+# ```
 
 # %% [markdown]
 # The class-averaged tangent kernel of the trained network sorts the digits into their classes without ever seeing
-# a label: the clusters *are* the digits. That is not a property of the images — the same clustering applied to the
-# raw pixels agrees much less with the labels — but of the trained network's gradients, which point in
+# a label: the clusters *are* the digits (adjusted Rand index {glue:text}`ch05_ari_digits:.3f` against the labels).
+# That is not a property of the images — the same clustering applied to the raw pixels agrees much less with the
+# labels (index {glue:text}`ch05_ari_pixels:.3f`) — but of the trained network's gradients, which point in
 # class-specific directions.
 # All cosines are positive here, so the matrix-free clustering solves the same problem as the dense one and finds
 # the same partition.
@@ -140,8 +161,10 @@ fig.tight_layout();
 # $K[S_j, S_j]$ has eigenpairs $(\lambda^{(j)}_i, u^{(j)}_i)$ and its own rank $r_j = r_j(\tau)$; $\tilde u^{(j)}_i \in \mathbb{R}^N$ is
 # $u^{(j)}_i$ padded with zeros outside $S_j$.
 #
-# ```{prf:definition} Properties (A) and (B) (Sec 3.4, SPEC §4.3)
+# ```{prf:definition} Properties (A) and (B) (Sec 3.4)
 # :label: def-containment
+#
+# (Appendix {eq}`eq-property-a` and {eq}`eq-property-b`.)
 #
 # **(A)**, per cluster: the share of the local top-$r_j$ variance inside the global top-$r$ eigenspace,
 # $\;A_j = \sum_{i\le r_j}\lambda^{(j)}_i\,\|U_r^\top\tilde u^{(j)}_i\|^2 \,/\, \sum_{i\le r_j}\lambda^{(j)}_i$.
@@ -166,7 +189,7 @@ fig.tight_layout();
 # and $\langle \tilde u^{(j)}_i, u\rangle = \langle u^{(j)}_i, u[S_j]\rangle$.
 # ```
 #
-# So $\|Qu_i\|^2 =: \mathcal A_i$ is the *alignment* of global direction $i$ (SPEC §4.3, Algorithm 1 step 3), a sum of
+# So $\|Qu_i\|^2 =: \mathcal A_i$ is the *alignment* of global direction $i$ ({eq}`eq-alignment`, Algorithm 1 step 3), a sum of
 # per-cluster shares $\|U^{(j)\top}_{r_j}u_i[S_j]\|^2$, and $B = \sum_{i\le r}\lambda_i(1-\mathcal A_i)/\sum_{i\le r}\lambda_i$.
 # Directions with $\mathcal A_i < \gamma$ are the **gaps**.
 #
@@ -208,27 +231,41 @@ prop_b_tau = {t: np.array([sp.containment(F[:, c], labels, t).prop_b for c in ra
 print(f"(A) mean: spectral clusters {prop_a.mean():.3f}, random partition {prop_a_rand.mean():.3f}")
 print(f"(B) mean: spectral clusters {prop_b.mean():.3f}, random partition {prop_b_rand.mean():.3f}")
 print("(B) mean over classes by τ:", {t: round(float(v.mean()), 3) for t, v in prop_b_tau.items()})
+chapter.glue_number("ch05_a_mean", prop_a.mean())
+chapter.glue_number("ch05_a_rand", prop_a_rand.mean())
+chapter.glue_number("ch05_b_mean", prop_b.mean())
+chapter.glue_number("ch05_b_rand", prop_b_rand.mean())
 
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.1, 1]})
+# %% tags=["hide-input"]
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 3.6))
 im = axes[0].imshow(prop_a, cmap="magma", vmin=0, vmax=1)
-axes[0].set_xlabel("cluster j")
-axes[0].set_ylabel("class c")
-axes[0].set_xticks(range(M))
-axes[0].set_yticks(range(C))
-axes[0].set_title(f"(A), τ = {tau}: local variance in global top-r space", fontsize=10)
-fig.colorbar(im, ax=axes[0], fraction=0.046)
+axes[0].set_xlabel("cluster $j$")
+axes[0].set_ylabel("class $c$")
+axes[0].set_xticks(range(0, M, 3))
+axes[0].set_yticks(range(0, C, 3))
+axes[0].set_title("(A) per cluster and class")
+fig.colorbar(im, ax=axes[0], fraction=0.046, ticks=[0, 0.5, 1])
 w = 0.8 / (len(taus) + 1)
 for n, t in enumerate(taus):
-    axes[1].bar(np.arange(C) + n * w, prop_b_tau[t], w, label=f"spectral clusters, τ = {t}")
-axes[1].bar(np.arange(C) + len(taus) * w, prop_b_rand, w, color="gray", label=f"random partition, τ = {tau}")
-axes[1].set_xlabel("class c")
-axes[1].set_ylabel("(B): global top-r variance outside local spans")
-axes[1].set_xticks(np.arange(C) + 0.4 - w / 2)
-axes[1].set_xticklabels(range(C))
-axes[1].set_ylim(0, 1.4 * max(prop_b_rand.max(), max(v.max() for v in prop_b_tau.values())))
-axes[1].legend(fontsize=7, ncol=2, loc="upper left")
-fig.tight_layout();
+    axes[1].bar(np.arange(C) + n * w, prop_b_tau[t], w, label=f"clusters, τ = {t}")
+axes[1].bar(np.arange(C) + len(taus) * w, prop_b_rand, w, color="gray", label=f"random, τ = {tau}")
+axes[1].set_xlabel("class $c$")
+axes[1].set_title("(B) per class")
+axes[1].set_xticks(np.arange(0, C, 3) + 0.4 - w / 2)
+axes[1].set_xticklabels(range(0, C, 3))
+fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=9)
+chapter.glue_figure("ch05-properties", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch05-properties
+# :name: fig-ch05-properties
+# :alt: Left, a heatmap of property A for every class and cluster, mostly in the upper half of the colour scale. Right, grouped bars of property B per class for three thresholds and for a random partition, all a few percent.
+#
+# Properties (A) and (B) ({prf:ref}`def-containment`; the paper's Fig 4). Left: (A), the share of each cluster's
+# local top variance inside the global top-$r$ eigenspace of each class kernel at $\tau$ = {glue:text}`ch05_tau`.
+# Right: (B), the share of the global top-$r$ variance outside the union of local spans, for spectral clusters at
+# three thresholds and for a random partition of the same sizes.
+# ```
 
 # %% [markdown]
 # ## Where the gaps lie (the paper's Fig 8)
@@ -237,19 +274,32 @@ fig.tight_layout();
 # captured by each cluster's local top eigenspace, and their sum, the alignment $\mathcal A_i$. A column spread over
 # many clusters is a direction *shared* by clusters; a column with alignment below $\gamma$ is a gap.
 
-# %%
+# %% tags=["hide-input"]
 r0 = res[show_class]
-fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+fig, axes = plt.subplots(2, 1, figsize=(chapter.PAGE_WIDTH_IN, 4.8), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
 im = axes[0].imshow(r0.captured.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-axes[0].set_ylabel("cluster (its digit)")
-axes[0].set_yticks(range(M), [f"{j} ({digit_of[j]})" for j in range(M)], fontsize=7)
-axes[0].set_title(f"class {show_class}: share of global direction i captured by cluster j (τ = {tau}, r = {r0.rank})")
-fig.colorbar(im, ax=axes, fraction=0.03)
-axes[1].bar(np.arange(r0.rank), r0.alignment.numpy(), color=["C3" if a < gamma else "C0" for a in r0.alignment])
+axes[0].set_ylabel("cluster (digit)")
+axes[0].set_yticks(range(M), [f"{j} ({digit_of[j]})" for j in range(M)], fontsize=9)
+fig.colorbar(im, ax=axes, fraction=0.03, ticks=[0, 0.5, 1])
+axes[1].bar(np.arange(1, r0.rank + 1), r0.alignment.numpy(), color=["C3" if a < gamma else "C0" for a in r0.alignment])
 axes[1].axhline(gamma, color="k", ls=":", lw=1)
 axes[1].set_ylim(0, 1.05)
-axes[1].set_xlabel("global direction i")
-axes[1].set_ylabel(r"alignment $\mathcal{A}_i$");
+axes[1].set_xlabel("global direction $i$")
+axes[1].set_ylabel(r"$\mathcal{A}_i$")
+axes[0].set_xticks(np.arange(0, r0.rank, 5), [str(i + 1) for i in range(0, r0.rank, 5)])
+chapter.glue_number("ch05_r_show", r0.rank)
+chapter.glue_figure("ch05-gaps", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch05-gaps
+# :name: fig-ch05-gaps
+# :alt: Top, a heatmap with one row per cluster and one column per global eigendirection, showing which cluster captures each direction. Bottom, bars of the alignment of each direction, blue above the gap threshold and red below it.
+#
+# Where the gaps lie for class {glue:text}`ch05_show_class` (the paper's Fig 8). Top: the share of each of the
+# $r$ = {glue:text}`ch05_r_show` global directions (columns, by decreasing eigenvalue) captured by each cluster's local
+# top eigenspace (rows, labelled with the cluster's majority digit). Bottom: their sum, the alignment
+# $\mathcal A_i$; red bars fall below $\gamma$ = {glue:text}`ch05_gamma` and are gaps.
+# ```
 
 # %%
 gap_pos = np.concatenate([r.gaps(gamma).numpy() / r.rank for r in res])
@@ -269,12 +319,13 @@ print(f"top 5 directions: the largest single cluster holds {lead:.0%} of the cap
 # holding a third to a half of each. Further down the top-$r$ list the alignment drops: these are the gaps, and they
 # sit in the lower part of the top-$r$ spectrum (median position printed above).
 #
-# Property (A) holds in a weak sense: about three quarters of each cluster's local top variance lies in the global
-# top-$r$ space. It cannot be close to 1 here, because the clusters' local top spaces have far more directions in total
+# Property (A) holds in a weak sense: on average a share {glue:text}`ch05_a_mean:.2f` of each cluster's local top
+# variance lies in the global top-$r$ space. It cannot be close to 1 here, because the clusters' local top spaces have far more directions in total
 # ($\sum_j r_j$) than the global one ($r$). The random partition shows that (A) measures real structure: its clusters'
-# local directions are spread over all points' coordinates and only about an eighth of their variance lies in the
-# global space. Property (B) holds but is small — a few percent of the global top-$r$ variance lies outside the local
-# spans at $\tau = 0.9$, less at larger $\tau$, where the local spans grow faster than the global one — and it does not
+# local directions are spread over all points' coordinates and only a share {glue:text}`ch05_a_rand:.2f` of their
+# variance lies in the global space. Property (B) holds but is small — a share {glue:text}`ch05_b_mean:.3f` of the
+# global top-$r$ variance lies outside the local spans at $\tau$ = {glue:text}`ch05_tau` (random partition:
+# {glue:text}`ch05_b_rand:.3f`), less at larger $\tau$, where the local spans grow faster than the global one — and it does not
 # distinguish spectral from random clusters: any partition into $M$ pieces has $M$ local spaces, and a random piece's
 # top directions are restrictions of the global ones.
 #
@@ -287,7 +338,7 @@ print(f"top 5 directions: the largest single cluster holds {lead:.0%} of the cap
 # %% [markdown]
 # ## Checks
 
-# %%
+# %% tags=["hide-input"]
 # the kernel's clusters are the digit classes, and both clustering paths agree (all cosines are ≥ 0 here)
 assert ari_digits > 0.8 and ari_digits > ari_pixels, (ari_digits, ari_pixels)
 assert float(cos.min()) >= 0 and ari_paths > 0.95, (float(cos.min()), ari_paths)

@@ -11,19 +11,19 @@
 #
 # Every kernel in this book is built from per-class logit gradients
 # $g_c(x) = \nabla_\theta f_c(x;\theta)$, one Jacobian evaluation per input. The first of the DNTK
-# pipeline's three reductions (paper Sec 4.1, App C.5) shrinks the set of *inputs*: instead of the $N$
+# pipeline's three reductions (Sec 4.1 and App C.5 of {cite:t}`mahowald2026dntk`; appendix {ref}`maths-4-1`) shrinks the set of *inputs*: instead of the $N$
 # training images we evaluate gradients at a small synthetic set of $m = C\cdot\mathrm{IPC}$ images
-# (IPC = images per class) produced by **Wasserstein Metric Dataset Distillation** (WMDD, Liu et al.
-# 2025). The kernel model is then fitted on those $m$ points only.
+# (IPC = images per class) produced by **Wasserstein Metric Dataset Distillation** (WMDD,
+# {cite:t}`liu2023wmdd`). The kernel model is then fitted on those $m$ points only.
 #
 # Why should a *synthetic* set do better than a random handful of real images? The paper's argument
 # (Sec 3.3) is geometric: the distilled gradients span a subspace $S$ of parameter space, and the kernel
 # they induce is the Nyström approximation $K_\Pi = G\,\Pi_S\,G^\top$ of the full class kernel, with
-# error $\operatorname{tr}(K-K_\Pi) = \|G(I-\Pi_S)\|_F^2$ (SPEC §3, eq 10). A good distilled set is one
+# error $\operatorname{tr}(K-K_\Pi) = \|G(I-\Pi_S)\|_F^2$ ({eq}`eq-kernel-fidelity`, the paper's eq 10). A good distilled set is one
 # whose gradients capture much of the full training set's gradient energy.
 #
 # This chapter, on the scikit-learn digits and the small BatchNorm convnet every chapter uses, at
-# IPC ∈ {1, 5, 10}, compares WMDD against random and k-center subsets of real images of the same size
+# IPC {glue:text}`ch06_ipcs` with {glue:text}`ch06_iterations` synthesis steps, compares WMDD against random and k-center subsets of real images of the same size
 # (several seeds, mean ± std):
 #
 # 1. the distilled images, as a grid per class;
@@ -43,9 +43,9 @@ lr = 0.05                    # synthesis learning rate (pixel units; cosine-anne
 r_bn = 10.0                  # weight of per-class BatchNorm matching
 init = "real"                # initial images: "real" samples of the class or "noise"
 flip = False                 # horizontal flips in the augmentation (digits are not mirror-symmetric)
-proj_kind = "gaussian"       # JL projection of the class gradients (SPEC §4.2)
+proj_kind = "gaussian"       # JL projection of the class gradients (appendix §4.2)
 proj_dim = 512               # its dimension k
-lam_rel = 1e-3               # ridge: λ_c = lam_rel · tr(K_c)/m (SPEC §1)
+lam_rel = 1e-3               # ridge: λ_c = lam_rel · tr(K_c)/m (appendix §1)
 taus = [0.95, 0.99]          # energy thresholds of the truncation rank r(τ) (Def 3.1)
 student_epochs = 100         # epochs of the student trained on each set (one batch per epoch)
 student_lr = 3e-3
@@ -66,8 +66,26 @@ progress = False
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from myst_nb import glue
 
-from dntk import data, gradient_distillation, krr, metrics, models, projection, spectral, tangent, wmdd
+from dntk import (
+    chapter,
+    data,
+    gradient_distillation,
+    krr,
+    metrics,
+    models,
+    projection,
+    spectral,
+    tangent,
+    wmdd,
+)
+
+chapter.use_book_style()
+glue("ch06_ipcs", ", ".join(str(i) for i in ipcs), display=False)
+for name, value in {"ch06_iterations": iterations, "ch06_student_epochs": student_epochs, "ch06_k": proj_dim,
+                    "ch06_n_seeds": len(seeds), "ch06_ipc_min": min(ipcs), "ch06_ipc_max": max(ipcs)}.items():
+    chapter.glue_number(name, value)
 
 train_ds = data.load(dataset, "train", root=data_root, resize=resize)
 test_ds = data.load(dataset, "test", root=data_root, resize=resize)
@@ -136,14 +154,27 @@ bc5 = wmdd.barycenter(F3, 5, seed=[0, c_show])
 mu3 = F3.mean(0)
 _, _, Vt = np.linalg.svd(F3 - mu3, full_matrices=False)
 pf, pa = (F3 - mu3) @ Vt[:2].T, (bc5.atoms - mu3) @ Vt[:2].T
-fig, ax = plt.subplots(figsize=(4.2, 3.6))
+chapter.glue_number("ch06_c_show", c_show)
+
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN * 0.7, 3.6))
 ax.scatter(pf[:, 0], pf[:, 1], s=8, c="0.6", label=f"real features, class {c_show}")
 ax.scatter(pa[:, 0], pa[:, 1], s=80, marker="*", c="C3", label="barycenter atoms (IPC 5)")
 ax.scatter([0], [0], s=60, marker="x", c="k", label="class mean (the IPC-1 atom)")
 ax.set_xlabel("PC 1")
 ax.set_ylabel("PC 2")
-ax.legend(fontsize=7)
-fig.tight_layout();
+ax.legend(fontsize=9)
+chapter.glue_figure("ch06-barycenter", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch06-barycenter
+# :name: fig-ch06-barycenter
+# :alt: Scatter of the penultimate features of one digit class in their first two principal components, with five star-shaped barycenter atoms spread over the cloud and a cross at the class mean.
+#
+# The free-support Wasserstein barycenter of the teacher's features of digit {glue:text}`ch06_c_show` with five
+# atoms (stars), in the first two principal components of the class's real features (grey); the cross is the
+# class mean, the single atom at IPC 1.
+# ```
 
 # %% [markdown]
 # ## Distilled sets and their baselines
@@ -210,21 +241,33 @@ def grid(images, ipc, cols=10):
 
 
 ipc_show = ipcs[-1]
-fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
+chapter.glue_number("ch06_ipc_show", ipc_show)
+
+# %% tags=["hide-input"]
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 4.2))
 panels = [("WMDD", ("WMDD", ipc_show, seeds[0])), ("random real subset", ("random", ipc_show, seeds[0]))]
 for ax, (name, key) in zip(axes, panels):
     ax.imshow(grid(sets[key].images, ipc_show), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_title(f"{name}, IPC {ipc_show}" + (" (first 10)" if ipc_show > 10 else ""))
+    ax.set_title(name + (" (first 10)" if ipc_show > 10 else ""))
     ax.set_yticks((np.arange(C) + 0.5) * (X_tr.shape[-2] + 1))
     ax.set_yticklabels(train_ds.classes)
     ax.set_xticks([])
-fig.tight_layout();
+chapter.glue_figure("ch06-images", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch06-images
+# :name: fig-ch06-images
+# :alt: Two grids of small grey digit images, one row per class: WMDD's synthetic images on the left and the real images they started from on the right; the synthetic ones have stronger strokes and faint speckle.
+#
+# The distilled images at IPC {glue:text}`ch06_ipc_show` (left, one row per class) and the real images the
+# synthesis started from (right).
+# ```
 
 # %% [markdown]
 # ### 2. The DNTK on each set (Sec 5.1)
 #
 # For each set $X_s$ we compute the projected class gradients $\tilde G_c(X_s) = G_c(X_s)R$
-# ($R$ a seeded JL projection to $k$ dimensions, Gaussian by default, SPEC §4.2; the same $R$ for every
+# ($R$ a seeded JL projection to $k$ = {glue:text}`ch06_k` dimensions, Gaussian by default, {ref}`maths-4-2`; the same $R$ for every
 # set and for the test set), fit per-class KRR with the teacher's logits on $X_s$ as targets
 # (`dntk.krr.ClassKRR`, $\lambda_c = \lambda_{rel}\operatorname{tr}(K_c)/m$), and predict the test set.
 # *Accuracy* is agreement with the true labels, *fidelity* agreement with the teacher's predicted class.
@@ -277,8 +320,8 @@ show(f"\nDNTK test accuracy (the teacher's: {teacher_acc:.3f})", dntk_acc)
 # training set and $S_c$ is the span of the class-$c$ gradients of the $m$ set images (all classes'
 # images: the class-$c$ kernel is evaluated at every input). The **energy captured**
 # $\|G_c\Pi_{S_c}\|_F^2/\|G_c\|_F^2 = 1 - \operatorname{tr}(K_c - K_{\Pi})/\operatorname{tr}K_c$
-# (eq 10) is how much of the full class kernel the set's Nyström approximation keeps. No
-# $m$-dimensional subspace can capture more than the top-$m$ principal energy of $G_c$ (Prop 3.6),
+# ({eq}`eq-kernel-fidelity`) is how much of the full class kernel the set's Nyström approximation keeps. No
+# $m$-dimensional subspace can capture more than the top-$m$ principal energy of $G_c$ ({prf:ref}`a-prop-energy-gap`),
 # which we show as the ceiling. We average over classes.
 
 # %%
@@ -380,6 +423,11 @@ for ipc in ipcs:
           + f" (best: {best})")
     print("        energy captured  " + ", ".join(f"{m} {en[m, ipc]:.3f}" for m in methods))
     print("        student accuracy " + ", ".join(f"{m} {st[m, ipc]:.3f}" for m in methods))
+ipc_max = max(ipcs)
+for name, value in {"ch06_fid_wmdd_max": fid["WMDD", ipc_max], "ch06_st_wmdd_min": st["WMDD", ipc1],
+                    "ch06_st_wmdd_max": st["WMDD", ipc_max], "ch06_en_wmdd_max": en["WMDD", ipc_max],
+                    "ch06_en_random_max": en["random", ipc_max], "ch06_teacher_acc": teacher_acc}.items():
+    chapter.glue_number(name, value)
 
 # %% [markdown]
 # **Where WMDD helps the DNTK: one image per class.** At IPC 1 the kernel model fitted on the ten
@@ -388,7 +436,7 @@ for ipc in ipcs:
 # synthesis pulls each image's features to the class mean ({prf:ref}`prop-wmdd-ipc1-mean`) while
 # keeping it confidently classified: a prototype is a better single anchor for the class kernel than an
 # arbitrary real digit. The gain is a few points and of the order of the spread over seeds. The
-# ablation shows it needs real-image initialisation: started from noise, 100 synthesis steps give
+# ablation shows it needs real-image initialisation: started from noise, {glue:text}`ch06_iterations` synthesis steps give
 # images the teacher classifies perfectly but whose DNTK is *worse* than random real subsets, whatever
 # $r_{bn}$; with real initialisation $r_{bn} \in \{0, 1, 10\}$ makes little difference at this budget.
 #
@@ -411,22 +459,31 @@ for ipc in ipcs:
 #
 # **Students.** Trained from scratch on the set alone with soft labels, a student of the same
 # architecture does much better on WMDD images than on random or k-center real subsets at every IPC —
-# the purpose WMDD was designed for. The teacher classifies every image of every set correctly.
+# the purpose WMDD was designed for (test accuracy {glue:text}`ch06_st_wmdd_min:.3f` at IPC
+# {glue:text}`ch06_ipc_min` and {glue:text}`ch06_st_wmdd_max:.3f` at IPC {glue:text}`ch06_ipc_max`, after
+# {glue:text}`ch06_student_epochs` epochs, mean over {glue:text}`ch06_n_seeds` seeds). The teacher classifies every
+# image of every set correctly.
+#
+# **These numbers and the rest of the book.** The DNTK fidelity on the WMDD set at IPC {glue:text}`ch06_ipc_max`
+# here is {glue:text}`ch06_fid_wmdd_max:.3f`. {doc}`09_end_to_end` runs the pipeline with its own, smaller
+# settings (fewer images per class, fewer synthesis steps, a shorter student training), and the `digits-full` run
+# on the results page uses yet others; their student and distilled-set numbers differ from this chapter's for that
+# reason, and {doc}`../book/results` lists every number with the settings that produced it.
 #
 # **Cost.** The kernel needs one Jacobian evaluation per input, so fitting on the set saves $N/m$
 # evaluations; the paper's 20–100× are ImageNette's $9469/m$ at IPC 50 and 10.
 #
 # Differences from the paper and the official code: a small convnet on 8×8 digits instead of
-# ResNet-18 on ImageNette; 100 synthesis iterations instead of 1000–2000; real-image initialisation;
+# ResNet-18 on ImageNette; {glue:text}`ch06_iterations` synthesis iterations instead of 1000–2000; real-image initialisation;
 # no horizontal flips and a milder crop range (scaled to 8-pixel images); the feature loss is the mean
 # per-image distance to the atom rather than one norm over the whole batch; exact per-class BN
-# statistics ({prf:ref}`rem-wmdd-exact-bn`); students trained 100 epochs with the teacher relabelling
+# statistics ({prf:ref}`rem-wmdd-exact-bn`); students trained {glue:text}`ch06_student_epochs` epochs with the teacher relabelling
 # each augmented batch (no CutMix).
 
 # %% [markdown]
 # ## Checks
 
-# %%
+# %% tags=["hide-input"]
 # the barycenter at IPC 1 is the class mean (Proposition above), on the teacher's real features
 np.testing.assert_allclose(wmdd.barycenter(F3, 1).atoms[0], F3.mean(0), atol=1e-10)
 # every set has the requested size and class-major labels; the teacher classifies the distilled images

@@ -176,9 +176,10 @@ demo_runs = {"first run": pipeline.run(demo), "identical rerun": pipeline.run(de
 shutil.rmtree(demo_cache, ignore_errors=True)
 status = {name: {(r["role"], r["stage"]): r["status"] for r in res.stages} for name, res in demo_runs.items()}
 stage_keys = list(status["first run"])
-print(f"{'model':<9}{'stage':<24}" + "".join(f"{name:>20}" for name in demo_runs))
+print(f"{'stage':<36}" + "".join(f"{name:>18}" for name in demo_runs))
 for role, stage in stage_keys:
-    print(f"{role:<9}{stage:<24}" + "".join(f"{status[name].get((role, stage), '-'):>20}" for name in demo_runs))
+    label = f"{stage} ({role})" if role else stage
+    print(f"{label:<36}" + "".join(f"{status[name].get((role, stage), '-'):>18}" for name in demo_runs))
 n_first = sum(v != "cached" for v in status["first run"].values())
 n_rerun = sum(v != "cached" for v in status["identical rerun"].values())
 n_changed = sum(v != "cached" for v in list(status.values())[2].values())
@@ -249,6 +250,7 @@ for j, role in enumerate(["teacher", "student"]):
                 ax.axhline(full_acc, color="0.5", ls="-.", lw=1, label="KRR, whole training set")
         ax.set_xscale("log")
         ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(f"{role}: test {metric}")
         ax.set_ylim(0, 1.02)
         if i == 1:

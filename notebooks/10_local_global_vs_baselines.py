@@ -186,6 +186,7 @@ def plot_metrics(out):
                 ax.fill_between(ms, lo, hi, color=st["color"], alpha=0.15)
         ax.set_xscale("log")
         ax.set_xticks(ms, [str(m) for m in ms])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(label)
         if key == "nys":
             ax.set_yscale("log")

@@ -38,6 +38,7 @@ progress = False
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import NullFormatter
 
 import dntk.data
 import dntk.models
@@ -232,6 +233,8 @@ ax = axes[0]
 for key, style in styles:
     ax.loglog(Ns, [r[key] for r in by_n], style, label=key)
 ax.loglog(Ns, var_n[0] * Ns[0] / Ns, ":", color="gray", label=r"$\propto 1/N$")
+ax.set_xticks(Ns, [str(int(n)) for n in Ns])
+ax.xaxis.set_minor_formatter(NullFormatter())
 ax.set_xlabel("training points $N$")
 ax.set_ylabel("mean square over the pool")
 ax.set_title(rf"against $N$ ($\rho$ = {rho_fixed:.0e})")
@@ -242,6 +245,7 @@ for key, style in styles:
 ax.loglog(rhos, np.maximum(bias_formula, 1e-12), "x", color="C1", ms=9, label="bias, closed form")
 ax.loglog(rhos, var_heuristic, ":", color="C2", label=r"$\sigma^2 d_{\rm eff}/N$")
 ax.set_xticks(rhos[::2])
+ax.xaxis.set_minor_formatter(NullFormatter())
 ax.set_xlabel(r"$\rho = \lambda / \mathrm{tr}\,\Sigma$")
 ax.set_title(f"against λ ($N$ = {n_fixed})")
 fig.legend(loc="outside lower center", ncol=4, fontsize=9)

@@ -9,14 +9,14 @@
 # %% [markdown]
 # # What the DNTK costs: the ledger, and time against $N$
 #
-# The paper's claim in numbers (Sec 6): the DNTK "reduces the computational and storage cost of NTK
+# The claim of {cite:t}`mahowald2026dntk` in numbers (Sec 6): the DNTK "reduces the computational and storage cost of NTK
 # construction by 4–6 orders of magnitude compared to naïve full NTK computation … and by a further 1–2
 # orders of magnitude beyond parameter-space random projection alone". This chapter makes the claim
 # checkable. It writes down a **cost ledger** — every stage of five pipelines, with its operation count,
 # storage and Jacobian evaluations — evaluates it on the paper's ImageNette/ResNet-18 sizes and on our
 # digits sizes, and then measures how each stage's time actually grows with $N$ on this machine.
 #
-# The five pipelines, all computing a kernel model of the same network (SPEC §7):
+# The five pipelines, all computing a kernel model of the same network (appendix {ref}`maths-7`):
 #
 # | pipeline | Jacobians of | kernel | solve |
 # |---|---|---|---|
@@ -48,7 +48,6 @@ seed = 0
 device = "cpu"
 
 # %%
-import json
 import time
 import warnings
 from pathlib import Path
@@ -57,11 +56,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dntk import data, gradient_distillation, kernel, krr, ledger, models, pipeline, projection, tangent, wmdd
+from dntk import (
+    chapter,
+    data,
+    gradient_distillation,
+    kernel,
+    krr,
+    ledger,
+    models,
+    pipeline,
+    projection,
+    tangent,
+    wmdd,
+)
 
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
-torch.manual_seed(seed)
+_ = torch.manual_seed(seed)
+chapter.use_book_style()
 
 
 def repo_root() -> Path:
@@ -76,37 +88,50 @@ ROOT = repo_root()
 # %% [markdown]
 # ## The ledger at the paper's scale
 #
-# `params/imagenette-resnet18.yaml` holds the paper's experiment: ImageNette ($N = 9469$ training and
-# $N^* = 3925$ test images, $C = 10$), ResNet-18 ($P \approx 11.2$M), WMDD with 50 images per class
-# ($N_d = 500$), $k = 2048$, and $m = 5$ synthetic gradients per class. `dntk ledger CONFIG` prints the
-# same table from the command line; nothing here needs the data or a GPU.
+# `params/imagenette-resnet18.yaml` holds the paper's experiment: ImageNette ($N$ = {glue:text}`ch12_paper_N`
+# training and $N^*$ = {glue:text}`ch12_paper_Ntest` test images, $C$ = {glue:text}`ch12_paper_C`), ResNet-18
+# ($P$ = {glue:text}`ch12_paper_P:,` parameters), WMDD with {glue:text}`ch12_paper_ipc` images per class
+# ($N_d$ = {glue:text}`ch12_paper_Nd`), $k$ = {glue:text}`ch12_paper_k`, and $m$ = {glue:text}`ch12_paper_m`
+# synthetic gradients per class. `dntk ledger CONFIG` prints the same table from the command line; nothing
+# here needs the data or a GPU.
 
 # %%
 paper_cfg = pipeline.load_config(ROOT / paper_config, check_paths=False)
 paper = ledger.from_config(paper_cfg)
 print(paper.table())
+ps, psm = paper.sizes, paper.summary()
+for key, value in {"ch12_paper_N": ps.N, "ch12_paper_Ntest": ps.N_test, "ch12_paper_C": ps.C, "ch12_paper_P": ps.P,
+                   "ch12_paper_ipc": ps.ipc, "ch12_paper_Nd": ps.N_d, "ch12_paper_k": ps.k, "ch12_paper_m": ps.m,
+                   "ch12_paper_I": ps.I, "ch12_paper_jl": psm["build_vs_jl"],
+                   "ch12_paper_orders_jl": np.log10(psm["build_vs_jl"])}.items():
+    chapter.glue_number(key, value)
+chapter.glue_math("ch12_paper_full", psm["build_vs_full_ntk"])
+chapter.glue_math("ch12_paper_kernel_only", psm["kernel_only_vs_full_ntk"])
 
 # %% [markdown]
 # How to read it. The **build** column is the cost of producing the kernel model once the network is
 # trained; the **one-time** column adds WMDD's synthesis and Algorithm 1, which are paid once per distilled
 # set and then reused by every kernel built on it (a student network, another projection, another λ).
 #
-# - Against the **full NTK**, the DNTK's build is about four orders of magnitude cheaper here — the
+# - Against the **full NTK**, the DNTK's build is {glue:md}`ch12_paper_full:myst` times cheaper here — the
 #   lower end of the paper's "4–6 orders". It is dominated by the Jacobians of the $N_d$ distilled points,
 #   while the full NTK is dominated by its $N^2C^2P$ Gram matrix.
-# - Against **JL only** the saving is $N/N_d \approx 19$: 1.3 orders, inside the paper's "1–2 orders
+# - Against **JL only** the saving is $N/N_d$ ≈ {glue:text}`ch12_paper_jl:.1f`: {glue:text}`ch12_paper_orders_jl:.1f`
+#   orders, inside the paper's "1–2 orders
 #   beyond projection alone" — it is exactly the reduction in Jacobian evaluations that WMDD buys (the
 #   paper's "20–100×" with IPC 50 to 10).
-# - Counting WMDD's synthesis (2000 Adam steps over all 500 images, $\approx 3F$ each) changes the
+# - Counting WMDD's synthesis ({glue:text}`ch12_paper_I` Adam steps over all {glue:text}`ch12_paper_Nd` images,
+#   $\approx 3F$ each) changes the
 #   picture: it costs more than projecting the whole training set, so the DNTK only pays off once the
 #   distilled set is reused. The paper does not count it; we show both.
-# - The kernel matrix and solve alone shrink by eleven orders ($N^2C^2P$ against $Cm^2k$): this is the
+# - The kernel matrix and solve alone shrink {glue:md}`ch12_paper_kernel_only:myst` times ($N^2C^2P$ against
+#   $Cm^2k$): this is the
 #   storage-and-algebra part the paper's introduction emphasises, but on its own it is not the cost of
 #   getting a DNTK, because the gradients still have to be computed.
 #
 # The ratio depends on the sizes, most of all on the forward cost $F$ (through the Jacobians) and on the
 # projector (a dense $P\times k$ projection costs $N_dCPk$ multiply–adds, more than the Jacobians
-# themselves at $P = 11$M). The table below recomputes the build reduction for other image sizes,
+# themselves at ResNet-18's size). The table below recomputes the build reduction for other image sizes,
 # projectors and distilled-set sizes:
 
 # %%
@@ -145,11 +170,16 @@ proj = projection.make(dig_cfg.projection.kind, dig_cfg.projection.k, seed=dig_c
 unit = ledger.measure_unit_costs(teacher, X_test[:64], projector=proj, repeats=repeats, device=device)
 digits = ledger.from_config(dig_cfg, model=teacher, unit=unit, n_full=len(X_train), n_test=len(X_test))
 print(digits.table(stages=False))
+dsm = digits.summary()
+chapter.glue_number("ch12_digits_P", digits.sizes.P)
+chapter.glue_number("ch12_digits_N", digits.sizes.N)
+chapter.glue_math("ch12_digits_F", digits.sizes.F)
+chapter.glue_math("ch12_digits_full", dsm["build_vs_full_ntk"])
 
 # %% [markdown]
-# On digits the network is tiny ($P \approx 29$k parameters, $F \approx 0.24$M multiply–adds) and the
-# training set small ($N = 1437$), so the DNTK's build is "only" about three orders of magnitude cheaper
-# than the full NTK, and the modelled seconds range from seconds to half an hour. The paper's larger
+# On digits the network is tiny ($P$ = {glue:text}`ch12_digits_P:,` parameters, $F$ = {glue:md}`ch12_digits_F:myst`
+# multiply–adds) and the training set small ($N$ = {glue:text}`ch12_digits_N`), so the DNTK's build is "only"
+# {glue:md}`ch12_digits_full:myst` times cheaper than the full NTK. The paper's larger
 # factors need its sizes: against the full NTK the reduction grows like $N^2 C P / (N_d F)$.
 #
 # ## Time against $N$ for each stage
@@ -176,7 +206,7 @@ scaling = {}
 # featurisation: Jacobians + projection of N inputs (timed once each; the largest run is kept for below)
 t_feat, s_feat = [], []
 for n in sorted(n_feat):
-    dt, F_ = timed(lambda: tangent.class_gradients(teacher, X_train[:n], projector=proj, device=device), reps=1)
+    dt, F_ = timed(lambda n=n: tangent.class_gradients(teacher, X_train[:n], projector=proj, device=device), reps=1)
     t_feat.append(dt)
     s_feat.append(F_.numel() * F_.element_size())
 n_feat = sorted(n_feat)
@@ -188,10 +218,10 @@ Tbig = tangent.logits(teacher, X_train[: len(Fbig)]).double()
 t_full, s_full, t_cls, s_cls = [], [], [], []
 for n in n_ntk:
     J = tangent.class_gradients(teacher, X_train[:n], device=device)
-    dt, Th = timed(lambda: kernel.empirical_ntk(J))
+    dt, Th = timed(lambda J=J: kernel.empirical_ntk(J))
     t_full.append(dt)
     s_full.append(Th.numel() * Th.element_size())
-    dt, Kc = timed(lambda: kernel.class_kernels(J))
+    dt, Kc = timed(lambda J=J: kernel.class_kernels(J))
     t_cls.append(dt)
     s_cls.append(Kc.numel() * Kc.element_size())
 scaling["full NTK (width P)"] = (n_ntk, t_full, s_full)
@@ -202,12 +232,12 @@ n_kernel = sorted(n for n in n_kernel if n <= len(Fbig))
 n_alg = sorted(n for n in n_alg if n <= len(Fbig))
 t_k, s_k, t_krr, t_alg = [], [], [], []
 for n in n_kernel:
-    dt, K_ = timed(lambda: kernel.class_kernels(Fbig[:n]))
+    dt, K_ = timed(lambda n=n: kernel.class_kernels(Fbig[:n]))
     t_k.append(dt)
     s_k.append(K_.numel() * K_.element_size())
-    t_krr.append(timed(lambda: krr.ClassKRR(solver="dual").fit(Fbig[:n], Tbig[:n]))[0])
+    t_krr.append(timed(lambda n=n: krr.ClassKRR(solver="dual").fit(Fbig[:n], Tbig[:n]))[0])
 for n in n_alg:
-    t_alg.append(timed(lambda: gradient_distillation.local_global(Fbig[:n], Tbig[:n], n_clusters=10, tau=0.99,
+    t_alg.append(timed(lambda n=n: gradient_distillation.local_global(Fbig[:n], Tbig[:n], n_clusters=10, tau=0.99,
                                                                   gamma=0.5, budget=5, method="matrix_free"),
                        reps=1)[0])
 scaling["class kernels (width k)"] = (n_kernel, t_k, s_k)
@@ -217,7 +247,7 @@ scaling["Algorithm 1 (matrix-free)"] = (n_alg, t_alg, None)
 # WMDD synthesis: time against the distilled-set size N_d = 10·ipc (fixed iterations)
 t_w = []
 for ipc in ipc_wmdd:
-    t_w.append(timed(lambda: wmdd.distill(teacher, (X_train, y_train), ipc, iterations=wmdd_iterations,
+    t_w.append(timed(lambda ipc=ipc: wmdd.distill(teacher, (X_train, y_train), ipc, iterations=wmdd_iterations,
                                           seed=seed, device=device), reps=1)[0])
 scaling["WMDD synthesis (N = N_d)"] = ([10 * i for i in ipc_wmdd], t_w, None)
 
@@ -234,21 +264,30 @@ for name, (ns, ts, ss) in scaling.items():
     st = f"{slope(ns, ss):.2f}" if ss else "—"
     print(f"{name:<38}{str(ns):>22}{ts[-1]:>20.3g}{slopes[name]:>14.2f}{st:>15}")
 
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+# %% tags=["hide-input"]
+fig, axes = plt.subplots(1, 2, figsize=(chapter.PAGE_WIDTH_IN, 4.6))
 for i, (name, (ns, ts, ss)) in enumerate(scaling.items()):
-    axes[0].loglog(ns, ts, "o-", color=f"C{i}", label=f"{name} (slope {slopes[name]:.1f})")
+    axes[0].loglog(ns, ts, "o-", color=f"C{i}", label=name)
     if ss:
-        axes[1].loglog(ns, ss, "o-", color=f"C{i}", label=name)
-axes[0].set_xlabel("N (inputs)")
+        axes[1].loglog(ns, ss, "o-", color=f"C{i}")
+axes[0].set_xlabel("$N$ (inputs)")
 axes[0].set_ylabel("seconds (best of repeats)")
-axes[0].set_title("time against N, measured on this machine")
-axes[0].legend(fontsize=7)
-axes[1].set_xlabel("N (inputs)")
+axes[0].set_title("time")
+axes[1].set_xlabel("$N$ (inputs)")
 axes[1].set_ylabel("bytes")
-axes[1].set_title("storage of each stage's output, measured")
-axes[1].legend(fontsize=7)
-fig.tight_layout();
+axes[1].set_title("storage of the output")
+fig.legend(loc="outside lower center", ncol=2, fontsize=9)
+chapter.glue_figure("ch12-scaling", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch12-scaling
+# :name: fig-ch12-scaling
+# :alt: Two log-log panels against the number of inputs: measured time of each pipeline stage (left) and measured storage of each stage's output (right), one coloured line per stage.
+#
+# Each stage of the pipelines timed at several sizes on the machine that built this page (left; fitted slopes
+# in the table above) and the storage of what it produces (right). Storage follows the ledger's exponents
+# exactly; times approach them as the sizes grow.
+# ```
 
 # %% [markdown]
 # The measured exponents follow the ledger where the sizes are large enough for the leading term to
@@ -276,20 +315,13 @@ fig.tight_layout();
 #
 # ## Benchmarks of the individual stages
 #
-# The stage issues each come with a side-by-side benchmark under `benchmarks/` (for instance
-# `benchmarks/featurize.py`: dntk's projected featurisation against the `torch.func` recipe and TRAK).
-# They are not part of the book build, because they take minutes; run them with `make bench`, and on a GPU
-# with `bash benchmarks/gpu_check.sh`, which prints this ledger for ResNet-18 together with the measured
-# featurisation throughput. Their tables, measured on the development machine, are collected in
-# {doc}`../book/benchmarks`; saved outputs in `benchmarks/results/`, when present, are listed here:
-
-# %%
-saved = sorted((ROOT / "benchmarks").glob("results/*.txt")) + sorted((ROOT / "benchmarks").glob("*.out"))
-for f in saved:
-    print(f"== {f.relative_to(ROOT)}")
-    print(f.read_text()[:4000])
-if not saved:
-    print("no saved benchmark outputs under benchmarks/ (run `make bench`)")
+# The expensive stages each have a side-by-side benchmark under `benchmarks/` (for instance
+# `benchmarks/featurize.py`: dntk's projected featurisation against the `torch.func` recipe and TRAK
+# {cite}`park2023trak`). They are not part of the book build, because they take minutes; run them with
+# `make bench`, and on a GPU with `bash benchmarks/gpu_check.sh`, which prints this ledger for ResNet-18
+# together with the measured featurisation throughput. Their tables, measured on a two-core machine, are on
+# the pages under {doc}`../book/benchmarks`: {doc}`../book/benchmarks_featurize`,
+# {doc}`../book/benchmarks_spectral` and {doc}`../book/benchmarks_algorithm1`.
 
 # %% [markdown]
 # ## Checks
@@ -302,7 +334,7 @@ if not saved:
 #
 # Timings are printed and plotted but not asserted: they depend on the machine and its load.
 
-# %%
+# %% tags=["hide-input"]
 sm = paper.summary()
 assert sm["build_vs_full_ntk"] >= 1e4, sm
 assert 10 <= sm["build_vs_jl"] <= 100, sm

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # The protocol on Fashion-MNIST
 #
-# Every earlier chapter runs on scikit-learn's 8×8 digits, where the convnet reaches 99.7% and every method
+# Every earlier chapter runs on scikit-learn's 8×8 digits, where the convnet is almost perfect and every method
 # saturates. This chapter runs the paper's whole protocol (Sec 5.1–5.3) on a harder dataset that is still
 # small enough for a CPU: **Fashion-MNIST** {cite}`xiao2017fashion`, 60,000 training and 10,000 test
 # grayscale 28×28 images of ten kinds of clothing, on which small convnets reach about 90%, not 99.7%.
@@ -43,7 +43,8 @@ teacher_lr = 3e-3
 ipcs = [1, 10, 50]       # WMDD images per class; Algorithm 1 runs on the largest
 wmdd_iterations = 50     # synthesis steps (init from real images, so few suffice; the paper: 2000)
 wmdd_lr = 0.05
-student_epochs = 60      # full-batch epochs of each student
+student_epochs = 40      # epochs of each student (mini-batches of student_batch images)
+student_batch = 64
 student_lr = 3e-3
 temperature = 4.0
 budgets = [1, 2, 5, 10, 20]   # synthetic / selected gradients per class
@@ -202,7 +203,7 @@ with timed("students"):
     for (method, ipc), s in sets.items():
         student = models.build("convnet", C, in_channels=1, seed=seed)
         wmdd.train_student(student, s, epochs=student_epochs, lr=student_lr, temperature=temperature,
-                           teacher=teacher, seed=seed, device=device)
+                           batch_size=student_batch, teacher=teacher, seed=seed, device=device)
         students[method, ipc] = student
         student_acc[method, ipc] = metrics.accuracy(tangent.logits(student, X_te), y_te)
 
@@ -244,14 +245,15 @@ plt.close(fig);
 # against the published random-subset and gradient-matching (DC) results {cite}`zhao2021dc`.
 # ```
 #
-# Where WMDD stands. Our students learn from soft labels relabelled by the teacher on every augmented batch,
-# which is why even our random subsets sit well above the published random subsets, which are trained with hard
-# labels. Whether WMDD's synthesis beats the random real images it started from is read off the two black and
-# blue curves, which share everything else: at the default sizes the gain is small at best
-# (WMDD − random at IPC 50: {glue:text}`fm_wmdd_gain_50:+.1f` points). The digits chapter saw the same thing:
-# under an equal training recipe, distilled sets are not clearly better than random real subsets of the same
-# size. The synthesis steps here are few (`wmdd_iterations`; the paper's code runs 2,000) and the teacher is
-# trained on a subset, so this is not a verdict on WMDD at its own scale.
+# Where WMDD stands. Whether WMDD's synthesis beats the random real images it started from is read off the
+# black and blue curves, which share everything else (teacher, student recipe, soft labels): at the default
+# sizes it does not clearly beat them (WMDD − random at IPC 50: {glue:text}`fm_wmdd_gain_50:+.1f` points). The digits chapter saw
+# the same thing: under an equal training recipe, distilled sets are not clearly better than random real
+# subsets of the same size. All our students sit below the published numbers, for reasons of scale rather than
+# method: they train for `student_epochs` epochs, and both the teacher that relabels their batches and the sets
+# themselves come from a {glue:text}`fm_N`-image subset, while {cite}`zhao2021dc` condense all 60,000 images and
+# train their evaluation networks far longer. The synthesis steps are few too (`wmdd_iterations`; WMDD's code
+# runs 2,000), so this is not a verdict on WMDD at its own scale.
 #
 # ## 3. Algorithm 1 on the 500 distilled gradients
 #
@@ -398,9 +400,13 @@ plt.close(fig);
 # {glue:text}`fm_alg1_acc_5:.3f` and fidelity {glue:text}`fm_alg1_fid_5:.3f`; the best baseline there
 # ({glue:text}`fm_best_baseline_5`) reaches {glue:text}`fm_best_acc_5:.3f` / {glue:text}`fm_best_fid_5:.3f`, and
 # KRR on all 500 distilled gradients {glue:text}`fm_ceiling_acc:.3f` / {glue:text}`fm_ceiling_fid:.3f`. The
-# paper reports 76% / 78% on ImageNette; Fashion-MNIST with a 29k-parameter convnet is an easier task, so our
-# absolute numbers are higher, but the question is the same: how much of the distilled kernel survives a 10×
-# compression, and does choosing eigen-directions beat choosing real gradients.
+# paper reports 76% / 78% on ImageNette, ahead of every baseline at every compression ratio. Here the picture
+# depends on $m$: Algorithm 1's test accuracy is at or above every baseline's seed mean from $m$ =
+# {glue:text}`fm_alg1_lead_from` on (the teacher's kernel), while at the smallest budgets a well-spread choice of
+# real gradients ($k$-means, FPS) or the top global eigenvectors (PCA) can be as good or better. The class kernels
+# are dominated by very few directions (truncation ranks below), so a handful of real gradients already spans
+# most of them, and at this size the advantage of synthetic gradients appears only once $m$ is large enough to
+# reach past the leading directions.
 
 # %% [markdown]
 # ## 4. The spectral side
@@ -479,9 +485,11 @@ plt.close(fig);
 # ```
 #
 # On Fashion-MNIST, (A) averages {glue:text}`fm_prop_a:.2f` (random partition {glue:text}`fm_prop_a_rand:.2f`)
-# and (B) {glue:text}`fm_prop_b:.3f` (random partition {glue:text}`fm_prop_b_rand:.3f`); on digits (B) was
-# about 0.03, no different from a random partition. A clearly positive (B) above the random control is what the
-# paper's Sec 3.4 describes; the printed values show whether this harder dataset gets there.
+# and (B) {glue:text}`fm_prop_b:.3f` (random partition {glue:text}`fm_prop_b_rand:.3f`); on digits (A) was high
+# and (B) no different from a random partition ({doc}`05_spectral_structure`). Both properties are above their random controls here,
+# but neither has the size the paper's Sec 3.4 describes: (A) is far from 1 — the clusters' variance is not
+# contained in the few global top directions — and (B) stays at a few percent. The clusters of the class-averaged
+# kernel also mix classes (purity below 1), unlike digits where they were exactly the digits.
 #
 # ## 5. Cost: the ledger and the measured stage times
 #
@@ -534,6 +542,10 @@ t_fid = summary(results["teacher"], "fid")
 s_alg = summary(results["student"], "acc")
 s_fid = summary(results["student"], "fid")
 i5 = ms.index(5)
+# the smallest budget from which Algorithm 1's accuracy is >= every baseline's seed mean at every larger budget
+lead = [all(t_alg["Algorithm 1"][0][j] >= t_alg[n][0][j] for n in BASELINES for j in range(i, len(ms)))
+        for i in range(len(ms))]
+lead_from = next((m for m, ok in zip(ms, lead) if ok), None)
 best5 = max(BASELINES, key=lambda n: (t_alg[n][0][i5], t_fid[n][0][i5]))
 best5_student = max(BASELINES, key=lambda n: (s_alg[n][0][i5], s_fid[n][0][i5]))
 values = {
@@ -557,9 +569,7 @@ values = {
     "fm_build_vs_full": led.summary()["build_vs_full_ntk"], "fm_build_vs_jl": led.summary()["build_vs_jl"],
     "fm_memory_vs_full": led.summary()["memory_vs_full_ntk"], "fm_jacobian_ratio": N / len(dset),
     "fm_alg1_fid_1": t_fid["Algorithm 1"][0][0], "fm_alg1_fid_max_m": t_fid["Algorithm 1"][0][-1], "fm_max_m": ms[-1],
-    "fm_alg1_wins_upto": max([0] + [m for i, m in enumerate(ms)
-                                    if all(t_alg["Algorithm 1"][0][j] >= t_alg[n][0][j] for n in BASELINES
-                                           for j in range(i + 1))]),
+    "fm_alg1_lead_from": lead_from,
     "fm_runtime_s": total, "fm_protocol_s": protocol_seconds,
 }
 for ipc in ipcs:
@@ -599,8 +609,8 @@ for key, v in values.items():
 #   {glue:text}`fm_runtime_s:.0f` s (the protocol's stages: {glue:text}`fm_protocol_s:.0f` s).
 #
 # Differences from the paper: a 29k-parameter convnet at 28×28 instead of ResNet-18 on ImageNette; at the
-# default sizes a subset of $N$ = {glue:text}`fm_N` training images and 50 WMDD steps (the paper: $N \approx$
-# 9,469 and 2,000 steps), so that the chapter runs on two CPU cores in a few minutes;
+# default sizes a subset of $N$ = {glue:text}`fm_N` training images and `wmdd_iterations` WMDD steps (the paper:
+# $N \approx$ 9,469 and 2,000 steps), so that the chapter runs on two CPU cores in a few minutes;
 # `params/13_fashion_mnist.yaml` runs the paper's $N$ and the full test set.
 
 # %% tags=["hide-input"]
@@ -608,11 +618,14 @@ assert 0.70 <= teacher_acc <= 0.97, "the teacher is far from saturation on Fashi
 assert P == 28842
 assert student_acc["WMDD", ipc_d] > student_acc["WMDD", min(ipcs)], "more distilled images train better students"
 assert all(student_acc[k] > 0.3 for k in student_acc), "every student is far above chance (0.1)"
-# Algorithm 1 at m = 5 beats every baseline's seed mean in fidelity, for the teacher's kernel
-for name in BASELINES:
-    assert t_fid["Algorithm 1"][0][i5] >= t_fid[name][0][i5], name
-assert values["fm_alg1_fid_5"] >= 0.8 * ceilings["teacher"]["fid"], "5 gradients per class keep most of the fidelity"
+assert student_acc["WMDD", ipc_d] < student_acc["random", ipc_d] + 0.05, "WMDD is not clearly better than random"
+assert lead_from is not None and lead_from <= 10, "Algorithm 1 leads every baseline from m = 10 at the latest"
+assert lead_from > min(ms), "at the smallest budget Algorithm 1 does not lead (the text says so)"
+assert ceilings["teacher"]["fid"] > values["fm_alg1_fid_5"], "the distilled ceiling is above 5 per class"
 assert ceilings["teacher"]["acc"] <= jl_acc + 0.05, "the distilled kernel does not beat the JL-only ceiling by much"
 assert all(rank_d[0.95][c] < len(dset) // C for c in range(C)), "truncation ranks below the distilled-set size"
 assert prop_a.mean() > prop_a_rand.mean(), "(A): spectral clusters hold more local energy than a random partition"
+assert prop_b.mean() > prop_b_rand.mean() and prop_b.mean() < 0.1, "(B): above the random control but small"
+assert prop_a.mean() < 0.6, "(A) is far from 1 on Fashion-MNIST"
+assert purity < 1.0
 assert total < 1800, "the chapter stays CI-sized"

@@ -54,7 +54,7 @@ def test_run_passes_overrides_to_the_pipeline(tmp_path, monkeypatch, capsys):
         def table(self):
             return "TABLE"
 
-    def fake_run(cfg):
+    def fake_run(cfg, ranks=None):
         seen["cfg"] = cfg
         return Fake()
 
@@ -146,3 +146,71 @@ def test_book_command_builds_with_warnings_as_errors(monkeypatch):
     assert cmd[0].endswith("jupyter-book") and cmd[1] == "build"
     assert {"-W", "-n", "--keep-going"} <= set(cmd) and cmd[cmd.index("--builder") + 1] == "html"
     assert Path(seen["cwd"]) == ROOT
+
+
+# ---------------------------------------------------------------- user errors: one line, -v traceback
+def _write_cfg(tmp_path, text: str) -> str:
+    f = tmp_path / "c.yaml"
+    f.write_text(f"run_dir: {tmp_path / 'run'}\nprogress: false\nfigures: false\n" + text)
+    return str(f)
+
+
+def _garbage(tmp_path, name, data: bytes) -> str:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+USER_ERRORS = {
+    "binary config": (lambda t: _garbage(t, "c.yaml", bytes(range(256)) * 4), [], "not a text file"),
+    "malformed YAML": (lambda t: _garbage(t, "c.yaml", b"krr: {lam_rel: [\n"), [], "not valid YAML"),
+    "garbage checkpoint": (lambda t: _write_cfg(t, ""), ["teacher.checkpoint=" + "{ck}"], "teacher.checkpoint"),
+    "corrupt distilled set": (lambda t: _write_cfg(t, ""), ["distill.path={ds}"], "distill.path"),
+    ".inf value": (lambda t: _write_cfg(t, ""), ["krr.lam_rel=.inf"], "krr.lam_rel must be a finite number"),
+    "run_dir is a file": (lambda t: _write_cfg(t, ""), ["run_dir={file}"], "run_dir"),
+    "k > P": (lambda t: _write_cfg(t, ""), ["projection.kind=orthonormal", "projection.k=1000000"], "projection.k"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_ERRORS))
+def test_user_errors_are_one_line_and_verbose_shows_the_traceback(case, tmp_path, capsys):
+    build, sets, match = USER_ERRORS[case]
+    cfg = build(tmp_path)
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "tensors.pt").write_bytes(b"\x80\x04garbage")
+    (ds / "settings.json").write_text("{not json")
+    fill = {"ck": _garbage(tmp_path, "ck.pt", bytes(range(256)) * 16), "ds": str(ds),
+            "file": _garbage(tmp_path, "afile", b"x")}
+    argv = ["run", cfg] + [a for s in sets for a in ("--set", s.format(**fill))]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dntk: error: ") and match in err[0], err
+    assert cli.main(["-v"] + argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and match in err.strip().splitlines()[-1]
+    assert cli.main(argv + ["-v"]) == 2  # -v after the command works too
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_unexpected_failures_are_one_line_with_a_hint(monkeypatch, tmp_path, capsys):
+    def boom(cfg, ranks=None):
+        raise ZeroDivisionError("inside")
+
+    monkeypatch.setattr(P, "run", boom)
+    cfg = _write_cfg(tmp_path, "")
+    assert cli.main(["run", cfg]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dntk: error: ZeroDivisionError: inside (run with -v for the traceback)"]
+
+
+def test_nproc_validation(tmp_path, capsys, monkeypatch):
+    cfg = _write_cfg(tmp_path, "")
+    assert cli.main(["run", cfg, "--nproc", "0"]) == 2
+    assert "--nproc must be >= 1" in _err_line(capsys)
+    seen = {}
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    assert cli.main(["run", cfg, "--nproc", "2", "--set", "seed=1", "-q"]) == 0
+    cmd = seen["cmd"]
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=2" in cmd
+    assert cmd[cmd.index("dntk") + 1:] == ["run", cfg, "--set", "seed=1", "-q"]

@@ -410,3 +410,84 @@ def test_score_of_algorithm1_output_equals_sklearn(data):
     assert (s.accuracy, s.fidelity) == (acc, fid) and abs(s.coverage - cov) < 1e-8
     bare = score(res.G_syn, res.t_syn, lam, Xt, yt, Tt)
     assert isinstance(bare, Score) and bare.coverage is None and bare.accuracy == acc
+
+
+# ----------------------------------------------------------------------------- out of core
+def _class_major(X):
+    Xc = X.permute(1, 0, 2).contiguous()
+    return lambda c, a, b: Xc[c, a:b]
+
+
+@pytest.mark.parametrize("tau, gamma, budget", [(0.9, 0.7, None), (0.95, 0.9, None), (0.6, 1.0, None),
+                                                (0.9, 0.7, 7), (0.6, 1.0, 5)])
+def test_streamed_equals_dense_reference(data, tau, gamma, budget):
+    """From the per-cluster Grams alone: the same ranks, gaps, kept candidates and, up to the sign of each
+    synthetic gradient, the same synthetic set as the dense path (eigh of explicit N×N kernels)."""
+    from dntk.gradient_distillation import local_global_streamed
+    X, T, labels = data
+    d = local_global(X, T, 4, tau=tau, gamma=gamma, method="dense", labels=labels, budget=budget)
+    s = local_global_streamed(_class_major(X), X.shape[0], X.shape[1], T, labels, tau, gamma, budget=budget,
+                              block_rows=37)
+    assert s.method == "streamed" and s.n_clusters == 4
+    for c in range(X.shape[1]):
+        a, b = d[c], s[c]
+        assert b.V is None and a.m == b.m and a.n_candidates == b.n_candidates
+        assert a.r == b.r and torch.equal(a.r_j, b.r_j) and torch.equal(a.gaps, b.gaps)
+        assert torch.equal(a.source, b.source) and (a.n_local, a.n_gap) == (b.n_local, b.n_gap)
+        torch.testing.assert_close(a.A, b.A, atol=1e-10, rtol=0)
+        sign = torch.sign((a.G_syn * b.G_syn).sum(1))
+        torch.testing.assert_close(b.G_syn * sign[:, None], a.G_syn, atol=1e-9, rtol=0)
+        torch.testing.assert_close(b.t_syn * sign, a.t_syn, atol=1e-9, rtol=0)
+        assert b.trace == pytest.approx(a.trace, rel=1e-12)
+    assert sum(s[c].n_gap for c in range(X.shape[1])) > 0 or budget is not None
+
+
+def test_streamed_one_cluster_drops_dependent_gaps(data):
+    """M = 1 and γ = 1: gaps lie in the span of the (identical) local vectors, and step 6 must drop them."""
+    from dntk.gradient_distillation import local_global_streamed
+    X, T, _ = data
+    one = torch.zeros(X.shape[0], dtype=torch.int64)
+    d = local_global(X, T, 1, tau=0.9, gamma=1.0, method="dense", labels=one)
+    s = local_global_streamed(_class_major(X), X.shape[0], X.shape[1], T, one, 0.9, 1.0)
+    for c in range(X.shape[1]):
+        assert s[c].m == d[c].m == d[c].r and s[c].n_gap == d[c].n_gap == 0
+        eigs = np.linalg.eigvalsh(X[:, c].double().numpy() @ X[:, c].double().numpy().T)[::-1]
+        np.testing.assert_allclose(s[c].eigvals.numpy(), eigs[: s[c].r], rtol=1e-9)
+
+
+def test_streamed_from_a_class_major_file(tmp_path, data):
+    from dntk.gradient_distillation import class_major_reader, local_global_streamed
+    X, T, labels = data
+    N, C, k = X.shape
+    path = tmp_path / "features.f32"
+    X.permute(1, 0, 2).contiguous().numpy().astype(np.float32).tofile(path)
+    read = class_major_reader(path, N, C, k)
+    np.testing.assert_array_equal(read(2, 5, 9), X[5:9, 2].numpy())
+    s = local_global_streamed(read, N, C, T, labels, 0.9, 0.7, block_rows=100)
+    ref = local_global_streamed(_class_major(X), N, C, T, labels, 0.9, 0.7, block_rows=100)
+    for c in range(C):
+        torch.testing.assert_close(s[c].G_syn, ref[c].G_syn, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="bytes"):
+        class_major_reader(path, N + 1, C, k)
+
+
+def test_streamed_bad_input(data):
+    from dntk.gradient_distillation import local_global_streamed
+    X, T, labels = data
+    N, C, k = X.shape
+    read = _class_major(X)
+    with pytest.raises(ValueError, match="shape"):
+        local_global_streamed(lambda c, a, b: X[a:b, c, :-1] if a else X[a:b, c], N, C, T, labels, 0.9, 0.7,
+                              block_rows=50)
+    Xb = X.clone()
+    Xb[70, 1, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"read_class\(1, 64, 128\)"):
+        local_global_streamed(_class_major(Xb), N, C, T, labels, 0.9, 0.7, block_rows=64)
+    with pytest.raises(ValueError, match="targets"):
+        local_global_streamed(read, N, C, T[:-1], labels, 0.9, 0.7)
+    with pytest.raises(ValueError, match="labels"):
+        local_global_streamed(read, N, C, T, labels[:-1], 0.9, 0.7)
+    with pytest.raises(ValueError, match="tau"):
+        local_global_streamed(read, N, C, T, labels, 0.0, 0.7)
+    with pytest.raises(TypeError, match="read_class"):
+        local_global_streamed(X, N, C, T, labels, 0.9, 0.7)

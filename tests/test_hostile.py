@@ -323,3 +323,31 @@ def test_not_a_distilled_set(tmp_path):
     (tmp_path / "tensors.pt").write_bytes(b"old format")
     with pytest.raises(ValueError, match="older dntk"):
         wmdd.load(tmp_path)
+
+
+_TRAIN_IN_PARALLEL = r"""
+import sys, torch
+from dntk import models
+m = models.trained("convnet", dataset="digits", seed=0, epochs=1, width=4, cache_dir=sys.argv[1])
+torch.save(m.state_dict(), sys.argv[2])
+print("ok")
+"""
+
+
+def test_two_processes_training_the_same_teacher_into_one_cache_both_finish(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outs = [tmp_path / f"w{i}.pt" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _TRAIN_IN_PARALLEL, str(tmp_path / "cache"), str(o)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for o in outs]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
+    a, b = (torch.load(o, weights_only=True) for o in outs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    store = Store(tmp_path / "cache")
+    assert len(store.keys("teacher")) == 1
+    assert [p.name for p in (tmp_path / "cache" / "teacher").iterdir() if p.name.startswith(".")] == []
+    store.load("teacher", store.keys("teacher")[0])  # verifies

@@ -88,3 +88,26 @@ def test_bad_input():
         kernel.class_kernels([[1.0]])
     with pytest.raises(ValueError, match="shape"):
         kernel.ntk_vector_product(net(), torch.rand(2, 1, 6, 6, dtype=torch.float64), torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_features_are_refused(bad):
+    A, B = feats(4, 2, 6, 0), feats(3, 2, 6, 1)
+    A[1, 0, 3] = bad
+    for call in (lambda: kernel.class_kernels(A), lambda: kernel.empirical_ntk(A),
+                 lambda: kernel.class_kernels(B, A)):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            call()
+    with pytest.raises(ValueError, match="features_b contain NaN or inf"):
+        kernel.class_kernels(B, A)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        kernel.class_kernels(A.numpy())
+
+
+def test_relative_error_against_zeros_or_non_finite_is_an_error():
+    a = torch.tensor([3.0, 4.0])
+    with pytest.raises(ValueError, match="all zeros"):
+        kernel.relative_error(a, torch.zeros(2))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        kernel.relative_error(torch.tensor([float("nan"), 1.0]), a)
+    assert kernel.relative_error(torch.zeros(2), a) == pytest.approx(1.0)

@@ -108,3 +108,21 @@ def test_bad_arguments():
         gram_eig(torch.randn(3, 4, 2))
     with pytest.raises(ValueError, match="shape"):
         gram_eig(torch.zeros(0, 4))
+
+
+def test_gram_matrix_eig_equals_gram_eig_on_the_right_side():
+    from dntk.linalg import gram_matrix_eig
+    for n, k, rank in ((50, 8, None), (6, 10, None), (40, 12, 3)):
+        G = _features(n, k, seed=n + k, rank=rank)
+        ref = gram_eig(G, side="right")
+        e = gram_matrix_eig(torch.from_numpy(G.numpy().T @ G.numpy()), n)
+        assert e.rank == ref.rank == np.linalg.matrix_rank(G.numpy()) and e.G is None
+        np.testing.assert_allclose(e.eigenvalues.numpy(), ref.eigenvalues.numpy(), rtol=1e-10,
+                                   atol=1e-13 * float(ref.eigenvalues[0]))
+        V = e.basis[:, :e.rank].numpy()
+        A = G.numpy().T @ G.numpy()
+        np.testing.assert_allclose(A @ V, V * e.eigenvalues[:e.rank].numpy(), atol=1e-10 * float(e.eigenvalues[0]))
+        with pytest.raises(ValueError, match="need G"):
+            e.left_vectors(1)
+    with pytest.raises(ValueError, match="square"):
+        gram_matrix_eig(torch.zeros(3, 4), 5)

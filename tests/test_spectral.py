@@ -287,6 +287,15 @@ def test_bad_inputs_raise_value_error():
         sp.parameter_redundancy(bad, 0.9)
     with pytest.raises(ValueError, match="NaN"):
         sp.spectral_clusters(bad.reshape(20, 1, 8), 2)
+    inf = G.clone()
+    inf[0, 0] = float("inf")
+    for call in (lambda: sp.eig_from_features(inf), lambda: sp.containment(inf, np.arange(20) % 2, 0.9),
+                 lambda: sp.jl_rank_bracket(inf, 0.9, 0.1), lambda: sp.eig_from_features(inf, method="gram"),
+                 lambda: sp.spectral_clusters(inf.reshape(20, 1, 8), 2, method="matrix_free")):
+        with pytest.raises(ValueError, match="NaN or inf|NaN/inf"):
+            call()
+    with pytest.raises(ValueError, match="n_clusters"):
+        sp.spectral_clusters(G.reshape(20, 1, 8), 1000)
     with pytest.raises(ValueError, match="matrix_free"):
         sp.spectral_clusters(K, 2, method="matrix_free")
     with pytest.raises(ValueError, match="negative"):

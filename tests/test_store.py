@@ -338,3 +338,11 @@ def test_store_root_that_is_a_file_is_refused(tmp_path):
     f.write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         Store(f)
+
+
+def test_fetch_checks_the_folder_is_writable_before_computing(tmp_path):
+    (tmp_path / "st").write_text("a file where the stage folder should be")
+    calls = []
+    with pytest.raises(StoreError, match="cannot create the cache folder") as e:
+        Store(tmp_path).fetch("st", {"a": 1}, lambda: calls.append(1) or {"x": 1})
+    assert calls == [] and str(tmp_path / "st") in str(e.value)

@@ -243,3 +243,191 @@ def test_fast_path_rejects_layer_without_fallback():
 class Pick(nn.Module):
     def forward(self, t):
         return t[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# attention, transformers, other convolutions, tied/reused/frozen parameters: fast == torch.func,
+# plain and projected with every kind
+# ----------------------------------------------------------------------------------------------------
+class Encoder(nn.Module):
+    """Tokens -> TransformerEncoderLayer (self-attention through nn.MultiheadAttention) -> mean -> logits."""
+
+    def __init__(self, batch_first=True, norm_first=False, C=3):
+        super().__init__()
+        self.batch_first = batch_first
+        self.embed = nn.Linear(5, 8)
+        self.layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, dropout=0.1, activation="gelu",
+                                                batch_first=batch_first, norm_first=norm_first)
+        self.head = nn.Linear(8, C)
+
+    def forward(self, x):  # x (B, T, 5)
+        h = self.embed(x)
+        if not self.batch_first:
+            return self.head(self.layer(h.transpose(0, 1)).mean(0))
+        return self.head(self.layer(h).mean(1))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, class token and position embedding as raw parameters, two encoder layers, head."""
+
+    def __init__(self, C=3, d=8):
+        super().__init__()
+        self.patch = nn.Conv2d(1, d, 2, stride=2)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.5)
+        self.pos = nn.Parameter(torch.randn(1, 5, d) * 0.5)
+        layer = nn.TransformerEncoderLayer(d, 2, dim_feedforward=16, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, C)
+
+    def forward(self, x):  # (B, 1, 4, 4) -> 4 patches + class token
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1) + self.pos
+        return self.head(self.norm(self.encoder(t))[:, 0])
+
+
+class CrossAttention(nn.Module):
+    """Queries attend to a different key/value sequence (kdim, vdim != embed_dim: separate projections),
+    with a causal-style attention mask and a key padding mask; a second, packed attention with distinct
+    query and key/value tensors."""
+
+    def __init__(self, C=3):
+        super().__init__()
+        self.q = nn.Linear(5, 8)
+        self.attn = nn.MultiheadAttention(8, 2, kdim=6, vdim=4, batch_first=True)
+        self.attn2 = nn.MultiheadAttention(8, 4, bias=False)
+        self.head = nn.Linear(8, C)
+
+    def forward(self, x):  # x (B, 3, 5)
+        q = self.q(x)
+        kv_k = torch.tanh(x[:, :, :4]).repeat(1, 2, 1)  # (B, 6, 4)
+        k = torch.cat([kv_k, kv_k[:, :, :2]], dim=2)  # (B, 6, 6)
+        mask = torch.triu(torch.ones(3, 6, dtype=torch.bool), diagonal=4)
+        pad = torch.zeros(x.shape[0], 6, dtype=torch.bool)
+        pad[:, -1] = True
+        h, _ = self.attn(q, k, kv_k, attn_mask=mask, key_padding_mask=pad)
+        h2, _ = self.attn2(h.transpose(0, 1), torch.tanh(h).transpose(0, 1), h.transpose(0, 1))
+        return self.head(h2.transpose(0, 1).sum(1))
+
+
+class Convs(nn.Module):
+    """Conv1d, Conv3d, ConvTranspose2d, a grouped and a dilated Conv2d."""
+
+    def __init__(self, C=3):
+        super().__init__()
+        self.c1 = nn.Conv1d(2, 3, 3, padding=1)
+        self.c3 = nn.Conv3d(1, 2, 2)
+        self.ct = nn.ConvTranspose2d(2, 2, 2, stride=2)
+        self.grouped = nn.Conv2d(2, 4, 3, groups=2, padding=1)
+        self.dilated = nn.Conv2d(4, 3, 3, dilation=2, padding=2)
+        self.head = nn.Linear(3 + 2 + 3, C)
+
+    def forward(self, x):  # x (B, 2, 4, 4)
+        a = torch.relu(self.c1(x.flatten(2))).mean(2)  # (B, 3)
+        b = torch.tanh(self.c3(x.unsqueeze(1))).mean((2, 3, 4))  # (B, 2)
+        c = self.dilated(torch.relu(self.grouped(torch.tanh(self.ct(x))))).mean((2, 3))  # (B, 3)
+        return self.head(torch.cat([a, b, c], 1))
+
+
+class TiedReused(nn.Module):
+    """A weight shared by two layers, a layer called twice, an in-place residual and frozen parameters."""
+
+    def __init__(self, C=3):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.b.weight = self.a.weight  # tied
+        self.emb = nn.Embedding(7, 6)
+        self.frozen = nn.Linear(6, 6)
+        self.frozen.requires_grad_(False)
+        self.head = nn.Linear(6, C)
+
+    def forward(self, x):  # x (B, 6)
+        h = torch.tanh(self.a(x))
+        h = h + torch.tanh(self.a(h))  # reused
+        h += self.frozen(h)  # in-place residual through a frozen layer
+        h = torch.tanh(self.b(h)) + self.emb((x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long())
+        return self.head(h)
+
+
+def _with_frozen_attention():
+    torch.manual_seed(3)
+    m = Encoder()
+    m.layer.self_attn.in_proj_weight.requires_grad_(False)
+    m.layer.linear1.requires_grad_(False)
+    return m
+
+
+ARCH = {
+    "encoder": (lambda: (torch.manual_seed(0), Encoder())[1], (4, 3, 5)),
+    "encoder-seq-first-prenorm": (lambda: (torch.manual_seed(1), Encoder(batch_first=False, norm_first=True))[1], (4, 3, 5)),
+    "vit": (lambda: (torch.manual_seed(2), TinyViT())[1], (4, 1, 4, 4)),
+    "cross-attention": (lambda: (torch.manual_seed(3), CrossAttention())[1], (4, 3, 5)),
+    "frozen-attention": (_with_frozen_attention, (4, 3, 5)),
+    "convs": (lambda: (torch.manual_seed(4), Convs())[1], (4, 2, 4, 4)),
+    "tied-reused": (lambda: (torch.manual_seed(5), TiedReused())[1], (4, 6)),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCH))
+def test_fast_path_equals_torch_func_on_attention_convs_and_shared_parameters(arch):
+    build, shape = ARCH[arch]
+    model = build()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    exact = tangent.class_gradients(model, x, method="exact")  # torch.func vmap(jacrev)
+    assert exact.shape == (shape[0], 3, tangent.num_params(model))
+    fast = tangent.class_gradients(model, x, method="fast", batch_size=3)
+    torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["encoder", "vit", "cross-attention", "frozen-attention", "convs", "tied-reused"])
+@pytest.mark.parametrize("kind", ["orthonormal", "gaussian", "rademacher", "sparse", "srht", "kronecker"])
+def test_projected_fast_path_equals_exact_jacobian_times_R_on_these_models(arch, kind):
+    from dntk import projection
+
+    build, shape = ARCH[arch]
+    model = build()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    proj = projection.make(kind, 16, seed=2)
+    Gp = tangent.class_gradients(model, x, projector=proj, batch_size=3)
+    J = tangent.class_gradients(model, x, method="exact")
+    torch.testing.assert_close(Gp, J @ proj.matrix(), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_options_outside_the_fast_path_are_refused_clearly():
+    model = nn.Sequential(Encoder())
+    model[0].layer.self_attn = nn.MultiheadAttention(8, 2, add_bias_kv=True, batch_first=True)
+    x = torch.randn(2, 3, 5)
+    with pytest.raises(ValueError, match="add_bias_kv.*method='exact'"):
+        tangent.class_gradients(model, x)
+    assert tangent.class_gradients(model, x, method="exact").shape[:2] == (2, 3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# robustness
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(bad):
+    model = small_cnn()
+    with torch.no_grad():
+        model[3].weight[0, 0, 0, 0] = bad
+    x = torch.rand(2, 1, 6, 6)
+    for call in (lambda: tangent.class_gradients(model, x), lambda: tangent.logits(model, x),
+                 lambda: tangent.class_gradients(model, x, method="exact")):
+        with pytest.raises(ValueError, match=r"parameter '3.weight' contains NaN or inf"):
+            call()
+    model = small_cnn()
+    model[1].running_var[0] = float("nan")
+    with pytest.raises(ValueError, match=r"buffer '1.running_var'"):
+        tangent.class_gradients(model, x)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_machine_without_cuda_names_the_device():
+    model, x = small_cnn(), torch.rand(2, 1, 6, 6)
+    with pytest.raises(ValueError, match="'cuda'.*CUDA is not available"):
+        tangent.class_gradients(model, x, device="cuda")
+    with pytest.raises(ValueError, match="'cuda:0'"):
+        tangent.logits(model, x, device="cuda:0")
+    with pytest.raises(ValueError, match="not a valid torch device"):
+        tangent.logits(model, x, device="gpu")

@@ -124,6 +124,9 @@ def test_fingerprint_mismatch_raises(tiny):
     with pytest.raises(ValueError, match="dim=8"):
         U.CompressedSet.from_features(G, T, U.fingerprint(model, projection.make("gaussian", 8, seed=3)))
     assert U.fingerprint(model).projector == (("dim", tangent.num_params(model)), ("kind", "none"))
+    kron = U.fingerprint(model, projection.make("kronecker", 16, seed=3))
+    with pytest.raises(ValueError, match="projector factors"):
+        kron.require(U.fingerprint(model, projection.make("kronecker", 16, seed=3, factors="gaussian")))
 
 
 def test_bad_inputs(tiny):
