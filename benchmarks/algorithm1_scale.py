@@ -74,10 +74,11 @@ def write_class_major(path, n, C, k, M, seed=0, n_test=2000):
     test_F, test_T = [], []
     with open(path, "wb") as f:
         f.truncate(n * C * k * 4)
-        for s, F, t, lab in feature_blocks(n + n_test, C, k, M, seed, step=32768):
+        for s, F, t, lab in feature_blocks(n + n_test, C, k, M, seed, step=8192):
             b = max(0, min(len(lab), n - s))                   # rows of this block that belong to the training set
-            test_F.append(F[b:])
-            test_T.append(t[b:])
+            if b < len(lab):                                    # (a copy: a view would keep the whole block alive)
+                test_F.append(F[b:].clone())
+                test_T.append(t[b:].clone())
             if b == 0:
                 continue
             T[s:s + b], y[s:s + b] = t[:b], lab[:b]
@@ -96,7 +97,7 @@ def run_case(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = {"case": args.case, "n": args.n, "threads": torch.get_num_threads()}
-    if args.case != "streamed":       # the streamed case never holds the features in memory
+    if args.case not in ("streamed", "write"):       # these never hold all the features in memory
         F, T, y = make_features(args.n, args.classes, args.k, args.clusters, seed=args.seed)
         out["data_mb"] = F.numel() * F.element_size() / 2**20
     budget = args.budget or None

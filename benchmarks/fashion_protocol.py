@@ -35,7 +35,7 @@ from dntk.krr import ClassKRR, default_lam  # noqa: E402
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
 
 SIZES = {
-    "tiny": dict(train_per_class=20, test_limit=200, teacher_epochs=1, teacher_batch=64, wmdd_iterations=2,
+    "tiny": dict(train_per_class=20, test_limit=200, teacher_epochs=3, teacher_batch=64, wmdd_iterations=2,
                  student_epochs=3, ipc=10, budgets=[1, 2, 5], seeds=[0, 1], k=128, feat_n=16, resnet_width=8),
     "ci": dict(train_per_class=200, test_limit=1000, teacher_epochs=15, teacher_batch=64, wmdd_iterations=50,
                student_epochs=60, ipc=50, budgets=[1, 2, 5, 10, 20], seeds=[0, 1, 2], k=512, feat_n=64,
@@ -95,7 +95,8 @@ def main(argv=None) -> dict:
     if not args.skip_protocol:
         protocol(args, S, device, res, stage)
     if not args.skip_throughput:
-        res["throughput"] = throughput(device, S, sync)
+        res["throughput"] = []
+        throughput(device, S, sync, res["throughput"], save)
     res["total_seconds"] = sum(sec.values())
     print("\nstage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()))
     save()
@@ -214,11 +215,13 @@ def print_protocol(res, budgets):
           f"{res['jl_only']['acc']:.4f} / {res['jl_only']['fid']:.4f}")
 
 
-def throughput(device, S, sync) -> list:
-    """Projected class gradients per second (inputs/s) per projector kind, convnet 28x28 and ResNet-18 32x32."""
-    rows = []
-    kinds = [k for k in ("gaussian", "sparse", "srht", "kronecker") if k in getattr(projection, "KINDS", ())] \
-        or ["gaussian", "srht", "kronecker"]
+def throughput(device, S, sync, rows: list, save) -> None:
+    """Projected class gradients per second (inputs/s) per projector kind, convnet 28x28 and ResNet-18 32x32.
+
+    Appends one dict per (network, projector) to ``rows`` and calls ``save()`` after each (the dense Gaussian,
+    slowest at ResNet-18 size, comes last so that a timeout loses as little as possible).
+    """
+    kinds = [k for k in ("kronecker", "sparse", "srht", "gaussian") if k in projection.KINDS]
     print(f"\n== featurisation throughput ({device}), k = {S['k']}")
     print(f"{'network':<28}{'projector':<11}{'inputs':>8}{'seconds':>9}{'inputs/s':>10}{'peak GiB':>10}")
     g = torch.Generator().manual_seed(0)
@@ -239,15 +242,16 @@ def throughput(device, S, sync) -> list:
                 tangent.class_gradients(model, X[:n], projector=proj, device=device)
                 sync()
                 dt = time.perf_counter() - t0
-                peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+                peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
                 rows.append({"network": label, "projector": kind, "inputs": n, "seconds": dt, "per_second": n / dt,
                              "peak_gib": peak})
-                print(f"{label:<28}{kind:<11}{n:>8}{dt:>9.2f}{n / dt:>10.1f}{peak:>10.2f}", flush=True)
+                print(f"{label:<28}{kind:<11}{n:>8}{dt:>9.2f}{n / dt:>10.1f}{peak if peak is not None else float('nan'):>10.2f}",
+                      flush=True)
             except Exception as e:  # report and go on: one projector failing must not hide the others
                 rows.append({"network": label, "projector": kind, "error": f"{type(e).__name__}: {e}"})
                 print(f"{label:<28}{kind:<11}  failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
+            save()
         del model
-    return rows
 
 
 if __name__ == "__main__":

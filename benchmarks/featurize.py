@@ -231,6 +231,16 @@ def _old_sparse(k, seed=0):
                 out = part if out is None else out + part
             return out
 
+        def accumulator(self, n, C, device, max_bytes):
+            self._require_bound()
+            return TileAlignedAccumulator(self, n, C, device, max_bytes)
+
+    class TileAlignedAccumulator(projection._SparseAccumulator):
+        def _step(self, nC):  # whole tiles per product, as the previous implementation did
+            tr = self.proj.tile_rows
+            step = max(1, self.max_bytes // (8 * max(1, nC)))
+            return (step // tr) * tr if step >= tr else step
+
     return VerySparseReference(k, seed, s=1)
 
 

@@ -1,4 +1,8 @@
-"""What the book's chapters share when they show results: one figure style and gluing into the page.
+"""What the book's chapters share: their common setup, one figure style, and gluing into the page.
+
+:func:`projected_setup` builds the setup most chapters start from — the trained teacher, a seeded
+training subset and the test split, their projected class gradients and the network's logits — and
+returns it as one frozen :class:`ProjectedSetup`, so chapters differ only in the parameters they pass.
 
 The chapters (``notebooks/*.py``) draw with matplotlib and insert figures and numbers into their
 prose with myst-nb's ``glue`` (so nothing on a page is typed by hand). :func:`use_book_style` sizes
@@ -10,7 +14,11 @@ places it; :func:`glue_number` and :func:`glue_math` do the same for numbers in 
 """
 from __future__ import annotations
 
-__all__ = ["use_book_style", "glue_figure", "glue_number", "glue_math", "PAGE_WIDTH_IN"]
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ProjectedSetup", "projected_setup", "use_book_style", "glue_figure", "glue_number", "glue_math",
+           "PAGE_WIDTH_IN"]
 
 #: Width in inches of a full-width figure: at the book's text width (about 690 px) a 10 pt label on a
 #: 7-inch figure is shown at about 10 pt.
@@ -89,3 +97,78 @@ def glue_math(name: str, value: float, digits: int = 1) -> None:
             m, e = m / 10, e + 1
         text = f"{m:.{digits}f}\\times10^{{{e}}}" if e not in (0, 1, 2) else f"{v:.{digits}f}"
     glue(name, Markdown(f"${text}$"), display=False)
+
+
+@dataclass(frozen=True)
+class ProjectedSetup:
+    """A trained network with the projected class gradients of a training subset and a test set.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The trained network, in eval mode.
+    projector : object
+        The JL projector (appendix §4.2) that maps every gradient to ``k`` dimensions.
+    X_train, y_train : Tensor ``(N, ...)``, ``(N,)``
+        Training inputs and labels.
+    X_test, y_test : Tensor ``(N*, ...)``, ``(N*,)``
+        Test inputs and labels.
+    G_train, G_test : Tensor ``(N, C, k)``, ``(N*, C, k)``
+        Projected class gradients ``G̃_c = G_c R`` (appendix §0).
+    f_train, f_test : Tensor ``(N, C)``, ``(N*, C)``
+        The network's logits, the regression targets ``t_c`` (appendix §0).
+    """
+
+    model: Any
+    projector: Any
+    X_train: Any
+    y_train: Any
+    X_test: Any
+    y_test: Any
+    G_train: Any
+    G_test: Any
+    f_train: Any
+    f_test: Any
+
+    @property
+    def shape(self) -> tuple:
+        """``(N, C, k)`` of the training gradients."""
+        return tuple(self.G_train.shape)
+
+
+def projected_setup(proj_kind: str, proj_dim: int, *, per_class: int | None = None, seed: int = 0,
+                    model_name: str = "convnet", dataset: str = "digits", device: str = "cpu",
+                    progress: bool = False) -> ProjectedSetup:
+    """The common start of a chapter: teacher, data, projected class gradients and logits.
+
+    Parameters
+    ----------
+    proj_kind, proj_dim : str, int
+        Projector kind and width ``k`` for :func:`dntk.projection.make` (seeded with ``seed``).
+    per_class : int, optional
+        Training images per class (a seeded balanced subset, :func:`dntk.data.as_tensors`); ``None``
+        keeps the whole training split.
+    seed : int
+        Seeds the subset and the projector.
+    model_name, dataset, device, progress
+        Passed to :func:`dntk.models.trained`, :func:`dntk.data.load` and
+        :func:`dntk.tangent.class_gradients`.
+
+    Returns
+    -------
+    ProjectedSetup
+        Training gradients ``(N, C, k)``, test gradients ``(N*, C, k)`` (the whole test split) and logits.
+    """
+    from . import data, models, projection, tangent
+
+    if not isinstance(proj_dim, int) or isinstance(proj_dim, bool) or proj_dim < 1:
+        raise ValueError(f"proj_dim must be a positive int, got {proj_dim!r}")
+    model = models.trained(model_name, dataset=dataset, progress=progress)
+    X_tr, y_tr = data.as_tensors(data.load(dataset, "train"), per_class=per_class, seed=seed)
+    X_te, y_te = data.as_tensors(data.load(dataset, "test"))
+    proj = projection.make(proj_kind, proj_dim, seed=seed)
+    G_tr = tangent.class_gradients(model, X_tr, projector=proj, device=device, progress=progress)
+    G_te = tangent.class_gradients(model, X_te, projector=proj, device=device, progress=progress)
+    return ProjectedSetup(model=model, projector=proj, X_train=X_tr, y_train=y_tr, X_test=X_te, y_test=y_te,
+                          G_train=G_tr, G_test=G_te, f_train=tangent.logits(model, X_tr),
+                          f_test=tangent.logits(model, X_te))

@@ -282,7 +282,7 @@ def _as_dataset(data) -> Dataset:
             raise ValueError("the data set is empty (N = 0); pass at least one sample.")
         _check_labels_dtype(y)
         _check_images(X, "(X, y)")
-        return TensorDataset(X, y.long())
+        return TensorDataset(X.float(), y.long())  # float32, the dtype of every model built here
     if isinstance(data, Dataset) or hasattr(data, "__getitem__"):
         if not hasattr(data, "__len__"):
             raise TypeError("the dataset must be map-style (define __len__ and __getitem__).")
@@ -313,11 +313,12 @@ def _num_outputs(model) -> int | None:
     return int(c) if isinstance(c, int) else None
 
 
-def _check_batch(xb: torch.Tensor, yb: torch.Tensor, num_classes: int, where: str) -> None:
+def _check_batch(xb: torch.Tensor, yb: torch.Tensor, num_classes: int | None, where: str) -> None:
     """Per-batch checks for Dataset inputs (tensors were checked once in :func:`_as_dataset`)."""
     _check_labels_dtype(yb)
     _check_images(xb, where)
-    _check_label_range(yb, num_classes, where)
+    if num_classes is not None:
+        _check_label_range(yb, num_classes, where)
 
 
 def _check_label_range(y: torch.Tensor, num_classes: int, where: str) -> None:
@@ -481,7 +482,7 @@ def train(model: nn.Module, dataset, epochs: int = TEACHER_DEFAULTS.epochs, lr: 
         xb, yb = batch
         yb = torch.as_tensor(yb)
         if not checked:
-            _check_batch(torch.as_tensor(xb), yb, C if C is not None else 2**62, "train")
+            _check_batch(torch.as_tensor(xb), yb, C, "train")
         xb, yb = xb.to(dev), yb.to(dev)
         logits = m(xb)
         if C is None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -566,7 +567,7 @@ class SparseProjector(Projector):
             raise ValueError(f"sparse needs s <= k (one nonzero per slice of the k outputs); got s = {self.s} > k = {dim}.")
         if dim >= 1 << 24:
             raise ValueError(f"sparse supports k < 2^24, got k = {dim}.")
-        self.tile_rows = (1 << 20) // self.s if tile_rows is None else _check_int("tile_rows", tile_rows, 1)
+        self.tile_rows = (1 << 19) // self.s if tile_rows is None else _check_int("tile_rows", tile_rows, 1)
         self._bounds = [i * dim // self.s for i in range(self.s + 1)]
 
     def _keys(self, b):
@@ -584,44 +585,30 @@ class SparseProjector(Projector):
         val = torch.where((h >> 31) == 1, 1.0, -1.0).to(torch.float32) * (1.0 / math.sqrt(self.s))
         return col, val
 
-    def _tile(self, b: int, t: int) -> torch.Tensor:
-        """CSR of ``Rᵀ`` for tile ``t`` of block ``b``: ``(k, rows)``, nonzeros sorted by output column."""
+    def _csr(self, b: int, lo: int, hi: int) -> torch.Tensor:
+        """CSR of ``Rᵀ`` for rows ``[lo, hi)`` of block ``b``: ``(k, hi - lo)``, nonzeros grouped by output."""
         def build():
-            r0 = t * self.tile_rows
-            r1 = min(self.blocks[b].size, r0 + self.tile_rows)
-            col, val = self.entries(b, r0, r1)
+            col, val = self.entries(b, lo, hi)
             col32 = col.reshape(-1).to(torch.int32)
             order = torch.sort(col32, stable=True).indices
-            row = (order // self.s)
             crow = torch.zeros(self.dim + 1, dtype=torch.int64, device=self.device)
             torch.cumsum(torch.bincount(col32.long(), minlength=self.dim), 0, out=crow[1:])
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                return torch.sparse_csr_tensor(crow, row, val.reshape(-1)[order], (self.dim, r1 - r0),
+                return torch.sparse_csr_tensor(crow, order // self.s, val.reshape(-1)[order], (self.dim, hi - lo),
                                                check_invariants=False)
-        return self._cached((b, t), build)
+        return self._cached((b, lo, hi), build)
 
     def rows_matmul(self, b: int, start: int, G: torch.Tensor) -> torch.Tensor:
-        """``G @ R[block b, rows start:start + r]`` for ``G`` ``(n, r)`` → ``(n, k)``."""
-        import warnings
-
+        """``G @ R[block b, rows start:start + r]`` for ``G`` ``(n, r)`` → ``(n, k)``, one sparse product per
+        piece of at most ``tile_rows`` rows (any split gives the same ``R``: entries are per row)."""
         stop = start + G.shape[1]
-        tr = self.tile_rows
         out = G.new_zeros(self.dim, G.shape[0])
-        for t in range(start // tr, (stop - 1) // tr + 1):
-            lo, hi = max(start, t * tr), min(stop, (t + 1) * tr)
-            Gt = G[:, lo - start : hi - start]
-            if lo == t * tr and hi == min(self.blocks[b].size, (t + 1) * tr):
-                ST = self._tile(b, t)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    out += torch.sparse.mm(ST, Gt.T.contiguous())
-            else:  # a partial tile: scatter the few rows directly
-                col, val = self.entries(b, lo, hi)
-                for i in range(self.s):
-                    out.index_add_(0, col[:, i], Gt.T * val[:, i : i + 1])
+        for lo in range(start, stop, self.tile_rows):
+            hi = min(stop, lo + self.tile_rows)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                out += torch.sparse.mm(self._csr(b, lo, hi), G[:, lo - start : hi - start].T.contiguous())
         return out.T
 
     def accumulator(self, n, C, device, max_bytes):
@@ -630,12 +617,11 @@ class SparseProjector(Projector):
 
 
 class _SparseAccumulator(Accumulator):
-    """Sparse JL: per-sample gradients formed one tile of rows at a time and multiplied by the CSR tile."""
+    """Sparse JL: per-sample gradients formed a chunk of rows at a time (within ``max_bytes``) and multiplied
+    by the sparse rows of ``R`` for that chunk."""
 
     def _step(self, nC):
-        tr = self.proj.tile_rows
-        step = max(1, self.max_bytes // (8 * max(1, nC)))
-        return (step // tr) * tr if step >= tr else step
+        return max(1, self.max_bytes // (8 * max(1, nC)))
 
     def dense(self, b, G):
         n, C = G.shape[:2]

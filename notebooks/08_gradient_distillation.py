@@ -56,7 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dntk import chapter, data, metrics, models, projection, tangent
+from dntk import chapter, metrics
 from dntk.gradient_distillation import local_global
 from dntk.krr import ClassKRR, default_lam
 from dntk.spectral import spectral_clusters
@@ -72,17 +72,15 @@ for name, value in {"ch08_tau": tau, "ch08_gamma": gamma, "ch08_budget": budget,
 #
 # The trained convnet of every chapter, a balanced subset of the training images, the whole test split, and
 # for both the per-class logit gradients projected to $k$ dimensions by a seeded Gaussian JL map
-# (`dntk.tangent.class_gradients` with a projector from `dntk.projection.make`). The regression targets are
+# (`dntk.chapter.projected_setup`, which calls `dntk.tangent.class_gradients` with a projector from
+# `dntk.projection.make` and returns everything as one frozen record). The regression targets are
 # the network's own logits, $t_{c,i} = f_c(x_i;\theta)$, as everywhere in this book.
 
 # %%
-model = models.trained(model_name, dataset=dataset, progress=progress)
-X_tr, y_tr = data.as_tensors(data.load(dataset, "train"), per_class=per_class, seed=seed)
-X_te, y_te = data.as_tensors(data.load(dataset, "test"))
-proj = projection.make(proj_kind, proj_dim, seed=seed)
-G_tr = tangent.class_gradients(model, X_tr, projector=proj, device=device, progress=progress)
-G_te = tangent.class_gradients(model, X_te, projector=proj, device=device, progress=progress)
-f_tr, f_te = tangent.logits(model, X_tr), tangent.logits(model, X_te)
+setup = chapter.projected_setup(proj_kind, proj_dim, per_class=per_class, seed=seed, model_name=model_name,
+                                dataset=dataset, device=device, progress=progress)
+y_tr, y_te = setup.y_train, setup.y_test
+G_tr, G_te, f_tr, f_te = setup.G_train, setup.G_test, setup.f_train, setup.f_test
 N, C, k = G_tr.shape
 print(f"N = {N} training points, C = {C} classes, k = {k}; {len(y_te)} test points")
 

@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dntk import chapter, data, metrics, models, projection, tangent, wmdd
+from dntk import chapter, data, metrics, tangent, wmdd
 from dntk.gradient_distillation import leverage_scores, local_global, local_global_grid, select
 from dntk.krr import ClassKRR, default_lam
 from dntk.spectral import spectral_clusters
@@ -84,13 +84,11 @@ chapter.glue_number("ch10_gamma", gamma)
 #   over the classes (`dntk.metrics.coverage`, `dntk.metrics.nystrom_error`).
 
 # %%
-model = models.trained(model_name, dataset=dataset, progress=progress)
-X_tr, y_tr = data.as_tensors(data.load(dataset, "train"), per_class=per_class, seed=seed)
-X_te, y_te = data.as_tensors(data.load(dataset, "test"))
-proj = projection.make(proj_kind, proj_dim, seed=seed)
-G_tr = tangent.class_gradients(model, X_tr, projector=proj, device=device, progress=progress)
-G_te = tangent.class_gradients(model, X_te, projector=proj, device=device, progress=progress)
-f_tr, f_te = tangent.logits(model, X_tr), tangent.logits(model, X_te)
+setup = chapter.projected_setup(proj_kind, proj_dim, per_class=per_class, seed=seed, model_name=model_name,
+                                dataset=dataset, device=device, progress=progress)
+model, proj = setup.model, setup.projector
+y_tr, y_te = setup.y_train, setup.y_test
+G_tr, G_te, f_tr, f_te = setup.G_train, setup.G_test, setup.f_train, setup.f_test
 N, C, k = G_tr.shape
 print(f"training set: N = {N}, C = {C}, k = {k}; test set: {len(y_te)} images")
 
@@ -285,6 +283,13 @@ print(f"{'τ':>5}{'γ':>6}{'m (all classes)':>17}{'local':>7}{'gap':>6}{'accurac
 for p in sorted(pts, key=lambda p: (p["tau"], p["gamma"])):
     print(f"{p['tau']:>5}{p['gamma']:>6}{p['m']:>17}{p['local']:>7}{p['gap']:>6}{p['acc']:>10.3f}{p['fid']:>10.3f}"
           f"  {'*' if p in front else ''}")
+fid_spread = max(p["fid"] for p in pts) - min(p["fid"] for p in pts)
+worst_vs_full = fid_full - min(p["fid"] for p in pts)
+front_gaps = sum(p["gap"] > 0 for p in front)
+for name, value in {"ch10_grid_n": len(pts), "ch10_fid_spread": fid_spread, "ch10_fid_spread_images":
+                    round(fid_spread * len(y_te)), "ch10_worst_vs_full": worst_vs_full, "ch10_front_n": len(front),
+                    "ch10_front_gaps": front_gaps, "ch10_n_test": len(y_te)}.items():
+    chapter.glue_number(name, value)
 
 # %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN, 3.6))
@@ -337,13 +342,15 @@ chapter.glue_figure("ch10-grid-counts", fig)
 # %% [markdown]
 # The number of local gradients depends on $\tau$ only (one per cluster and class while $\tau \le 0.7$: each
 # cluster's top eigenvector, close to its mean gradient, already holds that share of the cluster's energy),
-# the number of gaps on both thresholds, growing with $\gamma$. Every configuration reproduces the full KRR to
-# within about one percent, and the Pareto front shows where the gaps pay: at a fixed $\tau$, adding the gap
-# gradients of $\gamma = 0.9$ raises fidelity for a few dozen extra gradients, more than raising $\tau$ (more
-# local directions) does per gradient. Larger $\gamma$ is not always better — at $\gamma = 1$ directions that
-# the clusters explain almost completely are added too. The paper finds Pareto-optimal settings "sporadically
-# distributed" on ImageNette; on digits the front is short and regular, because the clusters (the digits)
-# explain most of each kernel.
+# the number of gaps on both thresholds, growing with $\gamma$. Every one of the {glue:text}`ch10_grid_n`
+# configurations reproduces the full KRR: the worst is {glue:text}`ch10_worst_vs_full:.3f` below its fidelity,
+# and best and worst differ by {glue:text}`ch10_fid_spread:.3f`, that is {glue:text}`ch10_fid_spread_images`
+# of the {glue:text}`ch10_n_test` test images. At that resolution the Pareto front
+# ({glue:text}`ch10_front_n` configurations, {glue:text}`ch10_front_gaps` of them with gap gradients) is
+# decided by a test image or two, so on digits the grid does not show the paper's finding that gap gradients
+# buy fidelity; it shows that without a budget Algorithm 1 is insensitive to $(\tau, \gamma)$ here, because
+# the clusters (the digits) explain most of each kernel. The paper finds Pareto-optimal settings
+# "sporadically distributed" on ImageNette, where the kernels are far less clustered.
 
 # %% [markdown]
 # ## The same comparison on a WMDD-distilled set
@@ -420,7 +427,7 @@ for i, m in enumerate(budgets):    # best coverage and lowest Nyström error of 
     assert all(nys["Algorithm 1"][0][i] <= nys[name][1][i] for name in BASELINES), m
 assert all(counts[m][0] + counts[m][1] == C * m for m in budgets if m <= min(cs.n_candidates for cs in lg.classes))
 assert front[0]["m"] == min(p["m"] for p in pts)
-assert any(p["gap"] > 0 for p in front), "gap gradients appear on the Pareto front"
+assert worst_vs_full <= 0.02, "every (τ, γ) without a budget reproduces the full KRR's fidelity"
 assert min(cos_u1) > 0.9 and min(share_u1) > 0.4, "u_1 ≈ the constant vector, carrying a large share of tr K"
 assert own_first >= C - 2, "Algorithm 1's first synthetic gradient comes from the cluster of its own digit"
 assert all(p["local"] == next(q["local"] for q in pts if q["tau"] == p["tau"]) for p in pts), "local count depends on τ only"

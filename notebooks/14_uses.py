@@ -179,6 +179,7 @@ ood_X = {
 }
 G_ood = {name: features(X)[0] for name, X in ood_X.items()}
 
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(8, 4.6))
 rows = [X_test[:8]] + [X[:8] for X in ood_X.values()]
 grid = torch.cat([torch.cat([im[0] for im in r], dim=1) for r in rows], dim=0).numpy()
@@ -293,6 +294,7 @@ print(f"{'':<14}" + "".join(f"{o[:15]:>16}" for o in sets))
 for n_ in order:
     print(f"{n_:<14}" + "".join(f"{unexplained[n_][o]:>16.3g}" for o in sets))
 
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
 for i, o in enumerate(ood_X):
     axes[0].plot(xs, [detect[f"{n_}: variance"][o]["auroc"] for n_ in order], "o-", color=f"C{i}", label=o)
@@ -356,7 +358,7 @@ print(f"{'probabilities':<40}{'T':>7}{'accuracy':>10}{'NLL':>8}{'ECE':>8}")
 for name, c in calib.items():
     print(f"{name:<40}{c['T']:>7.2f}{c['accuracy']:>10.3f}{c['NLL']:>8.3f}{c['ECE']:>8.3f}")
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
 pairs = [["network", "network, temperature-scaled"],
          ["KRR full kernel", f"KRR DNTK m={m_cal}", f"KRR DNTK m={m_cal}, temperature-scaled"]]
@@ -364,7 +366,7 @@ for ax, names in zip(axes, pairs):
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1)
     for j, name in enumerate(names):
         r = calib[name]["reliability"]
-        ok = r.count > 0
+        ok = r.count >= 5                        # bins holding at least five inputs
         ax.plot(r.confidence[ok], r.accuracy[ok], "o-", color=f"C{j}",
                 label=f"{name} (ECE {calib[name]['ECE']:.3f})")
     ax.set_xlabel("confidence (top probability)")
@@ -384,7 +386,7 @@ plt.close(fig);
 # :alt: Two reliability diagrams, accuracy against confidence per bin with the diagonal as reference. Left, the network's softmax before and after temperature scaling. Right, the softmax of the full kernel's and the DNTK's predicted logits.
 #
 # Reliability diagrams on the evaluation half of the test set: mean accuracy against mean confidence in
-# each occupied bin (the diagonal is perfect calibration). Left: the network. Right: the kernel models.
+# each bin holding at least five inputs (the diagonal is perfect calibration). Left: the network. Right: the kernel models.
 # ```
 #
 # ## What holds
@@ -499,7 +501,7 @@ for name, value in {
 # (5) temperature scaling lowers the NLL on the half it was fitted on; (6) the DNTK at $m$ =
 # {glue:text}`m-cal` is less calibrated than the full kernel.
 
-# %%
+# %% tags=["hide-input"]
 v_dist = posteriors["distilled"].variance(G_test, fingerprint=fp)
 v_prev = None
 for m in budgets:                                                                    # (1)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -265,7 +264,8 @@ def test_baseline_selection_and_random_subset(warm, counted):
 
 # ------------------------------------------------------------------------ allowed values, finiteness
 def test_allowed_values_come_from_the_owning_modules():
-    from dntk import data, gradient_distillation as gd, models, projection, wmdd
+    from dntk import data, models, projection, wmdd
+    from dntk import gradient_distillation as gd
 
     for kind in projection.KINDS:
         assert Config.from_dict({"projection": {"kind": kind}}).projection.kind == kind
@@ -483,3 +483,13 @@ def test_run_is_short():
     import inspect
 
     assert len(inspect.getsource(P.run).splitlines()) < 50
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "digits-full.yaml"])
+def test_digits_configs_use_the_shared_teacher(name):
+    from dntk import models
+
+    t = load_config(ROOT / "params" / name, check_paths=False).teacher
+    d = models.TEACHER_DEFAULTS
+    assert (t.epochs, t.lr, t.optimizer, t.batch_size, t.weight_decay) == (
+        d.epochs, d.lr, d.optimizer, d.batch_size, d.weight_decay)

@@ -103,6 +103,15 @@ def test_algorithm1_synthetic_set_variance(tiny):
                                    rtol=1e-6, atol=1e-9)
     # compressing by an orthonormal V can only increase the variance (SᵀS ⪯ G̃ᵀG̃)
     assert bool((v_syn >= v_full - 1e-9 * v_full.abs().max()).all())
+    # m=2 of the budget-3 result is Algorithm 1 run with budget=2 (nested budgets), and has more variance
+    res2 = gd.local_global(G, T, n_clusters=2, tau=0.99, gamma=0.5, budget=2, method="dense")
+    cut = U.CompressedSet.from_synthesis(res, fp, lam=lam, m=2)
+    for c in range(T.shape[1]):
+        torch.testing.assert_close(cut.features[c], res2[c].G_syn.double(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(cut.targets[c], res2[c].t_syn.double(), rtol=1e-10, atol=1e-12)
+    assert bool((U.KernelPosterior(cut).variance(Gt, fingerprint=fp) >= v_syn - 1e-9 * v_syn.max()).all())
+    with pytest.raises(ValueError, match="m must be"):
+        U.CompressedSet.from_synthesis(res, fp, lam=lam, m=0)
 
 
 # ----------------------------------------------------------------------------- fingerprints
