@@ -51,7 +51,7 @@ RAW_TEX = re.compile(
 REDIRECT = re.compile(r'<meta http-equiv="refresh" content="\d+;\s*url=([^"]+)"', re.I)
 # Noise in executed outputs.
 NOISE = re.compile(
-    r"Traceback \(most recent call last\)|\b\w*(?:Warning|Error): |\bat 0x[0-9a-fA-F]+|"
+    r"Traceback \(most recent call last\)|\b\w*Warning: |\bat 0x[0-9a-fA-F]+|"
     r"<(?:torch|numpy|matplotlib)[\w.]* object|<torch\._C\.Generator"
 )
 
@@ -99,7 +99,7 @@ def _serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
 
 
 # Runs in the page: wait for MathJax, then report what the reader sees.
-_INSPECT_JS = """
+_READER_VIEW_JS = """
 async () => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
   const main = document.querySelector('main') || document.body;
@@ -168,7 +168,7 @@ def check(root: Path, out: Path) -> int:
                     continue
                 page.goto(base + rel, wait_until="load")
                 page.set_default_timeout(MATHJAX_TIMEOUT_MS)
-                seen = page.evaluate(_INSPECT_JS)
+                seen = page.evaluate(_READER_VIEW_JS)
                 counts["pages"] += 1
                 counts["formulas"] += seen["formulas"]
                 counts["figures"] += seen["figures"]

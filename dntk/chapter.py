@@ -65,16 +65,22 @@ def glue_figure(name: str, fig) -> None:
 
 
 def glue_number(name: str, value) -> None:
-    """Store a number for ``{glue:text}`name:fmt```; ``value`` must be a finite real number."""
+    """Store a number for ``{glue:text}`name:fmt```; ``value`` must be a finite real number.
+
+    Integers (Python, NumPy or one-element integer tensors) stay integers, so ``:d`` formats work.
+    """
     import math
+    import numbers
 
     from myst_nb import glue
 
+    if hasattr(value, "item"):  # numpy scalars and one-element tensors
+        value = value.item()
     v = float(value)
     if not math.isfinite(v):
         raise ValueError(f"glue_number({name!r}): the value {value!r} is not finite; fix the computation "
                          "instead of printing it")
-    glue(name, value if isinstance(value, int) else v, display=False)
+    glue(name, int(value) if isinstance(value, numbers.Integral) else v, display=False)
 
 
 def glue_math(name: str, value: float, digits: int = 1) -> None:

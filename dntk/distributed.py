@@ -41,10 +41,13 @@ from . import tangent
 from .store import atomic_write_text, content_hash
 
 __all__ = ["shard", "class_gradients", "is_complete", "launch", "Ranks", "init_from_env", "featurize",
-           "per_class", "DistributedError", "DEFAULT_TIMEOUT_S"]
+           "per_class", "DistributedError", "DEFAULT_TIMEOUT_S", "COLLECTIVE_TIMEOUT_S"]
 
-#: Seconds a rank waits for the others (rendezvous, barriers) before failing with a clear error.
+#: Seconds a rank waits to reach the rendezvous (rank 0's store) before failing with a clear error.
 DEFAULT_TIMEOUT_S = 300.0
+#: Seconds a collective (barrier, gather) may wait: long, because ranks wait there while rank 0 trains the
+#: teacher or distils; a rank that dies is reported by torchrun, which then stops the others.
+COLLECTIVE_TIMEOUT_S = 24 * 3600.0
 
 
 class DistributedError(RuntimeError):
@@ -284,9 +287,9 @@ def init_from_env(backend: str | None = None, device: str = "cpu",
     device : str
         The config's device.
     timeout_s : float, optional
-        Seconds to wait for the other ranks (rendezvous and every collective); default
-        ``$DNTK_DIST_TIMEOUT`` or :data:`DEFAULT_TIMEOUT_S`. A rank that cannot reach the others fails
-        with :class:`DistributedError` after this long instead of hanging.
+        Seconds to wait for the rendezvous (rank 0's store); default ``$DNTK_DIST_TIMEOUT`` or
+        :data:`DEFAULT_TIMEOUT_S`. A rank that cannot reach it fails with :class:`DistributedError` after
+        this long instead of hanging. Collectives wait up to :data:`COLLECTIVE_TIMEOUT_S`.
     """
     try:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -316,7 +319,7 @@ def init_from_env(backend: str | None = None, device: str = "cpu",
         _wait_for_rendezvous(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world_size, timeout_s)
     try:
         dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=datetime.timedelta(seconds=max(timeout_s, COLLECTIVE_TIMEOUT_S)))
     except Exception as e:  # torch raises several types (RuntimeError, DistStoreError, TimeoutError)
         raise DistributedError(
             f"rank {rank} could not join the {world_size} processes at {os.environ['MASTER_ADDR']}:"

@@ -931,6 +931,13 @@ def compare(features, targets, test_features, test_labels, test_logits, budgets,
     Comparison
         Frozen: ``rows`` (method, m, seed, accuracy, fidelity, coverage, nystrom_error), the full-KRR
         ceiling ``full``, and helpers ``values``/``summary``/``table``/``counts``.
+
+    Examples
+    --------
+    >>> res = compare(G_tr, f_tr, G_te, y_te, f_te, [1, 2, 5, 10], seeds=(0, 1, 2), n_clusters=10,
+    ...               labels=labels)                                             # doctest: +SKIP
+    >>> mean, lo, hi = res.summary("fidelity")["local_global"]                   # doctest: +SKIP
+    >>> print(res.table("accuracy")); res.counts(); res.full.accuracy             # doctest: +SKIP
     """
     from . import metrics
     from .krr import ClassKRR, default_lam

@@ -555,10 +555,10 @@ STAGES = (
                                    **dataclasses.asdict(c.student)}, ("distill",)),
     Stage("features", 1, lambda c: {k: v for k, v in dataclasses.asdict(c.projection).items() if k != "batch_size"},
           ("model", "inputs")),
-    Stage("gradient_distillation", 1, lambda c: {"targets": c.krr.targets, "seed": c.seed,
+    Stage("gradient_distillation", 2, lambda c: {"targets": c.krr.targets, "seed": c.seed,
                                                   **dataclasses.asdict(c.gradient_distillation)},
           ("features", "distill")),
-    Stage("krr", 1, lambda c: {"targets": c.krr.targets, "lam_rel": c.krr.lam_rel},
+    Stage("krr", 2, lambda c: {"targets": c.krr.targets, "lam_rel": c.krr.lam_rel},
           ("gradient_distillation", "features", "test_features", "train_features")),
 )
 _STAGE = {s.name: s for s in STAGES}
@@ -622,6 +622,7 @@ class _Run:
         self.ranks = ranks or Ranks.single()
         self.store = Store(cfg.cache_path)
         self.records: list[StageRecord] = []
+        self.computing: tuple = ("", "")  # (stage, key) being computed, for its per-class results
         self._train = self._test = self._meta = None
         self.bar = None
 
@@ -700,12 +701,15 @@ class _Run:
 
         def timed():
             log.info("dntk: computing %s", label)
+            self.computing = (stage, self.store.key(settings, inputs))
             t0 = time.perf_counter()
             art = dict(compute())
             art.setdefault("_seconds", time.perf_counter() - t0)
             return art
 
         got = self.store.fetch(stage, settings, timed, inputs=inputs)
+        if got.status != "cached" and self.ranks.rank == 0:
+            self.drop_class_parts(stage, got.key)
         # what consumers key on: the content, without the timings (which differ between equal results)
         got = got._replace(checksum=content_hash_of({k: v for k, v in got.artifact.items()
                                                      if not k.endswith("seconds")}))
@@ -734,6 +738,7 @@ class _Run:
         stored = self.ranks.broadcast(self.store.has(stage, self.store.key(settings, keyed)))
         ready = _computed_by_rank0(stage)
         if not stored:
+            self.computing = (stage, self.store.key(settings, keyed))
             t0 = time.perf_counter()
             art = dict(compute())
             art["_seconds"] = time.perf_counter() - t0
@@ -746,12 +751,32 @@ class _Run:
             self.records[-1].status = self.records[-1].status if stored else "computed"
         return got
 
+    def per_class(self, num_classes: int, fn, label: str) -> list:
+        """``[fn(0), …, fn(C-1)]`` for the stage being computed, whole classes split over the ranks
+        (:func:`dntk.distributed.per_class`); each class's result is kept in the store until the stage's
+        artifact is stored, so a run killed midway resumes with the classes it had finished."""
+        from .distributed import per_class
+
+        stage, key = self.computing
+
+        def kept(c: int) -> dict:
+            return self.store.fetch("classes", {"stage": stage, "key": key, "class": c}, lambda: fn(c)).artifact
+
+        return per_class(self.ranks, num_classes, kept, label)
+
+    def drop_class_parts(self, stage: str, key: str) -> None:
+        """Remove the per-class results of a stage once its whole artifact is stored."""
+        for c in range(self.meta()["num_classes"]):
+            self.store.delete("classes", self.store.key({"stage": stage, "key": key, "class": c}))
+
     def shared(self, stage: str, role: str, inputs: dict, compute, **extra):
         """:meth:`fetch` done by rank 0 alone (the others wait, then read its stored artifact)."""
         if self.ranks.world_size == 1:
             return self.fetch(stage, role, inputs, compute, **extra)
         if self.ranks.rank == 0:
             got = self.fetch(stage, role, inputs, compute, **extra)
+            if got.status != "cached":
+                self.ranks.work_log[f"{stage}[{role}]" if role else stage] = {"0": "all"}
         self.ranks.barrier()
         if self.ranks.rank != 0:
             got = self.fetch(stage, role, inputs, _computed_by_rank0(stage), **extra)
@@ -807,10 +832,10 @@ class _Run:
             t_tr = _targets(cfg.krr.targets if cfg.krr.targets == "onehot" else "logits", f_tr.artifact["logits"],
                             self.train_data()[1], None, self.meta()["num_classes"])
             train_ref = (f_tr.artifact["features"], t_tr)
-        k = self.shared("krr", role, {"gradient_distillation": g.checksum, "features": f_d.checksum,
-                                     "test_features": f_t.checksum, "train_features": f_tr and f_tr.checksum},
-                       lambda: _compute_krr(self, g.artifact, f_d.artifact["features"], targets,
-                                            f_t.artifact["features"], train_ref))
+        k = self.collective("krr", role, {"gradient_distillation": g.checksum, "features": f_d.checksum,
+                                          "test_features": f_t.checksum, "train_features": f_tr and f_tr.checksum},
+                            lambda: _compute_krr(self, g.artifact, f_d.artifact["features"], targets,
+                                                 f_t.artifact["features"], train_ref, role))
         metrics = report.role_metrics(f_d.artifact["features"], f_t.artifact["logits"], self.test_data()[1],
                                       g.artifact, k.artifact, n_train=train_ref and len(train_ref[0]))
         def secs(f):
@@ -993,7 +1018,6 @@ def _targets(kind: str, logits, labels, soft, C: int):
 
 def _compute_gd(run: _Run, feats, targets, role: str = "") -> dict:
     """Algorithm 1 (or a selection baseline) per class, the classes split over the ranks."""
-    from .distributed import per_class
 
     g = run.cfg.gradient_distillation
     labels = None
@@ -1003,8 +1027,8 @@ def _compute_gd(run: _Run, feats, targets, role: str = "") -> dict:
         N, _, k = feats.shape  # step 1: one partition for all classes, so every rank can take whole classes
         labels = spectral.spectral_clusters(feats, g.n_clusters, method="dense" if N <= k else "matrix_free",
                                             seed=run.cfg.seed)
-    parts = per_class(run.ranks, feats.shape[1], lambda c: _gd_class(run, feats[:, c, :], targets[:, c], labels),
-                      f"gradient_distillation[{role}]")
+    parts = run.per_class(feats.shape[1], lambda c: _gd_class(run, feats[:, c, :], targets[:, c], labels),
+                          f"gradient_distillation[{role}]")
     return {key: [p[key] for p in parts] for key in ("G_syn", "t_syn", "n_local", "n_gap", "r", "m")}
 
 
@@ -1031,31 +1055,50 @@ def _gd_class(run: _Run, G, t, labels) -> dict:
     return out
 
 
-def _compute_krr(run: _Run, gd_art: dict, feats_d, targets_d, test_feats, train_ref=None) -> dict:
+def _compute_krr(run: _Run, gd_art: dict, feats_d, targets_d, test_feats, train_ref=None, role: str = "") -> dict:
     """KRR on the synthetic gradients (the DNTK), on all distilled gradients and optionally on the whole
-    training set, with λ from the uncompressed distilled kernel (appendix §4.3); test predictions ``(N*, C)``."""
+    training set, with λ_c from the uncompressed distilled kernel (appendix §4.3): test predictions
+    ``(N*, C)``. Classes are independent, so they are split over the ranks."""
+    import torch
+
+    parts = per_class_krr(run, gd_art, feats_d, targets_d, test_feats, train_ref, role)
+    out = {"pred": torch.cat([p["pred"] for p in parts], 1),
+           "pred_distilled": torch.cat([p["pred_distilled"] for p in parts], 1),
+           "lam": torch.cat([p["lam"] for p in parts]),
+           **{f"{name}_seconds": sum(p[name] for p in parts) for name in ("fit", "predict", "distilled_fit")}}
+    if train_ref is not None:
+        out["pred_full"] = torch.cat([p["pred_full"] for p in parts], 1)
+        out["full_fit_seconds"] = sum(p["full_fit"] for p in parts)
+    return out
+
+
+def per_class_krr(run: _Run, gd_art: dict, feats_d, targets_d, test_feats, train_ref, role: str) -> list:
+    """One dict per class: predictions ``(N*, 1)`` of the three KRR models, ``λ_c`` and the fit/predict times."""
     from . import krr
 
     lam_rel = run.cfg.krr.lam_rel
-    lam = krr.default_lam(feats_d, lam_rel)
-    t0 = time.perf_counter()
-    model = krr.ClassKRR(lam_rel=lam_rel).fit_synthetic(gd_art["G_syn"], gd_art["t_syn"], lam=lam)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pred = model.predict(test_feats.double())
-    predict_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref = krr.ClassKRR(lam=lam).fit(feats_d, targets_d)
-    ref_fit_s = time.perf_counter() - t0
-    out = {"pred": pred, "pred_distilled": ref.predict(test_feats.double()), "lam": lam,
-           "fit_seconds": fit_s, "predict_seconds": predict_s, "distilled_fit_seconds": ref_fit_s}
-    if train_ref is not None:
-        f_tr, t_tr = train_ref
-        t0 = time.perf_counter()
-        full = krr.ClassKRR(lam_rel=lam_rel).fit(f_tr, t_tr)
-        out["full_fit_seconds"] = time.perf_counter() - t0
-        out["pred_full"] = full.predict(test_feats.double())
-    return out
+
+    def one(c: int) -> dict:
+        sl = slice(c, c + 1)
+        lam = krr.default_lam(feats_d[:, sl], lam_rel)
+        t = [time.perf_counter()]
+        dntk = krr.ClassKRR(lam_rel=lam_rel).fit_synthetic([gd_art["G_syn"][c]], [gd_art["t_syn"][c]], lam=lam)
+        t.append(time.perf_counter())
+        pred = dntk.predict(test_feats[:, sl].double())
+        t.append(time.perf_counter())
+        ref = krr.ClassKRR(lam=lam).fit(feats_d[:, sl], targets_d[:, sl])
+        t.append(time.perf_counter())
+        out = {"pred": pred, "pred_distilled": ref.predict(test_feats[:, sl].double()), "lam": lam,
+               "fit": t[1] - t[0], "predict": t[2] - t[1], "distilled_fit": t[3] - t[2]}
+        if train_ref is not None:
+            f_tr, t_tr = train_ref
+            t0 = time.perf_counter()
+            full = krr.ClassKRR(lam_rel=lam_rel).fit(f_tr[:, sl], t_tr[:, sl])
+            out["full_fit"] = time.perf_counter() - t0
+            out["pred_full"] = full.predict(test_feats[:, sl].double())
+        return out
+
+    return run.per_class(feats_d.shape[1], one, f"krr[{role}]")
 
 
 # ---------------------------------------------------------------------------------- preflight

@@ -104,8 +104,9 @@ def _random_signs(n: int, g: torch.Generator, scale: float = 1.0) -> torch.Tenso
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``x·c mod 2³²`` for int64 ``x`` in ``[0, 2³²)`` without int64 overflow (exact on every device)."""
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
+    """``x·c mod 2³²`` for int64 ``x`` and ``c`` in ``[0, 2³²)``: the low 32 bits of the int64 product, which
+    two's-complement wrap-around leaves exact on every device (checked against pure Python in the tests)."""
+    return (x * c) & 0xFFFFFFFF
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
@@ -273,6 +274,15 @@ class Projector(abc.ABC):
     def _check_layout(self, blocks, P):
         """Kind-specific checks of a layout before binding (raise ``ValueError``)."""
 
+    def identity(self) -> dict:
+        """What determines ``R`` for a given layout: ``kind``, ``dim``, ``seed`` and the options that change
+        it (e.g. ``s`` for ``sparse``, ``tile_rows`` for the tiled dense kinds). Equal identities and
+        layouts give equal ``R``; use it to fingerprint stored features."""
+        return {"kind": self.kind, "dim": self.dim, "seed": self.seed, **self._identity_options()}
+
+    def _identity_options(self) -> dict:
+        return {}
+
     def _require_bound(self):
         if self.blocks is None:
             raise ValueError("the projector is not bound yet; call bind(P) or project(x) first.")
@@ -418,6 +428,9 @@ class _DenseRowsProjector(Projector):
     def _sample_tile(self, rows: int, g: torch.Generator) -> torch.Tensor:
         """``rows × k`` float32 entries of ``R`` from the tile's generator."""
 
+    def _identity_options(self):
+        return {"tile_rows": self.tile_rows}
+
     def _tile(self, b: int, t: int) -> torch.Tensor:
         blk = self.blocks[b]
         rows = min(self.tile_rows, blk.size - t * self.tile_rows)
@@ -526,6 +539,9 @@ class OrthonormalProjector(_DenseRowsProjector):
     def _sample_tile(self, rows, g):  # pragma: no cover - rows() is overridden
         raise NotImplementedError
 
+    def _identity_options(self):
+        return {}
+
     def _q(self):
         if ("Q",) not in self._cache:  # always kept: its size is bounded by max_entries
             A = torch.randn(self.P, self.dim, generator=_generator(self.seed, _KIND_ID["orthonormal"], 0, 0, 0),
@@ -570,6 +586,9 @@ class SparseProjector(Projector):
         self.tile_rows = (1 << 19) // self.s if tile_rows is None else _check_int("tile_rows", tile_rows, 1)
         self._bounds = [i * dim // self.s for i in range(self.s + 1)]
 
+    def _identity_options(self):
+        return {"s": self.s}
+
     def _keys(self, b):
         return self._cached(("keys", b), lambda: torch.tensor(
             [int(_seed_words(self.seed, _KIND_ID["sparse"], b, i)[0]) for i in range(self.s)], dtype=torch.int64))
@@ -589,10 +608,11 @@ class SparseProjector(Projector):
         """CSR of ``Rᵀ`` for rows ``[lo, hi)`` of block ``b``: ``(k, hi - lo)``, nonzeros grouped by output."""
         def build():
             col, val = self.entries(b, lo, hi)
-            col32 = col.reshape(-1).to(torch.int32)
-            order = torch.sort(col32, stable=True).indices
+            col = col.reshape(-1)
+            key = col.to(torch.int16 if self.dim <= 32767 else torch.int32)  # narrow keys sort faster
+            order = torch.sort(key, stable=True).indices
             crow = torch.zeros(self.dim + 1, dtype=torch.int64, device=self.device)
-            torch.cumsum(torch.bincount(col32.long(), minlength=self.dim), 0, out=crow[1:])
+            torch.cumsum(torch.bincount(col, minlength=self.dim), 0, out=crow[1:])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
                 return torch.sparse_csr_tensor(crow, order // self.s, val.reshape(-1)[order], (self.dim, hi - lo),
@@ -621,7 +641,9 @@ class _SparseAccumulator(Accumulator):
     by the sparse rows of ``R`` for that chunk."""
 
     def _step(self, nC):
-        return max(1, self.max_bytes // (8 * max(1, nC)))
+        """Rows per chunk: within the budget, and at most one piece of ``R`` (``tile_rows``) so the formed
+        gradient chunk stays cache-sized (large fresh buffers cost more in page faults than they save)."""
+        return max(1, min(self.proj.tile_rows, self.max_bytes // (8 * max(1, nC))))
 
     def dense(self, b, G):
         n, C = G.shape[:2]
@@ -749,6 +771,9 @@ class KroneckerProjector(Projector):
         self._vectors.bind(layout)
         return self
 
+    def _identity_options(self):
+        return {"k_out": self.k_out, "k_in": self.k_in, "factors": self.factor_kind, "tile_rows": self._vectors.tile_rows}
+
     def prepare(self, device=None):
         super().prepare(device)
         self._vectors.prepare(device)
@@ -840,6 +865,19 @@ class ErrorCurve:
         """Mean error over seeds for each ``dim``, shape ``(len(dims),)``."""
         return self.errors[kind].mean(axis=1)
 
+    def fit(self, kind: str) -> tuple[float, float]:
+        """``(a, b)`` of the least-squares power law ``err ≈ a·k^b`` through the mean errors (log-log).
+
+        JL projectors give ``b ≈ −1/2``; the Kronecker sketch decays more slowly on low-rank layer
+        gradients. Needs at least two dimensions.
+        """
+        if kind not in self.errors:
+            raise ValueError(f"the curve has no measurements for {kind!r}; it holds {', '.join(self.kinds)}.")
+        if len(self.dims) < 2:
+            raise ValueError("fitting a power law needs errors at two or more dimensions; pass more dims.")
+        b, log_a = np.polyfit(np.log(np.asarray(self.dims, dtype=float)), np.log(self.mean(kind)), 1)
+        return float(np.exp(log_a)), float(b)
+
 
 def error_curve(model, X_pilot, kinds=None, dims=(128, 512, 2048), seeds=(0, 1, 2), batch_size=None,
                 device=None, progress: bool = False) -> ErrorCurve:
@@ -906,16 +944,17 @@ def error_curve(model, X_pilot, kinds=None, dims=(128, 512, 2048), seeds=(0, 1, 
 
 
 def recommend_dim(curve: ErrorCurve, target: float, kind: str = "sparse") -> int:
-    """Smallest ``k`` for a target kernel error, from a fitted ``err ≈ a·k^{-1/2}`` law on ``curve``.
+    """Smallest ``k`` expected to reach a target kernel error, from the power law fitted to ``curve``.
 
-    JL errors decay like ``k^{-1/2}``; ``a`` is the least-squares fit of ``err·√k`` over the measured
-    dimensions (mean over seeds). Returns ``⌈(a / target)²⌉``. Raises ``ValueError`` for a kind the
-    curve does not hold or a target outside ``(0, 1)``.
+    With ``err ≈ a·k^b`` (:meth:`ErrorCurve.fit`; ``b ≈ −1/2`` for JL projectors) the answer is
+    ``⌈(target / a)^{1/b}⌉``. Raises ``ValueError`` for a kind the curve does not hold, a target outside
+    ``(0, 1)``, or errors that do not fall with ``k`` (``b > −0.05``: more dimensions would not help).
+    The result may exceed the number of parameters ``P`` — then projecting is pointless for that kind.
     """
-    if kind not in curve.errors:
-        raise ValueError(f"the curve has no measurements for {kind!r}; it holds {', '.join(curve.kinds)}.")
     if not 0 < float(target) < 1:
         raise ValueError(f"target must lie in (0, 1), got {target!r}.")
-    dims = np.asarray(curve.dims, dtype=float)
-    a = float(np.mean(curve.mean(kind) * np.sqrt(dims)))
-    return int(math.ceil((a / float(target)) ** 2))
+    a, b = curve.fit(kind)
+    if b > -0.05:
+        raise ValueError(f"the {kind!r} errors on this curve do not fall with k (fitted exponent {b:.2f}); "
+                         "measure at more widely spaced dims, or with more seeds.")
+    return int(math.ceil((float(target) / a) ** (1.0 / b)))

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _common
+
 __all__ = [
     "Fingerprint", "fingerprint", "CompressedSet", "KernelPosterior", "OOD_SCORES",
     "softmax", "max_softmax", "energy", "gradnorm", "fit_temperature", "negative_log_likelihood",
@@ -52,26 +54,13 @@ _CHUNK = 4096
 
 # ============================================================================ input checks
 def _tensor(x, name: str, ndim: int | None = None, allow_empty: bool = False) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise TypeError(f"{name} must hold real numbers, got numpy dtype {x.dtype}.")
-        x = torch.from_numpy(x)
-    elif isinstance(x, (list, tuple)):
-        try:
-            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a tensor or an array of numbers.") from None
-    elif not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch tensor or a numpy array, got {type(x).__name__}.")
-    if x.is_complex() or x.dtype == torch.bool:
-        raise TypeError(f"{name} must be real-valued, got dtype {x.dtype}.")
+    """``x`` as a real, finite tensor with ``ndim`` axes (and at least one entry unless ``allow_empty``)."""
+    x = _common.real_tensor(x, name)
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(x.shape)}.")
     if not allow_empty and x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); it needs at least one entry.")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} contains {bad} NaN/inf value(s); remove or repair those inputs first.")
+    _common.check_finite(x, name)
     return x
 
 
@@ -86,15 +75,6 @@ def _labels(labels, n: int, C: int | None = None) -> torch.Tensor:
     if bool((y < 0).any()) or (C is not None and bool((y >= C).any())):
         raise ValueError(f"labels must lie in [0, {C}), got values from {int(y.min())} to {int(y.max())}.")
     return y
-
-
-def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value}.")
-    return value
 
 
 def _logits(logits, name: str = "logits") -> torch.Tensor:
@@ -145,9 +125,19 @@ class Fingerprint:
 
 
 def fingerprint(model: nn.Module, projector=None) -> Fingerprint:
-    """The :class:`Fingerprint` of features ``class_gradients(model, ·, projector)``.
+    """The identity of the features ``dntk.tangent.class_gradients(model, ·, projector)``.
 
-    ``projector``: from :func:`dntk.projection.make`, or ``None`` for unprojected gradients (width ``P``).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network whose logit gradients are the features; every parameter and buffer is hashed.
+    projector : Projector or None
+        From :func:`dntk.projection.make`; ``None`` for unprojected gradients (width ``P``).
+
+    Returns
+    -------
+    Fingerprint
+        Compare two with ``==``, or :meth:`Fingerprint.require` for an error that says what differs.
     """
     from .store import content_hash
     from .tangent import num_params
@@ -229,14 +219,27 @@ class CompressedSet:
     @classmethod
     def from_features(cls, features, targets, fingerprint: Fingerprint, lam=None, lam_rel: float = 1e-3,
                       name: str = "") -> "CompressedSet":
-        """Rows of real (or distilled) points: ``features (N, C, k)``, ``targets (N, C)``.
+        """A compressed set made of the gradients of real (or distilled) points.
 
-        ``lam``: per-class ``(C,)`` or scalar ridge; default ``λ_c = lam_rel·tr(K_c)/N`` of these features
-        (:func:`dntk.krr.default_lam`). For a subset of a larger set pass the larger set's ``lam``.
+        Parameters
+        ----------
+        features : (N, C, k) tensor or array
+            Projected class gradients ``G̃_c`` of the points (rows ``g̃_c(x_i)``).
+        targets : (N, C)
+            KRR targets ``t_c`` (the network's logits by default, appendix §0).
+        fingerprint : Fingerprint
+            Of the model and projector that produced ``features`` (:func:`fingerprint`).
+        lam : None, float or (C,)
+            Ridge ``λ_c``; default ``lam_rel·tr(K_c)/N`` of these features (:func:`dntk.krr.default_lam`,
+            appendix §1). For a subset of a larger set, pass the larger set's.
+        lam_rel : float
+            Relative ridge used when ``lam`` is None.
+        name : str
+            A label for tables.
         """
         from .krr import default_lam
 
-        F = _tensor(features, "features", ndim=3)
+        F = _common.class_features(features, "features")
         N, C, _ = F.shape
         T = _tensor(targets, "targets", ndim=2)
         if tuple(T.shape) != (N, C):
@@ -247,20 +250,33 @@ class CompressedSet:
     @classmethod
     def from_synthesis(cls, result, fingerprint: Fingerprint, lam, m: int | None = None, intercept=None,
                        name: str = "") -> "CompressedSet":
-        """Algorithm 1's synthetic gradients: ``result`` from :func:`dntk.gradient_distillation.local_global`
-        (``result.G_syn[c] (m_c, k)``, ``result.t_syn[c] (m_c,)``). ``lam``: the uncompressed set's ``(C,)``
-        ridge (:func:`dntk.krr.default_lam` of the features Algorithm 1 was given; appendix §4.3).
-        ``m``: keep the first ``m`` synthetic gradients of each class — Algorithm 1's budgets are nested, so
-        this equals running it with ``budget=m``."""
+        """A compressed set made of Algorithm 1's synthetic gradients ``S_c = VᵀG̃_c`` (appendix §4.3).
+
+        Parameters
+        ----------
+        result : LocalGlobalResult
+            From :func:`dntk.gradient_distillation.local_global`: ``result.G_syn[c] (m_c, k)`` and
+            ``result.t_syn[c] (m_c,)``.
+        fingerprint : Fingerprint
+            Of the model and projector of the features Algorithm 1 was given.
+        lam : float or (C,)
+            The ridge of the *uncompressed* set (:func:`dntk.krr.default_lam` of those features), so that
+            compressing does not change the regularisation (appendix §4.3).
+        m : int or None
+            Keep the first ``m`` synthetic gradients of each class. Algorithm 1's budgets are nested, so this
+            equals running it with ``budget=m``.
+        intercept : None or (C,)
+            Added to the KRR mean (the mean removed from centred targets).
+        name : str
+            A label for tables.
+        """
         if not hasattr(result, "G_syn") or not hasattr(result, "t_syn"):
             raise TypeError(f"result must be a LocalGlobalResult from dntk.gradient_distillation.local_global, "
                             f"got {type(result).__name__}.")
         if lam is None:
             raise ValueError("from_synthesis needs lam, the ridge of the uncompressed set: "
                              "lam=dntk.krr.default_lam(features, lam_rel).")
-        if m is not None and (isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1):
-            raise ValueError(f"m must be a positive integer or None, got {m!r}.")
-        stop = None if m is None else int(m)
+        stop = None if m is None else _common.check_int(m, "m", 1)
         return cls._make([G[:stop] for G in result.G_syn], [t[:stop] for t in result.t_syn], lam, fingerprint,
                          intercept, name)
 
@@ -269,11 +285,7 @@ class CompressedSet:
         C = len(feats)
         feats = tuple(_tensor(S, f"features[{c}]", ndim=2).to(torch.float64).cpu() for c, S in enumerate(feats))
         targs = tuple(_tensor(t, f"targets[{c}]", ndim=1).to(torch.float64).cpu() for c, t in enumerate(targs))
-        if isinstance(lam, numbers.Real) and not isinstance(lam, bool):
-            lam = torch.full((C,), _positive(lam, "lam"), dtype=torch.float64)
-        lam = _tensor(lam, "lam").to(torch.float64).reshape(-1).cpu()
-        if lam.numel() != C or bool((lam <= 0).any()):
-            raise ValueError(f"lam must hold {C} values > 0 (one per class), got {lam.tolist()}.")
+        lam = _common.per_class_positive(lam, C, "lam")
         b = (torch.zeros(C, dtype=torch.float64) if intercept is None
              else _tensor(intercept, "intercept").to(torch.float64).reshape(-1).cpu())
         return cls(features=feats, targets=targs, lam=lam, fingerprint=fp, intercept=b, name=str(name))
@@ -293,19 +305,28 @@ class KernelPosterior:
     ``0 ≤ σ²_c(x) ≤ k_c(x,x)``: near 0 for a gradient inside the span of the rows' strong directions, equal
     to ``k_c(x, x)`` for one orthogonal to every row. Compressing the rows by an orthonormal ``V``
     (``S = VᵀG̃``, Algorithm 1) can only increase it: ``SᵀS ⪯ G̃ᵀG̃`` in the Loewner order.
+
+    Parameters
+    ----------
+    support : CompressedSet
+        The kept rows, their targets, ridge and fingerprint.
+    device : str, torch.device or None
+        Where the factors live and the variances are computed (default CPU); results are returned on CPU.
     """
 
-    def __init__(self, support: CompressedSet):
+    def __init__(self, support: CompressedSet, device=None):
         from .krr import ClassKRR
 
         if not isinstance(support, CompressedSet):
             raise TypeError(f"support must be a CompressedSet, got {type(support).__name__}.")
         self.support = support
         self.fingerprint = support.fingerprint
+        self.device = torch.device("cpu") if device is None else _common.resolve_device(device)
         self._mean = ClassKRR(lam=support.lam).fit_synthetic(list(support.features), list(support.targets),
                                                               lam=support.lam, intercept=support.intercept)
         self._factors = []
         for c, S in enumerate(support.features):
+            S = S.to(self.device)
             m, k = S.shape
             lam = float(support.lam[c])
             dual = m <= k
@@ -319,7 +340,7 @@ class KernelPosterior:
 
     def _features(self, features, fingerprint) -> torch.Tensor:
         self.fingerprint.require(fingerprint)
-        F = _tensor(features, "features", ndim=3)
+        F = _common.class_features(features, "features")
         M, C, k = F.shape
         if C != self.support.n_classes or k != self.support.k:
             raise ValueError(f"features have C={C} classes and width k={k}, but the compressed set has "
@@ -327,113 +348,179 @@ class KernelPosterior:
         return F
 
     def mean(self, features, *, fingerprint: Fingerprint) -> torch.Tensor:
-        """KRR predictions ``(M, C)`` float64 at test features ``(M, C, k)`` with the given fingerprint."""
+        """KRR predictions ``f̂ (M, C)`` float64 (appendix eq. (eq-krr-dual)).
+
+        Parameters
+        ----------
+        features : (M, C, k)
+            Projected class gradients of the inputs to predict.
+        fingerprint : Fingerprint
+            Of the model and projector that produced ``features``; must equal the compressed set's.
+        """
         F = self._features(features, fingerprint)
         return self._mean.predict(F.to(torch.float64))
 
     def variance(self, features, *, fingerprint: Fingerprint) -> torch.Tensor:
-        """Posterior variances ``σ²_c(x) (M, C)`` float64 at test features ``(M, C, k)`` (appendix §8)."""
+        """Posterior variances ``σ²_c(x) (M, C)`` float64 (appendix eq. (eq-posterior-variance-features)).
+
+        Parameters
+        ----------
+        features : (M, C, k)
+            Projected class gradients ``g̃_c(x)`` of the inputs to score.
+        fingerprint : Fingerprint
+            Of the model and projector that produced ``features``; must equal the compressed set's
+            (``ValueError`` otherwise).
+        """
         F = self._features(features, fingerprint)
         M, C, _ = F.shape
         out = torch.empty(M, C, dtype=torch.float64)
         for c, (dual, L, S, lam) in enumerate(self._factors):
             for s in range(0, M, _CHUNK):
-                G = F[s:s + _CHUNK, c, :].to(torch.float64).cpu()          # (b, k)
+                G = F[s:s + _CHUNK, c, :].to(device=self.device, dtype=torch.float64)   # (b, k)
                 if dual:
                     Z = torch.linalg.solve_triangular(L, S @ G.T, upper=False)   # (m, b)
                     v = G.pow(2).sum(1) - Z.pow(2).sum(0)
                 else:
                     Z = torch.linalg.solve_triangular(L, G.T, upper=False)       # (k, b)
                     v = lam * Z.pow(2).sum(0)
-                out[s:s + _CHUNK, c] = v.clamp_min(0.0)
+                out[s:s + _CHUNK, c] = v.clamp_min(0.0).cpu()
         return out
 
     def score(self, features, *, fingerprint: Fingerprint, kind: str = "variance") -> torch.Tensor:
-        """Out-of-distribution score ``(M,)``, higher = more in-distribution (appendix §8).
+        """Out-of-distribution score ``(M,)`` float64, higher = more in-distribution (appendix §8).
 
-        kind ``"variance"``: ``−Σ_c σ²_c(x)``; ``"relative"``: ``−Σ_c σ²_c(x) / Σ_c k_c(x, x)``, the share of the
-        point's gradient energy the compressed set does not explain (in ``[−1, 0]``, blind to the gradient's
-        scale).
+        Parameters
+        ----------
+        features : (M, C, k)
+            Projected class gradients of the inputs to score.
+        fingerprint : Fingerprint
+            Must equal the compressed set's.
+        kind : {"variance", "relative"}
+            ``"variance"``: ``−Σ_c σ²_c(x)``. ``"relative"``: ``−Σ_c σ²_c(x) / Σ_c k_c(x, x)``, the share of the
+            input's gradient energy the compressed set leaves unexplained (in ``[−1, 0]``, blind to the
+            gradient's size).
         """
         if kind not in OOD_SCORES:
             raise ValueError(f"kind must be one of {OOD_SCORES}, got {kind!r}.")
         var = self.variance(features, fingerprint=fingerprint).sum(1)
         if kind == "variance":
             return -var
-        prior = _tensor(features, "features", ndim=3).to(torch.float64).pow(2).sum((1, 2)).cpu()
+        prior = _common.class_features(features).to(torch.float64).pow(2).sum((1, 2)).cpu()
         return -var / prior.clamp_min(torch.finfo(torch.float64).tiny)
 
 
 # ============================================================================ network scores
 def softmax(logits, temperature: float = 1.0) -> torch.Tensor:
-    """Probabilities ``softmax(z / T) (N, C)`` float64 from logits ``(N, C)`` — the network's, or the KRR
-    predictions of them (:meth:`KernelPosterior.mean`)."""
-    T = _positive(temperature, "temperature")
+    """Probabilities ``softmax(z/T) (N, C)`` float64.
+
+    Parameters
+    ----------
+    logits : (N, C)
+        The network's logits, or a kernel model's predictions of them (:meth:`KernelPosterior.mean`).
+    temperature : float
+        ``T > 0`` (:func:`fit_temperature`).
+    """
+    T = _common.check_positive(temperature, "temperature")
     return torch.softmax(_logits(logits) / T, dim=1)
 
 
 def max_softmax(logits, temperature: float = 1.0) -> torch.Tensor:
-    """Maximum softmax probability ``max_c softmax(z/T)_c (N,)`` (Hendrycks & Gimpel 2017); higher = ID."""
+    """Maximum softmax probability ``max_c softmax(z/T)_c (N,)`` (Hendrycks & Gimpel 2017; appendix §8).
+
+    ``logits (N, C)``; higher means more in-distribution.
+    """
     return softmax(logits, temperature).max(1).values
 
 
 def energy(logits, temperature: float = 1.0) -> torch.Tensor:
-    """Negative free energy ``T·logsumexp(z/T) (N,)`` (Liu et al. 2020), higher = more in-distribution."""
-    T = _positive(temperature, "temperature")
+    """Energy score: the negative free energy ``T·logsumexp(z/T) (N,)`` (Liu et al. 2020; appendix §8).
+
+    ``logits (N, C)``; higher means more in-distribution.
+    """
+    T = _common.check_positive(temperature, "temperature")
     return T * torch.logsumexp(_logits(logits) / T, dim=1)
 
 
 @torch.no_grad()
 def gradnorm(model: nn.Module, inputs, temperature: float = 1.0, batch_size: int = 512) -> torch.Tensor:
-    """GradNorm (Huang et al. 2021): ``‖∂ KL(u ‖ softmax(f(x)/T)) / ∂W‖₁ (N,)``, higher = more in-distribution.
+    """GradNorm (Huang et al. 2021): ``‖∂ KL(u ‖ softmax(f(x)/T)) / ∂W‖₁ (N,)`` (appendix eq. (eq-gradnorm)).
 
     ``W (C, D)`` is the last layer's weight (``model.head`` of a :class:`dntk.models.Classifier`), ``u`` the
     uniform distribution over the ``C`` classes. With penultimate features ``h(x) (D,)`` and
     ``p = softmax(f/T)``, ``∂KL/∂f = (p − u)/T`` and ``∂KL/∂W = (p − u)hᵀ/T``, so the score is the
     closed form ``‖p − u‖₁·‖h‖₁ / T`` (computed in float64, no backward pass). As in the authors' code,
-    the bias is not included. ``inputs (N, ...)`` are run in eval mode.
+    the bias is not included. Higher means more in-distribution.
+
+    Parameters
+    ----------
+    model : dntk.models.Classifier
+        Run in eval mode (restored afterwards), on the device of its head.
+    inputs : (N, ...) tensor
+        The inputs to score.
+    temperature : float
+        ``T > 0`` (the authors use 1).
+    batch_size : int
+        Inputs per forward pass.
     """
-    T = _positive(temperature, "temperature")
+    T = _common.check_positive(temperature, "temperature")
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Linear) or not isinstance(getattr(model, "features", None), nn.Module):
         raise TypeError("gradnorm needs a dntk.models.Classifier (model.features then a linear model.head).")
+    batch_size = _common.check_int(batch_size, "batch_size", 1)
     X = _tensor(inputs, "inputs")
     if X.ndim < 2:
         raise ValueError(f"inputs must have shape (N, ...) with a batch axis, got {tuple(X.shape)}.")
     dev = head.weight.device
-    out, was_training = [], model.training
-    model.eval()
-    try:
-        for s in range(0, X.shape[0], int(batch_size)):
+    out = []
+    with _common.eval_mode(model):
+        for s in range(0, X.shape[0], batch_size):
             h = model.features(X[s:s + batch_size].to(device=dev, dtype=head.weight.dtype)).to(torch.float64)
             z = h @ head.weight.to(torch.float64).T + (0 if head.bias is None else head.bias.to(torch.float64))
             p = torch.softmax(z / T, dim=1)
             out.append(((p - 1.0 / p.shape[1]).abs().sum(1) * h.abs().sum(1) / T).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 
 # ============================================================================ calibration
 def negative_log_likelihood(logits, labels, temperature: float = 1.0) -> float:
-    """Mean ``−log softmax(z/T)_y`` over the rows of ``logits (N, C)``."""
+    """Mean negative log-likelihood ``−(1/N) Σ_i log softmax(z_i/T)_{y_i}``.
+
+    Parameters
+    ----------
+    logits : (N, C)
+    labels : (N,) integer class indices in ``[0, C)``
+    temperature : float, ``T > 0``
+    """
     z = _logits(logits)
     y = _labels(labels, z.shape[0], z.shape[1])
-    T = _positive(temperature, "temperature")
+    T = _common.check_positive(temperature, "temperature")
     return float(torch.nn.functional.cross_entropy(z / T, y))
 
 
 def fit_temperature(logits, labels, bounds=(1e-2, 1e2)) -> float:
-    """Temperature scaling (Guo et al. 2017): ``T* = argmin_T NLL(softmax(z/T), y)`` on held-out data.
+    """Temperature scaling (Guo et al. 2017): ``T* = argmin_T NLL(softmax(z/T), y)`` (appendix §8).
 
-    ``logits (N, C)``, ``labels (N,)``. The NLL is convex in ``β = 1/T`` (a log-sum-exp of lines minus a
-    line), with derivative ``mean(E_p[z] − z_y)`` and second derivative ``mean(Var_p[z]) ≥ 0``; Newton's
-    method with bisection safeguards finds the root of the derivative in ``[1/T_max, 1/T_min]``. ``T`` is
-    clipped to ``bounds``: when the labels are separable the NLL keeps falling as ``T → 0``.
+    The NLL is convex in ``β = 1/T`` (a log-sum-exp of lines minus a line), with derivative
+    ``mean(E_p[z] − z_y)`` and second derivative ``mean(Var_p[z]) ≥ 0``; Newton's method with bisection
+    safeguards finds the root of the derivative in ``[1/T_max, 1/T_min]``.
+
+    Parameters
+    ----------
+    logits : (N, C)
+        Held-out logits (not the data the model was trained on).
+    labels : (N,)
+        Their integer labels.
+    bounds : (T_min, T_max)
+        ``T`` is clipped to this range: when the labels are separable the NLL keeps falling as ``T → 0``.
+
+    Returns
+    -------
+    float
+        The fitted temperature.
     """
     z = _logits(logits)
     y = _labels(labels, z.shape[0], z.shape[1])
-    lo_T, hi_T = (_positive(b, "bounds") for b in bounds)
+    lo_T, hi_T = (_common.check_positive(b, "bounds") for b in bounds)
     if lo_T >= hi_T:
         raise ValueError(f"bounds must be (T_min, T_max) with T_min < T_max, got {bounds!r}.")
     zy = z.gather(1, y[:, None])[:, 0]
@@ -479,14 +566,28 @@ class Reliability:
 
 
 def reliability(probs, labels, n_bins: int = 15) -> Reliability:
-    """Bin the top probability of ``probs (N, C)`` and compare it with the accuracy in each bin."""
+    """The reliability diagram of ``probs``: top probability against accuracy, bin by bin (appendix §8).
+
+    Parameters
+    ----------
+    probs : (N, C)
+        Probabilities (rows non-negative, summing to 1), e.g. :func:`softmax` of logits.
+    labels : (N,)
+        Integer labels.
+    n_bins : int
+        Equal-width confidence bins ``(b/B, (b+1)/B]`` on ``[0, 1]``.
+
+    Returns
+    -------
+    Reliability
+        Bin edges, counts, accuracy and confidence per bin, and the ECE.
+    """
     p = _tensor(probs, "probs", ndim=2).to(torch.float64)
     if bool((p < 0).any()) or not bool(torch.allclose(p.sum(1), torch.ones(p.shape[0], dtype=torch.float64),
                                                         atol=1e-6)):
         raise ValueError("probs must be probabilities: non-negative rows that sum to 1 (apply softmax to logits).")
     y = _labels(labels, p.shape[0], p.shape[1])
-    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}.")
+    n_bins = _common.check_int(n_bins, "n_bins", 1)
     conf, pred = p.max(1)
     correct = (pred == y).to(torch.float64).numpy()
     conf = conf.numpy()
@@ -502,7 +603,11 @@ def reliability(probs, labels, n_bins: int = 15) -> Reliability:
 
 
 def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
-    """ECE ``Σ_b (n_b/N)·|acc_b − conf_b|`` over ``n_bins`` equal-width confidence bins (Guo et al. 2017)."""
+    """Expected calibration error (Guo et al. 2017; appendix eq. (eq-ece)).
+
+    ``Σ_b (n_b/N)·|acc_b − conf_b|`` over ``n_bins`` equal-width confidence bins of ``probs (N, C)``
+    against ``labels (N,)``; see :func:`reliability`.
+    """
     return reliability(probs, labels, n_bins).ece
 
 
@@ -518,7 +623,7 @@ def _scores(score_in, score_out):
 
 
 def auroc(score_in, score_out) -> float:
-    """Area under the ROC curve for telling ``score_in (n,)`` (positives) from ``score_out (n',)``.
+    """AUROC for telling ``score_in (n,)`` (positives) from ``score_out (n',)`` (appendix §8).
 
     Higher score = more in-distribution. Equals ``P(s_in > s_out) + ½·P(s_in = s_out)`` (Mann–Whitney),
     computed from average ranks; the same number as ``sklearn.metrics.roc_auc_score`` with ID labelled 1.
@@ -532,8 +637,10 @@ def auroc(score_in, score_out) -> float:
 
 
 def fpr_at_tpr(score_in, score_out, tpr: float = 0.95) -> float:
-    """False-positive rate at ``tpr`` true-positive rate: the share of OOD points accepted when the
-    threshold accepts (at least) a fraction ``tpr`` of the in-distribution points (``s ≥ threshold``).
+    """False-positive rate at ``tpr`` true-positive rate (appendix §8).
+
+    The share of ``score_out (n',)`` accepted (``s ≥ threshold``) when the threshold accepts at least a
+    fraction ``tpr`` of ``score_in (n,)``, the in-distribution scores (higher = more in-distribution).
 
     The threshold is the largest score that accepts ``⌈tpr·n⌉`` in-distribution points; this is the
     first point of the ROC curve with TPR ≥ ``tpr``.
@@ -547,5 +654,8 @@ def fpr_at_tpr(score_in, score_out, tpr: float = 0.95) -> float:
 
 
 def detection_metrics(score_in, score_out, tpr: float = 0.95) -> dict:
-    """``{"auroc": …, "fpr95": …}`` (``fpr95`` = :func:`fpr_at_tpr` at ``tpr``)."""
+    """``{"auroc": …, "fpr95": …}`` for ``score_in (n,)`` against ``score_out (n',)`` (appendix §8).
+
+    ``fpr95`` is :func:`fpr_at_tpr` at ``tpr`` (default 0.95).
+    """
     return {"auroc": auroc(score_in, score_out), "fpr95": fpr_at_tpr(score_in, score_out, tpr)}

@@ -428,6 +428,11 @@ for name, value in {"ch06_fid_wmdd_max": fid["WMDD", ipc_max], "ch06_st_wmdd_min
                     "ch06_st_wmdd_max": st["WMDD", ipc_max], "ch06_en_wmdd_max": en["WMDD", ipc_max],
                     "ch06_en_random_max": en["random", ipc_max], "ch06_teacher_acc": teacher_acc}.items():
     chapter.glue_number(name, value)
+for ipc in ipcs:  # per set size, for the results page
+    for name, table in (("fid", fid), ("en", en), ("st", st)):
+        for meth in methods:
+            chapter.glue_number(f"ch06_{name}_{meth.replace('-', '')}_{ipc}", table[meth, ipc])
+    chapter.glue_number(f"ch06_ceiling_{ipc}", ceiling[ipc])
 
 # %% [markdown]
 # **Where WMDD helps the DNTK: one image per class.** At IPC 1 the kernel model fitted on the ten

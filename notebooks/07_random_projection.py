@@ -9,13 +9,15 @@
 # %% [markdown]
 # # Random projection of tangent features
 #
-# A per-class gradient has one entry per network parameter: $P \approx 3\times10^4$ for the digits
+# A per-class gradient has one entry per network parameter: about $3\times10^4$ for the digits
 # convnet, $1.1\times10^7$ for a ResNet-18. Kernels only need *inner products* of gradients, and inner
 # products survive a random projection to $k \ll P$ dimensions almost unchanged — the
-# Johnson–Lindenstrauss (JL) lemma. This chapter follows Sec 4.2 of the paper (Remark 4.1, App B.2–B.3):
-# it states the lemma, checks that every projector in `dntk.projection` is unbiased, measures the kernel
-# error against $k$, checks that the spectrum — and with it the redundancy measure of Prop B.6 — is
-# preserved, and compares kernel ridge regression on projected and exact features.
+# Johnson–Lindenstrauss (JL) lemma {cite}`dasgupta2003jl`. This chapter follows Sec 4.2 of
+# {cite:t}`mahowald2026dntk` (Remark 4.1, App B.2–B.3; appendix {ref}`maths-4-2`): it states the lemma,
+# checks that every projector in `dntk.projection` is unbiased, measures the kernel error against $k$ —
+# also on the strongly concentrated gradients of an untrained network —, checks that the spectrum and
+# with it the redundancy measure of Prop B.6 are preserved, compares kernel ridge regression on
+# projected and exact features, and ends with a recipe for choosing $k$ from a small pilot batch.
 
 # %% tags=["parameters"]
 n_per_class = 6  # training digits per class (N = 10 * n_per_class)
@@ -26,6 +28,11 @@ n_seeds = 1  # independent projections per (kind, k)
 n_unbiased_seeds = 40  # projections for the unbiasedness check
 k_unbiased = 16
 taus = [0.9, 0.95, 0.99]  # energy thresholds for Prop B.6
+n_init_seeds = 3  # projections per kind for the untrained-network comparison
+n_pilot = 24  # pilot inputs for choosing k
+pilot_ks = [64, 256, 1024]  # projection dimensions measured on the pilot batch
+pilot_seeds = 2  # projections per (kind, k) on the pilot batch
+target_error = 0.05  # the kernel error k is chosen for
 seed = 0
 
 # %%
@@ -35,9 +42,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dntk import data, kernel, krr, metrics, models, projection, spectral, tangent
+from dntk import chapter, data, kernel, krr, metrics, models, projection, spectral, tangent
 
-torch.manual_seed(seed)
+chapter.use_book_style()
+_ = torch.manual_seed(seed)
 model = models.trained("convnet", dataset="digits", seed=0)
 train, test = data.load("digits", "train"), data.load("digits", "test")
 Xtr, ytr = data.as_tensors(train, per_class=n_per_class, seed=seed)
@@ -48,9 +56,16 @@ Gtr = tangent.class_gradients(model, Xtr)  # exact (N, C, P)
 Gte = tangent.class_gradients(model, Xte)
 K = kernel.class_kernels(Gtr)  # exact class kernels (C, N, N), float64
 N = len(Xtr)
-print(f"P = {P:,}, C = {C}, N = {N} train / {len(Xte)} test digits")
+chapter.glue_number("ch07_P", P)
+chapter.glue_number("ch07_N", N)
+chapter.glue_number("ch07_N_test", len(Xte))
+chapter.glue_number("ch07_k_main", k_main)
 
 # %% [markdown]
+# We work with the trained digits convnet ($P$ = {glue:text}`ch07_P:,` parameters, $C = 10$ classes),
+# $N$ = {glue:text}`ch07_N` training digits and {glue:text}`ch07_N_test` test digits, whose exact
+# class gradients $G_c \in \mathbb{R}^{N\times P}$ are small enough to keep.
+#
 # ## The Johnson–Lindenstrauss lemma
 #
 # ```{prf:theorem} Johnson–Lindenstrauss
@@ -64,33 +79,40 @@ print(f"P = {P:,}, C = {C}, N = {N} train / {len(Xte)} test digits")
 # ```
 #
 # Two facts do the work. First, **unbiasedness**: $\mathbb{E}[RR^\top] = I$, so
-# $\mathbb{E}\langle R^\top a, R^\top b\rangle = a^\top \mathbb{E}[RR^\top] b = \langle a, b\rangle$.
-# Second, **concentration**: each projected inner product has variance
-# $(\langle a,b\rangle^2 + \|a\|^2\|b\|^2)/k$ for Gaussian $R$, so the error shrinks like $1/\sqrt{k}$,
-# independently of $P$. The projected class gradients $\tilde G_c = G_c R$ give the projected class
-# kernel $\tilde K_c = \tilde G_c \tilde G_c^\top$, an unbiased estimate of $K_c$.
+# $\mathbb{E}\langle R^\top a, R^\top b\rangle = a^\top \mathbb{E}[RR^\top] b = \langle a, b\rangle$
+# (appendix eq. {eq}`eq-jl-unbiased`). Second, **concentration**: each projected inner product has
+# variance $(\langle a,b\rangle^2 + \|a\|^2\|b\|^2)/k$ for Gaussian $R$, so the error shrinks like
+# $1/\sqrt{k}$, independently of $P$. The projected class gradients $\tilde G_c = G_c R$ give the
+# projected class kernel $\tilde K_c = \tilde G_c \tilde G_c^\top$, an unbiased estimate of $K_c$.
 #
 # The paper uses $\tilde G = \sqrt{P/k}\, G Q$ with $Q$ a random $P\times k$ matrix with orthonormal
 # columns. `dntk.projection.make(kind, k, seed)` offers it and five cheaper relatives, all unbiased and
-# all generated tile by tile from counter-based seeds (the result does not depend on batch size or
-# chunking, and the $P\times k$ matrix is never held when $P$ is large):
+# all generated piece by piece from counter-based seeds (the result does not depend on batch size,
+# chunking or device, and the $P\times k$ matrix is never held when $P$ is large):
 #
 # | kind | $R$ | cost to project one gradient |
 # |---|---|---|
 # | `orthonormal` | $\sqrt{P/k}\,Q$, $Q$ from a QR of a Gaussian (small $P$ only) | $Pk$ |
 # | `gaussian` | entries $\mathcal{N}(0, 1/k)$ | $Pk$ |
 # | `rademacher` | entries $\pm 1/\sqrt{k}$ | $Pk$ |
-# | `sparse` | $\pm 1/\sqrt{kq}$ with probability $q/2$ each, else 0; $q = 1/\sqrt{P}$ | $\sqrt{P}\,k$ |
+# | `sparse` | exactly $s$ nonzeros $\pm1/\sqrt{s}$ per parameter, one in each of $s$ slices of the $k$ outputs; $s = 2$ | $sP$ |
 # | `srht` | $\sqrt{P'/k}\,SHD$: random signs, Walsh–Hadamard transform, $k$ sampled coordinates | $P'\log_2 P'$ |
 # | `kronecker` | per weight matrix $R_\mathrm{out}\otimes R_\mathrm{in}$, $k = k_\mathrm{out}k_\mathrm{in}$ | $\sum_\ell T_\ell(d_\mathrm{in}k_\mathrm{in} + d_\mathrm{out}k_\mathrm{out})$ |
+#
+# The `sparse` kind is the sparse JL transform of {cite:t}`kane2014sparser`: the position and sign of
+# each parameter's $s$ nonzeros come from a hash of the parameter's index, so any slice of $R$ can be
+# generated on its own. Its inner-product variance is the Gaussian one *minus*
+# $2\sum_j a_j^2 b_j^2/k$, for any $s$ — it can only be more accurate than a dense Gaussian, and most so
+# when a few coordinates dominate.
 #
 # The Kronecker kind never forms a per-sample layer gradient: a layer gradient is
 # $\sum_t \delta_t a_t^\top$ (output gradient times input, summed over the $T_\ell$ positions of a
 # convolution), and $(R_\mathrm{out}\otimes R_\mathrm{in})^\top \mathrm{vec}(\delta a^\top)
-# = \mathrm{vec}\big((R_\mathrm{out}^\top\delta)(R_\mathrm{in}^\top a)^\top\big)$. Its factors here have
-# orthonormal columns (or rows, when a layer is narrower than the factor), scaled so that
+# = \mathrm{vec}\big((R_\mathrm{out}^\top\delta)(R_\mathrm{in}^\top a)^\top\big)$ (appendix eq.
+# {eq}`eq-kronecker-projection`, as in LoGra {cite}`choe2024logra`). Its factors here have orthonormal
+# columns (or rows, when a layer is narrower than the factor), scaled so that
 # $\mathbb{E}[R_\bullet R_\bullet^\top] = I$ — still unbiased, and with a much smaller variance than
-# Gaussian factors (SPEC §4.2 writes Gaussian factors; `factors="gaussian"` gives those).
+# Gaussian factors (`factors="gaussian"` gives those).
 
 # %%
 def make(kind, k, s):
@@ -104,13 +126,18 @@ def project(G, proj):
 
 
 kinds = list(projection.KINDS)
-# same numbers as streaming the network through class_gradients(..., projector=...):
-p = make("gaussian", k_main, 0)
+# the same numbers as streaming the network through class_gradients(..., projector=...):
+p = make("sparse", k_main, 0)
 streamed = tangent.class_gradients(model, Xtr[:20], projector=p)
 stream_gap = float((streamed - project(Gtr[:20], p)).norm() / streamed.norm())
-print(f"streamed vs project(exact G): relative difference {stream_gap:.1e}")
+chapter.glue_number("ch07_stream_gap", stream_gap)
 
 # %% [markdown]
+# Projecting the stored exact gradients and streaming the network through
+# `tangent.class_gradients(model, X, projector=...)` — which never forms the $N\times C\times P$ array —
+# agree to a relative difference of {glue:text}`ch07_stream_gap:.1e` (float32 round-off), so the
+# sections below may project stored gradients.
+#
 # ## Unbiasedness
 #
 # For two real gradients $a = g_3(x_1)$, $b = g_3(x_2)$ we average $\langle R^\top a, R^\top b\rangle$
@@ -126,15 +153,19 @@ for kind in kinds:
                     for s in range(n_unbiased_seeds)])
     se = est.std(ddof=1) / math.sqrt(len(est))
     rows.append((kind, est.mean(), se, (est.mean() - exact_ip) / se, est.std(ddof=1) / abs(exact_ip)))
+chapter.glue_number("ch07_k_unbiased", k_unbiased)
+chapter.glue_number("ch07_n_unbiased", n_unbiased_seeds)
+chapter.glue_number("ch07_max_z", max(abs(r[3]) for r in rows))
 print(f"<a, b> = {exact_ip:.4f}; k = {k_unbiased}, {n_unbiased_seeds} seeds")
 print(f"{'kind':12s} {'mean':>9s} {'std err':>8s} {'z':>6s} {'rel. spread of one estimate':>28s}")
 for kind, m, se, z, spread in rows:
     print(f"{kind:12s} {m:9.4f} {se:8.4f} {z:6.2f} {spread:28.3f}")
 
 # %% [markdown]
-# All means sit within a few standard errors of the exact value ($|z|$ small). The spread of a single
-# estimate differs between kinds: that is the variance, which the next section measures on whole
-# kernels.
+# With $k$ = {glue:text}`ch07_k_unbiased` and {glue:text}`ch07_n_unbiased` seeds, every mean sits
+# within a few standard errors of the exact value (largest $|z|$ = {glue:text}`ch07_max_z:.2f`). The
+# spread of a single estimate differs between kinds: that is the variance, which the next section
+# measures on whole kernels.
 #
 # ## Kernel error against $k$
 #
@@ -157,35 +188,104 @@ for kind in kinds:
             if k == k_main and s == 0:
                 feats[kind] = F
         err[kind][k] = float(np.mean(e))
+slopes = {kind: np.polyfit(np.log(sorted(err[kind])), np.log([err[kind][k] for k in sorted(err[kind])]), 1)[0]
+          for kind in kinds}
+for kind in kinds:
+    chapter.glue_number(f"ch07_err_{kind}", err[kind][k_main])
+chapter.glue_number("ch07_kron_ratio", err["kronecker"][k_main] / err["gaussian"][k_main])
 
-fig, ax = plt.subplots(figsize=(6.5, 4.2))
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN * 0.7, 3.6))
 for kind in kinds:
     kk = sorted(err[kind])
     ax.loglog(kk, [err[kind][k] for k in kk], "o-", label=kind)
 k0 = ks[0]
 ax.loglog(ks, [err["gaussian"][k0] * math.sqrt(k0 / k) for k in ks], "k--", lw=1, label="$\\propto 1/\\sqrt{k}$")
 ax.set_xlabel("projection dimension $k$")
-ax.set_ylabel("$\\|\\tilde K - K\\|_F / \\|K\\|_F$ (all classes)")
-ax.set_title(f"kernel error, digits convnet (P = {P:,}, N = {N})")
-ax.legend(fontsize=8)
-fig.tight_layout();
-
-# %%
-slopes = {kind: np.polyfit(np.log(sorted(err[kind])), np.log([err[kind][k] for k in sorted(err[kind])]), 1)[0]
-          for kind in kinds}
-print("log-log slope of error vs k:", {k_: round(float(v), 2) for k_, v in slopes.items()})
-print(f"error at k = {k_main}:", {k_: round(err[k_][k_main], 4) for k_ in kinds})
+ax.set_ylabel("$\\|\\tilde K - K\\|_F / \\|K\\|_F$")
+ax.legend(ncols=2)
+chapter.glue_figure("ch07-error-vs-k", fig)
 
 # %% [markdown]
-# The dense, sparse and SRHT projectors follow the $1/\sqrt{k}$ line and lie close together: at equal
-# $k$ they are interchangeable, so the cheapest one wins. The Kronecker sketch decays at about the same
-# rate but with a larger constant (two to three times the Gaussian error at equal $k$, so it needs several
-# times more dimensions for the same error). The reason is structural: a layer's per-sample gradient
-# $\sum_t \delta_t a_t^\top$ has low rank (rank one for a linear layer), and on such a block the
+# ```{glue:figure} ch07-error-vs-k
+# :name: fig-ch07-error-vs-k
+# :alt: Log-log plot of the relative kernel error against the projection dimension k for six projector kinds. Five lines fall together along a dashed one-over-square-root-of-k line; the Kronecker line runs parallel but higher.
+#
+# Relative Frobenius error of the projected class kernels (all ten classes) against $k$, trained digits
+# convnet, $N$ = {glue:text}`ch07_N` digits. Dashed: the $1/\sqrt{k}$ rate through the Gaussian error
+# at the smallest $k$.
+# ```
+#
+# The dense, sparse and SRHT projectors follow the $1/\sqrt{k}$ line and lie close together (at
+# $k$ = {glue:text}`ch07_k_main`: Gaussian {glue:text}`ch07_err_gaussian:.3f`, sparse
+# {glue:text}`ch07_err_sparse:.3f`, SRHT {glue:text}`ch07_err_srht:.3f`): at equal $k$ they are
+# interchangeable, so the cheapest one wins. The Kronecker sketch decays at about the same rate but with
+# a larger constant ({glue:text}`ch07_kron_ratio:.1f` times the Gaussian error at equal $k$, so it needs
+# several times more dimensions for the same error). The reason is structural: a layer's per-sample
+# gradient $\sum_t \delta_t a_t^\top$ has low rank (rank one for a linear layer), and on such a block the
 # Kronecker sketch is the product of two independent sketches with only $k_\mathrm{out} \approx
 # k_\mathrm{in} \approx \sqrt{k}$ columns each. It buys this with speed — it never forms a layer
 # gradient — so it pays off where $P$ is large and a larger $k$ is affordable (the featurisation
 # benchmark states the $k$ at which it matches `gaussian` and what that costs).
+#
+# ## Concentrated gradients: the network at initialisation
+#
+# At initialisation — the classic NTK setting — a network's class gradients are far from spread out:
+# a handful of parameters (mostly in the last layer) carry most of their energy. A projector whose
+# entries are zero with high probability, such as the *very sparse* projection of
+# {cite:t}`li2006verysparse` (entries $\pm1/\sqrt{kq}$ with probability $q = 1/\sqrt{P}$, else 0),
+# then often misses a heavy coordinate altogether, and its kernel error explodes. The sparse JL
+# transform gives every parameter exactly $s$ nonzeros, so no coordinate is ever dropped. We compare
+# both with the dense projectors on the same convnet before training.
+
+# %%
+init_model = models.build("convnet", C, in_channels=1, seed=seed)
+G_init = tangent.class_gradients(init_model, Xtr)
+K_init = kernel.class_kernels(G_init)
+
+
+def top_share(G, frac=0.01):
+    """Mean over gradients of the energy fraction held by their largest ``frac`` of coordinates."""
+    e = G.reshape(-1, G.shape[-1]).double() ** 2
+    top = e.topk(max(1, int(frac * e.shape[1])), dim=1).values.sum(1)
+    return float((top / e.sum(1)).mean())
+
+
+def very_sparse_features(G, k, s):
+    """The very sparse projection, built explicitly (P × k is small here), for comparison only."""
+    g = torch.Generator().manual_seed(1000 + s)
+    q = 1 / math.sqrt(P)
+    R = (torch.rand(P, k, generator=g) < q) * torch.where(torch.rand(P, k, generator=g) < 0.5, 1.0, -1.0)
+    return (G.reshape(-1, P) @ (R / math.sqrt(k * q))).reshape(G.shape[0], C, k)
+
+
+init_kinds = ["gaussian", "rademacher", "sparse", "srht", "kronecker"]
+err_init = {kind: [kernel.relative_error(kernel.class_kernels(project(G_init, make(kind, k_main, s))), K_init)
+                   for s in range(n_init_seeds)] for kind in init_kinds}
+err_init["very sparse"] = [kernel.relative_error(kernel.class_kernels(very_sparse_features(G_init, k_main, s)), K_init)
+                           for s in range(n_init_seeds)]
+share_init, share_trained = top_share(G_init), top_share(Gtr)
+chapter.glue_number("ch07_share_init", 100 * share_init)
+chapter.glue_number("ch07_share_trained", 100 * share_trained)
+chapter.glue_number("ch07_n_init_seeds", n_init_seeds)
+for kind, e in err_init.items():
+    chapter.glue_number(f"ch07_init_{kind.replace(' ', '_')}_lo", min(e))
+    chapter.glue_number(f"ch07_init_{kind.replace(' ', '_')}_hi", max(e))
+print(f"energy share of the top 1% of coordinates: {share_init:.2f} at initialisation, {share_trained:.2f} trained")
+print(f"{'kind':12s} kernel error at k = {k_main}, {n_init_seeds} seeds (untrained network)")
+for kind, e in err_init.items():
+    print(f"{kind:12s} " + "  ".join(f"{v:.3f}" for v in e))
+
+# %% [markdown]
+# Before training the top 1% of coordinates hold {glue:text}`ch07_share_init:.0f`% of each class
+# gradient's energy (after training: {glue:text}`ch07_share_trained:.0f`%). On these gradients the very
+# sparse projection's kernel error is {glue:text}`ch07_init_very_sparse_lo:.2f`–{glue:text}`ch07_init_very_sparse_hi:.2f`
+# over {glue:text}`ch07_n_init_seeds` seeds at $k$ = {glue:text}`ch07_k_main`, against
+# {glue:text}`ch07_init_gaussian_lo:.3f`–{glue:text}`ch07_init_gaussian_hi:.3f` for the Gaussian; the
+# sparse JL transform stays at {glue:text}`ch07_init_sparse_lo:.3f`–{glue:text}`ch07_init_sparse_hi:.3f` —
+# below the Gaussian, as its smaller variance predicts when a few coordinates dominate. The Rademacher
+# and SRHT projectors share that advantage (their entries have constant magnitude, so the
+# $\sum_j a_j^2 b_j^2$ term cancels too); only the Gaussian and the Kronecker sketch pay for it.
 #
 # ## Eigenvalues are preserved
 #
@@ -196,18 +296,28 @@ print(f"error at k = {k_main}:", {k_: round(err[k_][k_main], 4) for k_ in kinds}
 # %%
 c_show = 0
 ev = torch.linalg.eigvalsh(K[c_show]).flip(0)
-fig, ax = plt.subplots(figsize=(6.5, 4))
+ev_proj = {kind: torch.linalg.eigvalsh(kernel.class_kernels(feats[kind])[c_show]).flip(0)
+           for kind in ("gaussian", "srht", "kronecker")}
+
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN * 0.7, 3.4))
 ax.semilogy(np.arange(1, N + 1), ev.clamp_min(1e-12).numpy(), "k-", lw=2, label="exact $K_c$")
-for kind in ("gaussian", "srht", "kronecker"):
-    evt = torch.linalg.eigvalsh(kernel.class_kernels(feats[kind])[c_show]).flip(0)
-    ax.semilogy(np.arange(1, N + 1), evt.clamp_min(1e-12).numpy(), "--", label=f"{kind}, k = {k_main}")
+for kind, evt in ev_proj.items():
+    ax.semilogy(np.arange(1, N + 1), evt.clamp_min(1e-12).numpy(), "--", label=f"{kind}")
 ax.set_xlabel("index $i$")
 ax.set_ylabel("$\\lambda_i$")
-ax.set_title(f"spectrum of the class-{c_show} kernel")
-ax.legend(fontsize=8)
-fig.tight_layout();
+ax.legend()
+chapter.glue_figure("ch07-spectrum", fig)
 
 # %% [markdown]
+# ```{glue:figure} ch07-spectrum
+# :name: fig-ch07-spectrum
+# :alt: Eigenvalues of the class-0 kernel on a log scale against their index: the exact spectrum as a solid line and three projected spectra as dashed lines that follow it closely over the large eigenvalues and flatten out in the tail.
+#
+# Eigenvalues of the class-0 kernel, exact and projected to $k$ = {glue:text}`ch07_k_main` with three
+# projector kinds.
+# ```
+#
 # ## The redundancy bracket (Prop B.6)
 #
 # The truncation rank $r(\tau) = \min\{r : S_r \ge \tau S_N\}$, with partial sums
@@ -268,32 +378,42 @@ for kind in kinds:
                     if not lo <= rt <= hi:
                         violations.append((kind, k, s, c, tau, lo, rt, hi))
         eps_table[kind][k] = float(np.mean(e_k))
-print(f"Prop B.6 bracket checked {checks} times, {len(violations)} violations")
-r_exact = {tau: [spectral.truncation_rank(ev_exact[c], tau) for c in range(C)] for tau in taus}
-print("exact r(τ) per class:", {tau: r for tau, r in r_exact.items()})
+chapter.glue_number("ch07_b6_checks", checks)
+chapter.glue_number("ch07_b6_violations", len(violations))
+chapter.glue_number("ch07_eps_gauss_main", eps_table["gaussian"][k_main])
 
-fig, ax = plt.subplots(figsize=(6.5, 4))
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN * 0.7, 3.6))
 for kind in kinds:
     kk = sorted(eps_table[kind])
     ax.loglog(kk, [eps_table[kind][k] for k in kk], "o-", label=kind)
 ax.loglog(ks, [eps_table["gaussian"][k0] * math.sqrt(k0 / k) for k in ks], "k--", lw=1, label="$\\propto 1/\\sqrt{k}$")
 ax.set_xlabel("projection dimension $k$")
-ax.set_ylabel("$\\varepsilon = \\max_r |\\tilde S_r/S_r - 1|$ (mean over classes)")
-ax.set_title("partial-sum error of the spectrum")
-ax.legend(fontsize=8)
-fig.tight_layout();
+ax.set_ylabel("$\\varepsilon$ (mean over classes)")
+ax.legend(ncols=2)
+chapter.glue_figure("ch07-partial-sums", fig)
 
 # %% [markdown]
-# The bracket holds in every case, as it must (it is a deterministic consequence of the definition of
-# $\varepsilon$); what JL adds is that $\varepsilon$ — and therefore the width of the bracket — shrinks
-# like $1/\sqrt{k}$. With $\varepsilon$ of a few percent, $\tilde r(\tau)$ lands within a rank or two
-# of $r(\tau)$, so redundancy can be measured on projected features at a fraction of the cost.
+# ```{glue:figure} ch07-partial-sums
+# :name: fig-ch07-partial-sums
+# :alt: Log-log plot of the partial-sum error epsilon against k for six projector kinds, all decreasing roughly along a dashed one-over-square-root-of-k line, Kronecker highest.
+#
+# The partial-sum error $\varepsilon = \max_r|\tilde S_r/S_r - 1|$ of the projected spectra, mean over
+# the ten classes, against $k$.
+# ```
+#
+# The bracket holds in all {glue:text}`ch07_b6_checks` checks ({glue:text}`ch07_b6_violations`
+# violations), as it must: it is a deterministic consequence of the definition of $\varepsilon$. What
+# JL adds is that $\varepsilon$ — and with it the width of the bracket — shrinks like $1/\sqrt{k}$; at
+# $k$ = {glue:text}`ch07_k_main` the Gaussian's is {glue:text}`ch07_eps_gauss_main:.3f`, so
+# $\tilde r(\tau)$ lands within a rank or two of $r(\tau)$ and redundancy can be measured on projected
+# features at a fraction of the cost.
 #
 # ## Kernel ridge regression on projected features
 #
-# The chapter on kernel ridge regression fits one ridge regression per class on the class kernel,
-# with the network's own logits as targets (SPEC §1). Here the same `dntk.krr.ClassKRR` runs on exact
-# ($w = P$) and projected ($w = k$) features; test predictions use the same projector.
+# The chapter on kernel ridge regression fits one ridge regression per class on the class kernel, with
+# the network's own logits as targets (appendix {ref}`maths-1`). Here the same `dntk.krr.ClassKRR` runs
+# on exact ($w = P$) and projected ($w = k$) features; test predictions use the same projector.
 
 # %%
 t_tr = tangent.logits(model, Xtr).double()
@@ -311,14 +431,18 @@ for kind in ("orthonormal", "gaussian", "sparse", "srht", "kronecker"):
     pr = make(kind, k_main, 0)
     table.append(krr_row(kind, project(Gtr, pr), project(Gte, pr)))
 net_acc = metrics.accuracy(t_te, yte)
-print(f"network test accuracy on these {len(Xte)} digits: {net_acc:.3f}")
+chapter.glue_number("ch07_net_acc", net_acc)
+chapter.glue_number("ch07_krr_exact_acc", table[0][2])
+chapter.glue_number("ch07_krr_max_acc_gap", max(abs(r[2] - table[0][2]) for r in table[1:] if r[0] != "kronecker"))
 print(f"{'features':12s} {'width':>7s} {'accuracy':>9s} {'fidelity':>9s} {'logit err':>10s}")
 for name, w, acc, fid, lerr in table:
     print(f"{name:12s} {w:7d} {acc:9.3f} {fid:9.3f} {lerr:10.3f}")
 
 # %% [markdown]
-# At $k = 512$ the projected kernels give essentially the exact-kernel model: the same accuracy and
-# fidelity to within a test digit or two. The logit error grows a little — projection noise adds
+# The network itself gets {glue:text}`ch07_net_acc:.3f` of these test digits right, the exact-kernel
+# model {glue:text}`ch07_krr_exact_acc:.3f`. At $k$ = {glue:text}`ch07_k_main` the projected kernels
+# give essentially the exact-kernel model (accuracy within {glue:text}`ch07_krr_max_acc_gap:.3f` for
+# every projector but the Kronecker sketch). The logit error grows a little — projection noise adds
 # variance to the fit — and shrinks again as $k$ grows (next section).
 #
 # ### How far can projection move a KRR prediction? (App B.2)
@@ -331,8 +455,8 @@ for name, w, acc, fid, lerr in table:
 # $$\|\hat f_c - \tilde f_c\| \le \frac{\|K_c - \tilde K_c\|_2}{\lambda}\,\|t_c\|
 # = \varepsilon_2 \,\frac{\lambda_{\max}}{\lambda}\,\|t_c\|, \qquad \varepsilon_2 = \frac{\|K_c - \tilde K_c\|_2}{\lambda_{\max}(K_c)},$$
 #
-# the paper's form $|\hat f - \tilde f| \lesssim \varepsilon\,\|t\|\,\lambda_{\max}/\lambda$. We compare
-# the two sides for Gaussian projections of every $k$.
+# the paper's form $|\hat f - \tilde f| \lesssim \varepsilon\,\|t\|\,\lambda_{\max}/\lambda$ (appendix eq.
+# {eq}`eq-jl-krr-bound`). We compare the two sides for Gaussian projections of every $k$.
 
 # %%
 def fit_train(Kc, t, lam):
@@ -349,19 +473,99 @@ for k in ks:
         bound = float(torch.linalg.matrix_norm(K[c] - Kt[c], ord=2) / lam[c] * t_tr[:, c].norm())
         bound_rows.append((k, c, diff, bound))
 br = np.array(bound_rows)
+print(f"{'k':>6s} {'max measured/bound':>19s} {'median change':>14s}")
 for k in ks:
     sel = br[br[:, 0] == k]
-    print(f"k = {k:5d}: max over classes of measured/bound = {np.max(sel[:, 2] / sel[:, 3]):.2e}; "
-          f"median measured change {np.median(sel[:, 2]):.3f}")
+    print(f"{k:6d} {np.max(sel[:, 2] / sel[:, 3]):19.2e} {np.median(sel[:, 2]):14.3f}")
+chapter.glue_number("ch07_b2_max_ratio", float(np.max(br[:, 2] / br[:, 3])))
 
 # %% [markdown]
-# The bound holds with room to spare: it is a worst case over all directions of $t_c$, and
-# $\lambda_{\max}/\lambda$ is large (here $\lambda$ is a thousandth of the mean eigenvalue). It still
-# scales the right way — both sides shrink as $k$ grows — which is the content of App B.2.
+# The bound holds with room to spare (the measured change is at most {glue:text}`ch07_b2_max_ratio:.1e`
+# of it): it is a worst case over all directions of $t_c$, and $\lambda_{\max}/\lambda$ is large (here
+# $\lambda$ is a thousandth of the mean eigenvalue). It still scales the right way — both sides shrink
+# as $k$ grows — which is the content of App B.2.
 #
-# ## Checks
+# ## Choosing $k$
+#
+# How large must $k$ be? Rules of thumb do not transfer between networks: the error at a given $k$
+# depends on how the gradients are spread over the parameters, as the untrained network showed. (A
+# popular default, TRAK's $k = 2048$ {cite}`park2023trak`, is too small for some models and wasteful
+# for others.) The error is, however, a property of the gradients and of $k$ — not of how many inputs
+# are featurised — so a *pilot batch* of a few dozen inputs predicts it. `projection.error_curve(model,
+# X_pilot, kinds, dims)` computes the exact class kernels of the pilot once, then the projected ones for
+# each kind, $k$ and seed. `projection.recommend_dim(curve, target, kind)` fits the power law
+# $\text{err} \approx a\,k^{b}$ through the measured means ($b \approx -1/2$ for the JL projectors) and
+# returns the $k$ at which it reaches the target, $\lceil(\text{target}/a)^{1/b}\rceil$.
 
 # %%
+X_pilot, _ = data.as_tensors(train, limit=n_pilot, seed=seed + 1)
+pilot_kinds = ["gaussian", "sparse", "srht", "kronecker"]
+curve = projection.error_curve(model, X_pilot, kinds=pilot_kinds, dims=pilot_ks, seeds=range(pilot_seeds))
+k_rec = {kind: projection.recommend_dim(curve, target_error, kind) for kind in pilot_kinds}
+# check the recommendation for sparse on the N training digits (not the pilot)
+proj_rec = projection.make("sparse", k_rec["sparse"], seed=seed + 7)
+err_rec = kernel.relative_error(kernel.class_kernels(tangent.class_gradients(model, Xtr, projector=proj_rec)), K)
+chapter.glue_number("ch07_n_pilot", n_pilot)
+chapter.glue_number("ch07_target", 100 * target_error)
+for kind in pilot_kinds:
+    chapter.glue_number(f"ch07_krec_{kind}", k_rec[kind])
+    chapter.glue_number(f"ch07_slope_{kind}", curve.fit(kind)[1])
+chapter.glue_number("ch07_err_rec", err_rec)
+print(f"{'kind':10s} " + " ".join(f"{'k=' + str(d):>9s}" for d in pilot_ks) + f" {'k for ' + str(target_error):>12s}")
+for kind in pilot_kinds:
+    print(f"{kind:10s} " + " ".join(f"{v:9.4f}" for v in curve.mean(kind)) + f" {k_rec[kind]:12d}")
+
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN * 0.7, 3.6))
+kk = np.geomspace(min(pilot_ks), max(pilot_ks + [k_rec[kd] for kd in pilot_kinds if kd != "kronecker"]), 50)
+for kind in pilot_kinds:
+    a_fit, b_fit = curve.fit(kind)
+    line, = ax.loglog(pilot_ks, curve.mean(kind), "o", label=kind)
+    ax.loglog(kk, a_fit * kk**b_fit, "-", color=line.get_color(), lw=1)
+ax.axhline(target_error, color="k", ls=":", lw=1)
+ax.loglog([k_rec["sparse"]], [err_rec], "k*", ms=12, label="sparse at its recommended $k$ (training digits)")
+ax.set_xlabel("projection dimension $k$")
+ax.set_ylabel("kernel error on the pilot batch")
+ax.legend(fontsize=9)
+chapter.glue_figure("ch07-choosing-k", fig)
+
+# %% [markdown]
+# ```{glue:figure} ch07-choosing-k
+# :name: fig-ch07-choosing-k
+# :alt: Log-log plot of the pilot-batch kernel error against k for four projector kinds, with fitted one-over-square-root-of-k lines, a dotted horizontal line at the target error and a star where the recommended sparse projection lands on the training digits, close to the target.
+#
+# Kernel error measured on a pilot batch of {glue:text}`ch07_n_pilot` digits (points) with the fitted
+# power laws $a\,k^b$ (lines), the target error (dotted), and the error of the recommended `sparse`
+# projection measured on the $N$ = {glue:text}`ch07_N` training digits (star).
+# ```
+#
+# For a target kernel error of {glue:text}`ch07_target:.0f`%, the pilot of {glue:text}`ch07_n_pilot`
+# digits asks for $k$ = {glue:text}`ch07_krec_sparse` with `sparse` (fitted exponent
+# {glue:text}`ch07_slope_sparse:.2f`), {glue:text}`ch07_krec_gaussian` with `gaussian` and
+# {glue:text}`ch07_krec_srht` with `srht`; the recommended sparse projection gives
+# {glue:text}`ch07_err_rec:.3f` on the training digits, which the pilot never saw. The Kronecker
+# sketch's error falls much more slowly on this small network (exponent
+# {glue:text}`ch07_slope_kronecker:.2f`): it would need $k$ = {glue:text}`ch07_krec_kronecker:,`, more
+# than the $P$ = {glue:text}`ch07_P:,` parameters themselves, so here it is no way to reach the target.
+#
+# **Recommendation.** Measure, do not guess: run `error_curve` on 30–100 inputs of your own data with
+# your own network at three values of $k$ a factor of four apart, drop the kinds whose fitted exponent is
+# far from $-1/2$ or whose recommended $k$ is out of reach, and among the rest take the one that is
+# cheapest on your hardware at `recommend_dim`'s $k$. On a CPU that is usually `sparse` ($s$
+# multiply–adds per parameter, and never worse than a dense Gaussian at equal $k$). The Kronecker
+# sketch pays off only on large layers, where its speed buys the larger $k$ (the featurisation benchmark
+# shows the trade-off on a ResNet-18). Because JL errors fall only like $1/\sqrt{k}$, halving the error
+# costs four times the dimensions — and four times the storage of the features and the cost of every
+# kernel built from them.
+#
+# ## Checks
+#
+# The claims of this chapter, asserted: streaming equals projecting, every projector is unbiased, the
+# error falls like $1/\sqrt{k}$ and is comparable across the unstructured kinds, the sparse JL transform
+# holds on concentrated gradients where the very sparse projection does not, the Prop B.6 bracket and the
+# App B.2 bound hold, projected KRR matches exact KRR, and the recommended $k$ meets its target.
+
+# %% tags=["hide-input"]
 assert stream_gap < 1e-5, stream_gap
 for kind, m, se, z, spread in rows:
     assert abs(z) < 4.5, (kind, z)  # unbiased
@@ -369,6 +573,9 @@ for kind in ("gaussian", "rademacher", "srht", "sparse", "orthonormal"):
     assert -0.7 < slopes[kind] < -0.35, (kind, slopes[kind])  # ~ 1/sqrt(k)
     assert err[kind][k_main] < 2 * err["gaussian"][k_main], kind  # within 2x of gaussian at equal k
 assert slopes["kronecker"] < -0.2 and err["kronecker"][max(ks)] < err["kronecker"][min(ks)] / 2
+assert share_init > 0.5 > share_trained, (share_init, share_trained)  # concentrated only before training
+assert np.mean(err_init["sparse"]) <= 1.5 * np.mean(err_init["gaussian"]), err_init
+assert min(err_init["very sparse"]) > 2 * max(err_init["sparse"]), err_init
 assert not violations, violations[:5]
 assert eps_table["gaussian"][max(ks)] < eps_table["gaussian"][min(ks)] / 3
 exact_acc, exact_fid = table[0][2], table[0][3]
@@ -376,3 +583,7 @@ for name, w, acc, fid, lerr in table[1:]:
     if name != "kronecker":
         assert abs(acc - exact_acc) <= 0.05 and abs(fid - exact_fid) <= 0.05, (name, acc, fid)
 assert (br[:, 2] <= br[:, 3] * (1 + 1e-9)).all()  # App B.2 bound
+assert err_rec < 1.5 * target_error, (err_rec, k_rec)  # the pilot's recommendation carries over
+for kind in ("gaussian", "sparse", "srht"):
+    assert -0.7 < curve.fit(kind)[1] < -0.3, (kind, curve.fit(kind))
+assert k_rec["kronecker"] > P > k_rec["sparse"], k_rec

@@ -224,6 +224,13 @@ def rows(model, ipc=None):
     return sorted((r_ for r_ in records if r_["model"] == model and (ipc is None or r_["ipc"] == ipc)),
                   key=lambda r_: r_["m"])
 
+
+sweep = rows("teacher", cfg.distill.ipc)
+for key, value in {"ch09_m_first": sweep[0]["m"], "ch09_m_last": sweep[-1]["m"],
+                   "ch09_fid_first": sweep[0]["DNTK fidelity"], "ch09_fid_last": sweep[-1]["DNTK fidelity"],
+                   "ch09_full_acc": headline.metrics["teacher"]["full"]["accuracy"]}.items():
+    chapter.glue_number(key, value)
+
 # %% [markdown]
 # Reading the table: for each model and distilled-set size, the DNTK's accuracy and fidelity as the
 # number of synthetic gradients per class grows; "DD+JL" is KRR on all $N_d$ distilled gradients of each

@@ -3,6 +3,7 @@ import dataclasses
 import math
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -39,7 +40,9 @@ def test_glue_number_keeps_ints_and_rejects_non_finite(monkeypatch):
     store = _glued(monkeypatch)
     chapter.glue_number("n", 1437)
     chapter.glue_number("r", torch.tensor(0.25))
+    chapter.glue_number("i64", np.int64(21))
     assert store["n"][0] == 1437 and isinstance(store["n"][0], int)
+    assert store["i64"][0] == 21 and isinstance(store["i64"][0], int)
     assert store["r"][0] == 0.25 and isinstance(store["r"][0], float)
     for bad in (math.nan, math.inf):
         with pytest.raises(ValueError, match="not finite"):

@@ -205,6 +205,8 @@ def test_smoke_config_over_two_gloo_ranks_equals_one_process(tmp_path, monkeypat
     work = written["info"]["work"]
     assert work["gradient_distillation[teacher]"] == {"0": [0, 1, 2, 3, 4], "1": [5, 6, 7, 8, 9]}
     assert work["features[teacher/train]"] == {"0": [0, 719], "1": [719, 1437]}
+    assert work["krr[student]"] == {"0": [0, 1, 2, 3, 4], "1": [5, 6, 7, 8, 9]}
+    assert "teacher" not in work  # the teacher came from the cache
     computed = {(s["stage"], s["role"]) for s in written["stages"] if s["status"] == "computed"}
     assert ("features", "teacher/distilled") in computed and ("teacher", "") not in computed
     # same content keys, bit-identical features

@@ -146,3 +146,32 @@ def test_from_config_imagenette_target():
     assert led.sizes.N == 9469 and led.sizes.P > 10_000_000
     assert led.reduction("dntk", "full_ntk") >= 1e4
     assert 10 <= led.reduction("dntk", "jl") <= 100 * 1.5
+
+
+def test_measure_unit_costs_leaves_the_model_as_it_was():
+    import torch
+
+    from dntk import models, projection
+
+    model = models.build("convnet", 10, in_channels=1, width=4, seed=0)
+    model.train()
+    model.features[1].eval()  # a submodule deliberately frozen in eval mode stays so
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    u = ledger.measure_unit_costs(model, torch.rand(4, 1, 8, 8), projector=projection.make("gaussian", 8), repeats=1)
+    assert u.featurize_s >= u.jacobian_s > 0 and u.mac_rate > 0
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())  # BatchNorm stats untouched
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_measured_times_map_onto_ledger_rows():
+    led = build_ledger(S)
+    t = ledger.MeasuredTimes(featurize_distilled=2.0, featurize_test=1.0, wmdd=3.0, algorithm1=0.5, krr_fit=0.25,
+                             krr_predict=0.125, krr_distilled_fit=0.75)
+    led.attach_times(t)
+    assert _row(led, "dntk", "build", "jacobians").seconds == 2.0 == _row(led, "dd_jl", "build", "jacobians").seconds
+    assert _row(led, "dntk", "build", "projection").source == "measured, in jacobians"
+    assert _row(led, "dntk", "one_time", "wmdd").seconds == 3.0 == _row(led, "dd_jl", "one_time", "wmdd").seconds
+    assert _row(led, "dntk", "predict", "kernel").seconds == 0.125
+    assert _row(led, "jl", "build", "jacobians").source != "measured"  # not run: stays modelled / counted

@@ -493,3 +493,29 @@ def test_digits_configs_use_the_shared_teacher(name):
     d = models.TEACHER_DEFAULTS
     assert (t.epochs, t.lr, t.optimizer, t.batch_size, t.weight_decay) == (
         d.epochs, d.lr, d.optimizer, d.batch_size, d.weight_decay)
+
+
+def test_killed_algorithm1_resumes_with_its_finished_classes(warm, monkeypatch):
+    """Each class's Algorithm 1 result is kept until the stage is stored: a run stopped in class 5
+    recomputes only classes 5..9 of that stage, and the result equals an uninterrupted run's."""
+    cfg = warm.replace(**{"gradient_distillation.budget": 3, "student.enabled": False, "overwrite": True})
+    real = P._gd_class
+    done = []
+
+    def stop_at_5(run, G, t, labels):
+        if len(done) == 5:
+            raise KeyboardInterrupt("simulated kill in class 5")
+        done.append(1)
+        return real(run, G, t, labels)
+
+    monkeypatch.setattr(P, "_gd_class", stop_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        P.run(cfg)
+    assert len(list((cfg.cache_path / "classes").iterdir())) >= 5
+    calls = []
+    monkeypatch.setattr(P, "_gd_class", lambda *a: calls.append(1) or real(*a))
+    resumed = P.run(cfg)
+    assert len(calls) == 5  # classes 5..9 only
+    assert not [p for p in (cfg.cache_path / "classes").iterdir() if not p.name.startswith(".")]  # parts dropped
+    fresh = P.run(cfg.replace(cache_dir=str(cfg.cache_path) + "-fresh"))
+    assert resumed.metrics == fresh.metrics

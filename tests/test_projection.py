@@ -72,6 +72,8 @@ def test_identical_for_any_batch_size_or_memory_budget(kind):
     torch.testing.assert_close(q.project(J), whole)
     r = projection.make(kind, 24, seed=2).bind(tangent.param_layout(model))
     assert not torch.allclose(r.project(J), whole)
+    # the identity names what determines R: equal for p and q, different for r
+    assert p.identity() == q.identity() != r.identity() and p.identity()["kind"] == kind
 
 
 def _layout(kind):
@@ -294,8 +296,10 @@ def test_error_curve_matches_direct_computation_and_recommends_k():
     K = kernel.class_kernels(tangent.class_gradients(model, x, method="exact"))
     Kp = kernel.class_kernels(tangent.class_gradients(model, x, projector=projection.make("gaussian", 32, seed=1)))
     assert curve.errors["gaussian"][1, 1] == pytest.approx(kernel.relative_error(Kp, K), rel=1e-6)
-    a = np.mean(curve.mean("sparse") * np.sqrt([8, 32]))
-    assert projection.recommend_dim(curve, 0.05, "sparse") == math.ceil((a / 0.05) ** 2)
+    e8, e32 = curve.mean("sparse")
+    slope = math.log(e32 / e8) / math.log(4)  # two points: the fitted power law passes through both
+    assert curve.fit("sparse")[1] == pytest.approx(slope)
+    assert projection.recommend_dim(curve, 0.05, "sparse") == math.ceil(32 * (0.05 / e32) ** (1 / slope))
     with pytest.raises(ValueError, match="no measurements"):
         projection.recommend_dim(curve, 0.05, "srht")
     with pytest.raises(ValueError, match="target"):

@@ -59,6 +59,8 @@ def test_variance_matches_direct_inverse(m, k):
     post = U.KernelPosterior(U.CompressedSet.from_features(S, T, fp, lam=lam))
     var = post.variance(X, fingerprint=fp)
     assert var.shape == (6, C) and var.dtype == torch.float64
+    support = U.CompressedSet.from_features(S, T, fp, lam=lam)
+    torch.testing.assert_close(U.KernelPosterior(support, device="cpu").variance(X, fingerprint=fp), var)
     for c in range(C):
         ref = _direct_variance(S[:, c], X[:, c], float(lam[c]))
         np.testing.assert_allclose(var[:, c].numpy(), ref, rtol=1e-7, atol=1e-9 * float(X[:, c].pow(2).sum(1).max()))
