@@ -1,6 +1,6 @@
-"""The cost ledger of SPEC §7: what each of the five NTK pipelines costs, stage by stage.
+"""The cost ledger of appendix §7: what each of the five NTK pipelines costs, stage by stage.
 
-Pipelines, all on the same sizes ``(N, C, P, F, k)`` (SPEC §7):
+Pipelines, all on the same sizes ``(N, C, P, F, k)`` (appendix §7):
 
 - ``full_ntk``       Jacobians of N (materialised), the full NTK (all C² class pairs), dual KRR on NC×NC;
 - ``class_kernels``  Jacobians of N (materialised), class kernels of width P, dual KRR per class;
@@ -13,10 +13,10 @@ Every stage row has a *phase*: ``one_time`` (WMDD, Algorithm 1 — paid once per
 carries its operation count, peak memory (bytes), number of per-input Jacobian evaluations and
 seconds. Conventions:
 
-- Operation counts are **multiply–adds** (MACs), the leading terms of SPEC §7's table; ``F`` is the
+- Operation counts are **multiply–adds** (MACs), the leading terms of appendix §7's table; ``F`` is the
   MAC count of one forward pass, counted on the model with ``torch.utils.flop_counter`` (its FLOPs / 2).
   A per-input Jacobian is one forward plus ``C`` VJPs of twice the forward cost: ``F·(1 + 2C)``.
-- KRR solves in the smaller space (SPEC §1): dual ``C·n³/3`` when ``n ≤ w``, else primal
+- KRR solves in the smaller space (appendix §1): dual ``C·n³/3`` when ``n ≤ w``, else primal
   ``C·(n·w² + w³/3)``; predictions use the same form (dual ``N*·C·n·w``, primal ``N*·C·w``). The full NTK
   solves the ``NC×NC`` system: ``(NC)³/3``. Eigendecompositions/SVDs of ``n×k`` blocks count ``n·k·min(n, k)``.
 - Memory is *storage*: the bytes a stage's result occupies (features float32, 4 B; kernels and
@@ -52,7 +52,7 @@ F32, F64 = 4, 8
 
 @dataclass(frozen=True)
 class Sizes:
-    """The sizes a ledger is computed from (SPEC §7 symbols)."""
+    """The sizes a ledger is computed from (appendix §7 symbols)."""
     N: int                    # full training set
     C: int                    # classes
     P: int                    # trainable parameters
@@ -183,7 +183,7 @@ class Row:
 
 
 def projection_cost(s: Sizes, n: int) -> float:
-    """MACs to project the class gradients of `n` inputs (SPEC §7 row "projection").
+    """MACs to project the class gradients of `n` inputs (appendix §7 row "projection").
 
     dense ``n·C·P·k``; sparse ``n·C·P·k·density`` (density ``1/√P``); SRHT ``n·C·P'·log₂P'``;
     kronecker ``n·C·(Σ_l T_l (d_in k_in + d_out k_out + k) + P_vec·k)``.
@@ -212,7 +212,7 @@ def _krr(C: int, n: int, w: int, pairs: bool = False):
 
 
 def build_ledger(s: Sizes, unit: Optional[UnitCosts] = None, measured: Optional[dict] = None) -> "Ledger":
-    """The ledger of SPEC §7 for sizes `s`.
+    """The ledger of appendix §7 for sizes `s`.
 
     unit: measured unit costs; stage seconds are then modelled from them (``source="modelled"``).
     measured: ``{(pipeline, stage): seconds}`` of stages actually run; they replace the modelled
@@ -379,7 +379,7 @@ class Ledger:
     def table(self, stages: bool = True) -> str:
         """A plain-text table: per-stage rows (optional), then totals and reduction factors."""
         s = self.sizes
-        lines = [f"Cost ledger (SPEC §7): N={s.N}, N_d={s.N_d} (ipc {s.ipc}), m={s.m}, C={s.C}, P={s.P:,}, "
+        lines = [f"Cost ledger (appendix §7): N={s.N}, N_d={s.N_d} (ipc {s.ipc}), m={s.m}, C={s.C}, P={s.P:,}, "
                  f"F={_fmt(s.F)} MAC, k={s.k} ({s.projector}), N*={s.N_test}, I={s.I}",
                  "counts in multiply-adds; storage = bytes of a stage's result, working = transient streamed buffer; "
                  "seconds: measured | modelled from measured unit costs"]

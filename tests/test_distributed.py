@@ -216,3 +216,58 @@ def test_smoke_config_over_two_gloo_ranks_equals_one_process(tmp_path, monkeypat
         if label.startswith("features"):
             a, b = s1.load("features", key), s2.load("features", key)
             assert torch.equal(a["features"], b["features"]) and torch.equal(a["logits"], b["logits"]), label
+
+
+def _pipeline_rank_killed(cfg_dict, out_dir, kill_at):
+    """A rank of a two-rank run; rank 1 SIGKILLs itself when it reaches Algorithm 1 for class `kill_at`
+    (`kill_at` None: no kill). Every rank writes how many classes it computed."""
+    import json
+    import os
+    import signal
+
+    from dntk import pipeline
+
+    rank = torch.distributed.get_rank()
+    real, calls = pipeline._gd_class, []
+
+    def counted(run, G, t, labels):
+        if rank == 1 and kill_at is not None and run.computing[0] == "gradient_distillation" and len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        calls.append(1)
+        return real(run, G, t, labels)
+
+    pipeline._gd_class = counted
+    real_featurize, featurized = distributed.featurize, []
+    distributed.featurize = lambda *a, **kw: featurized.append(1) or real_featurize(*a, **kw)
+    res = pipeline.run(pipeline.Config.from_dict(cfg_dict))
+    with open(f"{out_dir}/rank{rank}.json", "w") as fh:
+        json.dump({"metrics": res.metrics, "calls": len(calls), "featurized": len(featurized)}, fh)
+
+
+def test_rank_killed_mid_run_and_relaunched_reuses_finished_work(tmp_path, monkeypatch):
+    import json
+    import sys
+    from pathlib import Path
+
+    from dntk import pipeline
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_pipeline import TINY
+
+    monkeypatch.setenv("DNTK_CACHE", str(tmp_path / "models"))
+    d = json.loads(json.dumps(TINY))
+    d.update(run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    d["student"]["enabled"] = False
+    with pytest.raises(Exception):  # noqa: B017 - torch reports the killed process in its own exception type
+        distributed.launch(_pipeline_rank_killed, world_size=2, args=(d, str(tmp_path), 6))
+    assert not (tmp_path / "run" / "result.json").exists()
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 2  # finished stages survived the kill
+    distributed.launch(_pipeline_rank_killed, world_size=2, args=(d, str(tmp_path), None))
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    # rank 0 had finished classes 0..4 before the kill; rank 1 had finished class 5
+    assert r0["calls"] == 0 and r1["calls"] == 4
+    assert r0["featurized"] == r1["featurized"] == 0
+    single = pipeline.run(pipeline.Config.from_dict({**d, "run_dir": str(tmp_path / "one"),
+                                                     "cache_dir": str(tmp_path / "cache1")}))
+    assert r0["metrics"] == r1["metrics"] == json.loads(json.dumps(single.metrics))
