@@ -609,11 +609,52 @@ def _arch_signature(model) -> list:
     return [[k, list(v.shape)] for k, v in model.state_dict().items()]
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainedTeacher:
+    """A cached teacher and what its training measured (returned by :func:`trained_teacher`).
+
+    Attributes
+    ----------
+    model : Classifier
+        The trained network, in eval mode on CPU.
+    test_accuracy : float
+        Accuracy on the whole test split of the dataset, measured right after training.
+    train_seconds : float
+        Wall-clock seconds the training took when it ran (also when this call loaded it from the cache).
+    status : str
+        ``"computed"``, ``"cached"`` or ``"recomputed"`` (see :meth:`dntk.store.Store.fetch`).
+    """
+
+    model: Classifier
+    test_accuracy: float
+    train_seconds: float
+    status: str
+
+
 def trained(name: str = "convnet", dataset: str = "digits", seed: int = 0, epochs: int | None = None,
             lr: float | None = None, width: int | None = None, cache_dir=None, progress: bool = False,
             root=None, resize=None, optimizer: str | None = None, batch_size: int | None = None,
-            weight_decay: float | None = None, device="cpu") -> Classifier:
+            weight_decay: float | None = None, device="cpu", train_per_class: int | None = None) -> Classifier:
     """The trained ``name`` on ``dataset``'s train split, trained once and cached; returned in eval mode on CPU.
+
+    The network of :func:`trained_teacher` (same arguments), without the training record.
+    """
+    return trained_teacher(name, dataset, seed=seed, epochs=epochs, lr=lr, width=width, cache_dir=cache_dir,
+                           progress=progress, root=root, resize=resize, optimizer=optimizer,
+                           batch_size=batch_size, weight_decay=weight_decay, device=device,
+                           train_per_class=train_per_class).model
+
+
+def trained_teacher(name: str = "convnet", dataset: str = "digits", seed: int = 0, epochs: int | None = None,
+                    lr: float | None = None, width: int | None = None, cache_dir=None, progress: bool = False,
+                    root=None, resize=None, optimizer: str | None = None, batch_size: int | None = None,
+                    weight_decay: float | None = None, device="cpu",
+                    train_per_class: int | None = None) -> TrainedTeacher:
+    """The trained ``name`` on ``dataset``'s train split, trained once and cached, with its training record.
+
+    ``train_per_class`` trains on the seeded class-balanced subset of :func:`dntk.data.load` (seed ``seed``)
+    instead of the whole training split; it is part of the cache key, so chapters that ask for the same
+    subset and settings share one teacher.
 
     Settings left ``None`` take :data:`TEACHER_DEFAULTS` (Adam, lr 3e-3 with cosine decay, 20 epochs,
     batch 64: the digits convnet reaches about 97% test accuracy in seconds on CPU).
@@ -631,12 +672,13 @@ def trained(name: str = "convnet", dataset: str = "digits", seed: int = 0, epoch
                  ("weight_decay", weight_decay)):
         if v is not None:
             settings[k] = v
-    train_ds = _data.load(dataset, "train", root=root, resize=resize)
+    subset = {} if train_per_class is None else {"train_per_class": train_per_class, "seed": seed}
+    train_ds = _data.load(dataset, "train", root=root, resize=resize, **subset)
     model = build(name, train_ds.num_classes, in_channels=train_ds.in_channels, width=width, seed=seed,
                   **({"input_shape": (train_ds.in_channels, *train_ds.image_size)} if name == "mlp" else {}))
     key = {"version": TRAINING_VERSION, "name": name, "dataset": dataset,
            "root": None if root is None else str(root), "resize": resize, "seed": seed, "width": width,
-           **settings, "arch": _arch_signature(model)}
+           **({} if train_per_class is None else {"train_per_class": train_per_class}), **settings, "arch": _arch_signature(model)}
 
     def compute() -> dict:
         t0 = time.perf_counter()
@@ -655,4 +697,5 @@ def trained(name: str = "convnet", dataset: str = "digits", seed: int = 0, epoch
     if got.status == "cached":
         log.info("dntk: loaded cached %s (%s)", name, got.key)
     model.load_state_dict(got.artifact["state"])
-    return model.cpu().eval()
+    return TrainedTeacher(model.cpu().eval(), float(got.artifact["test_accuracy"]),
+                          float(got.artifact["train_seconds"]), got.status)

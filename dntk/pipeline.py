@@ -1231,8 +1231,9 @@ def run(config, ranks=None) -> "RunResult":
 
     ``ranks`` (a :class:`dntk.distributed.Ranks`; default: the initialised ``torch.distributed`` process
     group, else one process) share the run: rank 0 owns the run directory and computes the teacher,
-    distilled set and student; featurisation is sharded by samples and Algorithm 1 by classes; every
-    rank returns the same :class:`RunResult`, and rank 0 writes it.
+    distilled set and student; featurisation is sharded by samples, Algorithm 1 and KRR by whole
+    classes. Every rank returns the same metrics; rank 0 also measures the ledger and writes the outputs.
+    The result equals the single-process one (features bit-identical, metrics equal).
     """
     from . import report
     from .distributed import Ranks

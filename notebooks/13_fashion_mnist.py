@@ -71,9 +71,9 @@ import numpy as np
 import torch
 from myst_nb import glue
 
-from dntk import data, ledger, metrics, models, pipeline, projection, spectral, store, tangent, wmdd
-from dntk.gradient_distillation import leverage_scores, local_global, select
-from dntk.krr import ClassKRR, default_lam
+from dntk import data, ledger, metrics, models, pipeline, projection, spectral, tangent, wmdd
+from dntk import gradient_distillation as gd
+from dntk.krr import ClassKRR
 
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
@@ -139,34 +139,19 @@ plt.close(fig);
 # The book's convnet: three 3×3 convolution–BatchNorm–ReLU blocks of 32, 32 and 64 channels with 2×2
 # max-pooling, global average pooling and a linear head. BatchNorm is what WMDD matches. The trained weights
 # are kept in the checksummed store of `dntk.store` under the cache folder, keyed by every training setting
-# and a checksum of the training images, so a second execution of this chapter loads them.
+# (the seeded subset included), so a second execution of this chapter, and chapter 14, load them.
 
 # %%
-cache = store.Store(models.resolve_cache_dir(cache_dir) / "fashion-mnist")
-teacher_settings = {"arch": "convnet", "epochs": teacher_epochs, "lr": teacher_lr, "optimizer": "adam",
-                    "batch_size": 64, "schedule": "cosine", "seed": seed, "train_per_class": train_per_class}
-
-
-def train_teacher():
-    model = models.build("convnet", C, in_channels=1, seed=seed)
-    t0 = time.perf_counter()
-    models.train(model, (X_tr, y_tr), epochs=teacher_epochs, lr=teacher_lr, optimizer="adam", batch_size=64,
-                 seed=seed, device=device, progress=progress)
-    seconds = time.perf_counter() - t0
-    return {"state": {k: v.detach().cpu() for k, v in model.cpu().state_dict().items()}, "seconds": seconds}
-
-
 with timed("teacher"):
-    got = cache.fetch("teacher", teacher_settings, train_teacher, inputs={"train": store.content_hash(X_tr)})
-    teacher = models.build("convnet", C, in_channels=1, seed=seed)
-    teacher.load_state_dict(got.artifact["state"])
-    teacher.eval()
-teacher_train_seconds = float(got.artifact["seconds"])
+    trained = models.trained_teacher("convnet", "fashion-mnist", seed=seed, epochs=teacher_epochs, lr=teacher_lr,
+                                     train_per_class=train_per_class, root=data_root, cache_dir=cache_dir,
+                                     device=device, progress=progress)
+teacher, teacher_train_seconds = trained.model, trained.train_seconds
 P = tangent.num_params(teacher)
 logits_te = tangent.logits(teacher, X_te)
 teacher_acc = metrics.accuracy(logits_te, y_te)
 print(f"teacher: P = {P:,} parameters, test accuracy {teacher_acc:.3f} "
-      f"({got.status}; training took {teacher_train_seconds:.0f} s)")
+      f"({trained.status}; training took {teacher_train_seconds:.0f} s)")
 
 # %% [markdown]
 # ## 2. WMDD at IPC 1, 10 and 50, and students trained on the distilled sets
@@ -194,7 +179,8 @@ with timed("WMDD"):
     sets = {}
     for ipc in ipcs:
         sets["WMDD", ipc] = wmdd.distill(teacher, (X_tr, y_tr), ipc, iterations=wmdd_iterations, lr=wmdd_lr,
-                                         init="real", seed=seed, statistics=stats, device=device, progress=progress)
+                                         init="real", seed=seed, statistics=stats, device=device, progress=progress,
+                                         cache_dir=models.resolve_cache_dir(cache_dir) / "fashion-mnist")
         start = np.concatenate(sets["WMDD", ipc].settings["init_indices"])
         sets["random", ipc] = wmdd.real_subset(teacher, (X_tr, y_tr), start, method="random")
 
@@ -271,50 +257,26 @@ plt.close(fig);
 ipc_d = max(ipcs)
 dset = sets["WMDD", ipc_d]
 proj = projection.make(proj_kind, proj_dim, seed=seed)
-BASELINES = {"random": "random", "leverage": "leverage", "FPS": "fps", "k-means": "kmeans"}
-SEEDED = {"random", "FPS", "k-means"}
+METHODS = ("local_global", "pca", "random", "leverage", "fps", "kmeans")   # gradient_distillation.compare's names
+BASELINES = [gd.METHOD_LABELS[m] for m in ("random", "leverage", "fps", "kmeans")]
+SEEDED = {gd.METHOD_LABELS[m] for m in ("random", "fps", "kmeans")}
+METRIC = {"acc": "accuracy", "fid": "fidelity", "cov": "coverage"}
 
 
 def featurise(net, X):
     return tangent.class_gradients(net, X, projector=proj, device=device, progress=progress)
 
 
-def score(G_full, sets_c, lam, G_test, logits_test):
-    """Accuracy, fidelity and mean coverage of per-class compressed sets [(G_syn, t_syn)]."""
-    Gs, ts = [s[0] for s in sets_c], [s[1] for s in sets_c]
-    pred = ClassKRR().fit_synthetic(Gs, ts, lam=lam).predict(G_test)
-    return dict(acc=metrics.accuracy(pred, y_te), fid=metrics.fidelity(pred, logits_test),
-                cov=float(metrics.coverage(G_full, Gs).mean()))
-
-
 def compare(G, T, G_test, logits_test):
-    """Every method at every budget: {method: {m: [score per seed]}} on features G (N_d, C, k), targets T."""
-    lam = default_lam(G, lam_rel)
+    """Algorithm 1, PCA and the baselines at every budget, scored by `dntk.gradient_distillation.compare`."""
     ms = [m for m in budgets if m <= len(G) // C]
-    out = {name: {m: [] for m in ms} for name in ["Algorithm 1", "PCA (rank m)", *BASELINES]}
-    lg = local_global(G, T, n_clusters, tau=tau, gamma=gamma, budget=max(ms), labels=labels_d)
-    pca = [select("pca", G[:, c], max(ms)) for c in range(C)]
-    lev = [leverage_scores(G[:, c], lam_rel=lam_rel) for c in range(C)]
-    for m in ms:
-        out["Algorithm 1"][m].append(score(G, [(cs.G_syn[:m], cs.t_syn[:m]) for cs in lg.classes], lam,
-                                           G_test, logits_test))
-        out["PCA (rank m)"][m].append(score(G, [(p.V[:, :m].T @ G[:, c].double(), p.V[:, :m].T @ T[:, c].double())
-                                                for c, p in enumerate(pca)], lam, G_test, logits_test))
-        for name, method in BASELINES.items():
-            for s in (seeds if name in SEEDED else [seed]):
-                chosen = [select(method, G[:, c], m, seed=s, lam_rel=lam_rel,
-                                 scores=lev[c] if method == "leverage" else None).apply(G[:, c], T[:, c])
-                          for c in range(C)]
-                out[name][m].append(score(G, chosen, lam, G_test, logits_test))
-    full = ClassKRR(lam_rel=lam_rel).fit(G, T).predict(G_test)
-    ceiling = dict(acc=metrics.accuracy(full, y_te), fid=metrics.fidelity(full, logits_test))
-    return out, ceiling
+    return gd.compare(G, T, G_test, y_te, logits_test, ms, methods=METHODS, seeds=seeds, n_clusters=n_clusters,
+                      tau=tau, gamma=gamma, labels=labels_d, lam_rel=lam_rel, seed=seed)
 
 
-def summary(out, key):
-    """{method: (mean over seeds, min, max)}, arrays over the budgets, of one metric."""
-    return {name: tuple(f(np.array([[r[key] for r in per_m[m]] for m in per_m]), axis=1)
-                        for f in (np.mean, np.min, np.max)) for name, per_m in out.items()}
+def summary(res, key):
+    """{display name: (mean over seeds, min, max)}, arrays over the budgets, of one metric."""
+    return {gd.METHOD_LABELS[m]: v for m, v in res.summary(METRIC[key]).items()}
 
 
 nets = {"teacher": teacher, "student": students["WMDD", ipc_d]}
@@ -327,8 +289,9 @@ for role, net in nets.items():
     with timed("Algorithm 1 + baselines"):
         if role == "teacher":   # one partition of the distilled set (Algorithm 1's step 1), shared by both kernels
             labels_d = torch.as_tensor(spectral.spectral_clusters(G_d, n_clusters, seed=seed))
-        results[role], ceilings[role] = compare(G_d, f_d, G_t, f_t)
-ms = list(results["teacher"]["Algorithm 1"])
+        results[role] = compare(G_d, f_d, G_t, f_t)
+        ceilings[role] = dict(acc=results[role].full.accuracy, fid=results[role].full.fidelity)
+ms = list(results["teacher"].budgets)
 
 
 def print_table(role, key, title):
@@ -518,7 +481,7 @@ print(led.table(stages=False))
 # %%
 total = time.perf_counter() - chapter_start
 rows = [("data", stage_seconds["data"]),
-        ("teacher (this run: " + got.status + ")", stage_seconds["teacher"]),
+        ("teacher (this run: " + trained.status + ")", stage_seconds["teacher"]),
         ("teacher training (when trained)", teacher_train_seconds),
         (f"WMDD, IPC {', '.join(map(str, ipcs))}", stage_seconds["WMDD"]),
         (f"students ({len(sets)})", stage_seconds["students"]),

@@ -73,7 +73,6 @@ progress = False
 
 # %%
 import dataclasses
-import time
 import warnings
 from pathlib import Path
 
@@ -108,23 +107,9 @@ X_train, y_train = data.as_tensors(train_ds)
 X_test, y_test = data.as_tensors(test_ds, limit=test_limit)
 C, side = train_ds.num_classes, X_train.shape[-1]
 cache = store.Store(models.resolve_cache_dir(cache_dir) / "fashion-mnist")
-teacher_settings = {"arch": "convnet", "epochs": teacher_epochs, "lr": teacher_lr, "optimizer": "adam",
-                    "batch_size": 64, "schedule": "cosine", "seed": seed, "train_per_class": train_per_class}
-
-
-def train_teacher():   # exactly chapter 13's, which stores the same artifact under the same key
-    model = models.build("convnet", C, in_channels=1, seed=seed)
-    t0 = time.perf_counter()
-    models.train(model, (X_train, y_train), epochs=teacher_epochs, lr=teacher_lr, optimizer="adam", batch_size=64,
-                 seed=seed, device=device, progress=progress)
-    seconds = time.perf_counter() - t0
-    return {"state": {k: v.detach().cpu() for k, v in model.cpu().state_dict().items()}, "seconds": seconds}
-
-
-got = cache.fetch("teacher", teacher_settings, train_teacher, inputs={"train": store.content_hash(X_train)})
-net = models.build("convnet", C, in_channels=1, seed=seed)
-net.load_state_dict(got.artifact["state"])
-net.eval()
+net = models.trained("convnet", "fashion-mnist", seed=seed, epochs=teacher_epochs, lr=teacher_lr,
+                     train_per_class=train_per_class, root=data_root, cache_dir=cache_dir, device=device,
+                     progress=progress)
 distilled = wmdd.distill(net, (X_train, y_train), ipc, iterations=wmdd_iterations, lr=wmdd_lr, init="real",
                          seed=seed, cache_dir=cache.root, device=device, progress=progress)
 X_dist = distilled.images
@@ -149,7 +134,7 @@ G_test, z_test = features(X_test)
 N, N_d, N_test, k = len(G_train), len(G_dist), len(G_test), G_train.shape[2]
 print(f"Fashion-MNIST: {N} training images ({train_per_class} per class), {N_d} distilled ({ipc} per class), "
       f"{N_test} test images; convnet with {tangent.num_params(net):,} parameters, test accuracy "
-      f"{float((z_test.argmax(1) == y_test).double().mean()):.3f} (teacher {got.status}); {proj_kind} projection "
+      f"{float((z_test.argmax(1) == y_test).double().mean()):.3f} ; {proj_kind} projection "
       f"to k = {k}")
 
 # %% [markdown]

@@ -1,4 +1,4 @@
-"""Tests for dntk.ledger against hand-computed closed forms of SPEC §7."""
+"""Tests for dntk.ledger against hand-computed closed forms of appendix §7."""
 import math
 
 import pytest
