@@ -10,7 +10,7 @@ NB_TIMEOUT ?= 900
 # Idle OpenMP threads sleep instead of spinning (spinning costs minutes when cores are shared).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup data test test-py test-nb notebooks book check-book run bench clean help
+.PHONY: setup data lint test test-py test-nb notebooks book check-book run bench clean help
 
 help:
 	@echo "make book   - set up .venv, execute every chapter, build the HTML book into _build/html"
@@ -51,8 +51,12 @@ $(STAMP): pyproject.toml
 
 test: test-py test-nb
 
-test-py: setup
+test-py: setup lint
 	$(BIN)/python -m pytest tests
+
+# ruff (lint and import order, configured in pyproject.toml) over the package, tests, chapters and scripts.
+lint: setup
+	$(BIN)/ruff check dntk tests benchmarks notebooks .ci book/_ext
 
 # nbval executes the jupytext sources converted into an ignored folder (never beside the .py files).
 notebooks: setup

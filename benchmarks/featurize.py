@@ -435,8 +435,8 @@ def run_model(name, args, tmp):
                    "dntk-sparse", "dntk-sparse-old", "dntk-srht", "dntk-kronecker", "dntk-orthonormal"]
         slow = {"trak-default": dict(repeats=1, warmup=False, n=64)}  # float16 on CPU: ~40x slower; fewer samples
     else:
-        cfg = dict(model="resnet18", n=4 if quick else args.resnet_n, k=2048, threads=args.threads, repeats=1,
-                   slice=args.slice)
+        cfg = dict(model="resnet18", n=4 if quick else args.resnet_n, k=2048, threads=args.threads,
+                   repeats=args.resnet_repeats, slice=args.slice)
         methods = ["floor", "recipe", "trak-fp32", "dntk-gaussian", "dntk-srht", "dntk-sparse", "dntk-sparse-old",
                    "dntk-kronecker"]
         if not quick:
@@ -497,7 +497,7 @@ def _frontier(cfg, K, tmp, args):
     points = []
     for kind in kinds:
         kd = [d for d in dims if kind != "orthonormal" or d * 28842 <= (1 << 25)]
-        c = dict(cfg, method="frontier", kind=kind, dims=kd, repeats=1 if args.quick else 3, tmp=tmp)
+        c = dict(cfg, method="frontier", kind=kind, dims=kd, repeats=1 if args.quick else args.frontier_repeats, tmp=tmp)
         try:
             res = _spawn(c)
         except Exception as e:
@@ -574,6 +574,8 @@ def main(argv=None):
     ap.add_argument("--methods", help="comma-separated subset of the rows to run (e.g. floor,dntk-sparse,dntk-sparse-old)")
     ap.add_argument("--frontier", help="convnet: write the error-versus-time frontier of every kind to this PNG")
     ap.add_argument("--frontier-dims", default="128,512,2048", help="k values of the frontier (default 128,512,2048)")
+    ap.add_argument("--resnet-repeats", type=int, default=1, help="ResNet-18 timed runs per method (minimum kept)")
+    ap.add_argument("--frontier-repeats", type=int, default=3, help="timed runs per frontier point (minimum kept)")
     ap.add_argument("--n", type=int, help="convnet samples (default 256; 64 with --quick)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

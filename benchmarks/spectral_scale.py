@@ -1,4 +1,4 @@
-"""Scale benchmark for dntk.spectral (issue 4, SPEC §4.3): spectral clustering of the class-averaged kernel and the
+"""Scale benchmark for dntk.spectral (appendix §4.3): spectral clustering of the class-averaged kernel and the
 containment diagnostics (properties A and B) of projected gradients, matrix-free against dense.
 
 The matrix-free path never forms an N×N matrix: clustering works on the stacked (N, C·k) features, containment on

@@ -760,7 +760,12 @@ class _Run:
         stage, key = self.computing
 
         def kept(c: int) -> dict:
-            return self.store.fetch("classes", {"stage": stage, "key": key, "class": c}, lambda: fn(c)).artifact
+            from .store import StoreError
+
+            try:
+                return self.store.fetch("classes", {"stage": stage, "key": key, "class": c}, lambda: fn(c)).artifact
+            except (FileNotFoundError, StoreError):  # a concurrent run stored the stage and dropped its parts
+                return dict(fn(c))
 
         return per_class(self.ranks, num_classes, kept, label)
 

@@ -45,15 +45,18 @@ import torch
 
 from ._common import resolve_device
 
-__all__ = ["make", "KINDS", "Projector", "Accumulator", "fwht", "error_curve", "ErrorCurve", "recommend_dim"]
+__all__ = ["make", "KINDS", "DEFAULT_SPARSE_S", "Projector", "Accumulator", "fwht", "error_curve", "ErrorCurve",
+           "recommend_dim"]
 
 KINDS = ("orthonormal", "gaussian", "rademacher", "sparse", "srht", "kronecker")
 _KIND_ID = {k: i + 1 for i, k in enumerate(KINDS)}
 _TILE_ELEMS = 1 << 22  # entries per generated dense tile (16 MiB in float32)
 _REGISTRY: dict[str, type] = {}
 
-#: Default number of nonzeros per input coordinate of the ``sparse`` kind.
-DEFAULT_SPARSE_S = 2
+#: Default number of nonzeros per input coordinate of the ``sparse`` kind. The kernel's mean-square error
+#: does not depend on ``s`` (see :class:`SparseProjector`); ``s = 1`` (a CountSketch) is the cheapest,
+#: larger ``s`` tightens the tail of the worst-case distortion at ``s`` multiply–adds per coordinate.
+DEFAULT_SPARSE_S = 1
 
 
 @dataclass(frozen=True)

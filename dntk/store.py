@@ -558,10 +558,10 @@ class Store:
         self._write(stage, key, artifact, settings, inputs)
         return final
 
-    def _write(self, stage, key, artifact, settings, inputs) -> str:
+    def _write(self, stage, key, artifact, settings, inputs, replace: bool = True) -> str:
         record = {"stage": stage, "key": key, "settings": _canonical(settings),
                   "inputs": _canonical(dict(inputs or {}))}
-        checksum = write_artifact(self.path(stage, key), artifact, record)
+        checksum = write_artifact(self.path(stage, key), artifact, record, replace=replace)
         log.debug("stored %s/%s", stage, key)
         return checksum
 
@@ -619,7 +619,8 @@ class Store:
         written = None
         art = dict(compute())
         if not (d / _META).is_file():  # else another process stored it meanwhile: keep that copy
-            written = self._write(stage, key, art, settings, inputs)
+            # never move aside a copy that another process finished meanwhile (it may be reading it back)
+            written = self._write(stage, key, art, settings, inputs, replace=False)
         # read back what is on disk, so a computed artifact is exactly what a later run loads; verified
         # unless it is the copy this call just wrote (a concurrent writer's copy is checked in full)
         meta = _read_meta(d)

@@ -60,6 +60,7 @@ chapter.glue_number("ch07_P", P)
 chapter.glue_number("ch07_N", N)
 chapter.glue_number("ch07_N_test", len(Xte))
 chapter.glue_number("ch07_k_main", k_main)
+chapter.glue_number("ch07_s", projection.DEFAULT_SPARSE_S)
 
 # %% [markdown]
 # We work with the trained digits convnet ($P$ = {glue:text}`ch07_P:,` parameters, $C = 10$ classes),
@@ -95,7 +96,7 @@ chapter.glue_number("ch07_k_main", k_main)
 # | `orthonormal` | $\sqrt{P/k}\,Q$, $Q$ from a QR of a Gaussian (small $P$ only) | $Pk$ |
 # | `gaussian` | entries $\mathcal{N}(0, 1/k)$ | $Pk$ |
 # | `rademacher` | entries $\pm 1/\sqrt{k}$ | $Pk$ |
-# | `sparse` | exactly $s$ nonzeros $\pm1/\sqrt{s}$ per parameter, one in each of $s$ slices of the $k$ outputs; $s = 2$ | $sP$ |
+# | `sparse` | exactly $s$ nonzeros $\pm1/\sqrt{s}$ per parameter, one in each of $s$ slices of the $k$ outputs | $sP$ |
 # | `srht` | $\sqrt{P'/k}\,SHD$: random signs, Walsh–Hadamard transform, $k$ sampled coordinates | $P'\log_2 P'$ |
 # | `kronecker` | per weight matrix $R_\mathrm{out}\otimes R_\mathrm{in}$, $k = k_\mathrm{out}k_\mathrm{in}$ | $\sum_\ell T_\ell(d_\mathrm{in}k_\mathrm{in} + d_\mathrm{out}k_\mathrm{out})$ |
 #
@@ -103,7 +104,9 @@ chapter.glue_number("ch07_k_main", k_main)
 # each parameter's $s$ nonzeros come from a hash of the parameter's index, so any slice of $R$ can be
 # generated on its own. Its inner-product variance is the Gaussian one *minus*
 # $2\sum_j a_j^2 b_j^2/k$, for any $s$ — it can only be more accurate than a dense Gaussian, and most so
-# when a few coordinates dominate.
+# when a few coordinates dominate. Since that variance does not depend on $s$, the default is the
+# cheapest, $s$ = {glue:text}`ch07_s` (a CountSketch); a larger $s$ (option `s=`) tightens the tail of the
+# worst-case distortion that the JL lemma bounds, at $s$ multiply–adds per parameter.
 #
 # The Kronecker kind never forms a per-sample layer gradient: a layer gradient is
 # $\sum_t \delta_t a_t^\top$ (output gradient times input, summed over the $T_\ell$ positions of a

@@ -496,7 +496,7 @@ for name, sec in rows:
     print(f"{name:<40}{sec:>10.1f}")
 protocol_seconds = (teacher_train_seconds + sum(stage_seconds[k] for k in (
     "WMDD", "featurise distilled + test", "Algorithm 1 + baselines", "JL-only ceiling")))
-print(f"\nthe protocol of the issue (teacher training, WMDD, features, Algorithm 1 with all baselines, "
+print(f"\nthe whole protocol (teacher training, WMDD, features, Algorithm 1 with all baselines, "
       f"ceilings): {protocol_seconds:.0f} s, with {torch.get_num_threads()} thread(s)")
 
 # %% tags=["hide-input"]

@@ -1,4 +1,4 @@
-"""Tests for dntk.gradient_distillation (SPEC §4.3): Algorithm 1 and the selection baselines.
+"""Tests for dntk.gradient_distillation (appendix §4.3): Algorithm 1 and the selection baselines.
 
 References are independent: numpy ``eigh`` of explicit kernels, brute-force loops, the direct
 ``diag(K (K+λI)^{-1})``, and ``ClassKRR`` for the rank-r KRR.
@@ -102,7 +102,7 @@ def test_V_orthonormal_and_synthetic_set(data, method):
 
 
 def test_steps_against_numpy_reference(data):
-    """r, r_j, A_i, the gap set and the candidate order follow SPEC §4.3 computed independently."""
+    """r, r_j, A_i, the gap set and the candidate order follow appendix §4.3 computed independently."""
     X, T, labels = data
     tau, gamma = 0.9, 0.7
     res = local_global(X, T, 4, tau=tau, gamma=gamma, method="matrix_free", labels=labels)
@@ -218,7 +218,7 @@ def test_budget_is_prefix(data, method):
 
 @pytest.mark.parametrize("method", ["dense", "matrix_free"])
 def test_no_clusters_all_gaps_is_rank_r_krr(data, method):
-    """SPEC §4.3: with no clusters and every global direction a gap, V = U_r and KRR = rank-r KRR."""
+    """appendix §4.3: with no clusters and every global direction a gap, V = U_r and KRR = rank-r KRR."""
     X, T, _ = data
     res = local_global(X, T, 0, tau=0.9, gamma=1.0, method=method)
     assert res.labels is None

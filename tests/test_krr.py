@@ -201,7 +201,7 @@ def test_select_with_centring_scores_centred_targets():
 def test_fit_synthetic_equals_sklearn_on_rows():
     N, C, k = 40, 3, 12
     F, T, Ft = _data(N, C, k, seed=15)
-    lam = default_lam(F, 1e-2)                  # λ of the uncompressed set (SPEC §4.3)
+    lam = default_lam(F, 1e-2)                  # λ of the uncompressed set (appendix §4.3)
     rng = np.random.default_rng(0)
     rows = [rng.choice(N, size=m, replace=False) for m in (5, 9, 20)]   # m_c < k, < k, > k
     feats = [F[rows[c], c] for c in range(C)]
@@ -221,7 +221,7 @@ def test_fit_synthetic_equals_sklearn_on_rows():
 
 
 def test_fit_synthetic_with_top_eigenvectors_is_rank_r_krr():
-    """G_syn = U_rᵀ G, t_syn = U_rᵀ t (V = U_r in SPEC §4.3) reproduces the rank-r KRR of SPEC §1."""
+    """G_syn = U_rᵀ G, t_syn = U_rᵀ t (V = U_r in appendix §4.3) reproduces the rank-r KRR of appendix §1."""
     N, C, k, r = 30, 2, 25, 5
     F, T, Ft = _data(N, C, k, seed=16)
     lam = default_lam(F, 1e-2)

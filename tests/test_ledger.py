@@ -133,7 +133,7 @@ def test_model_stats_counts_params_macs_and_layers():
 
 
 def test_from_config_imagenette_target():
-    """The ImageNette/ResNet-18 params file: DNTK build ≥ 10⁴ × cheaper than the full NTK (issue 7 target)."""
+    """The ImageNette/ResNet-18 params file: DNTK build ≥ 10⁴ × cheaper than the full NTK (the orders-of-magnitude claim)."""
     from pathlib import Path
 
     from dntk.pipeline import load_config

@@ -1,4 +1,4 @@
-"""dntk.metrics against hand computations, scikit-learn and the Nyström formula of SPEC §3 (eqs 7–10)."""
+"""dntk.metrics against hand computations, scikit-learn and the Nyström formula of appendix §3 (eqs 7–10)."""
 import dataclasses
 
 import numpy as np

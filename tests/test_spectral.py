@@ -195,7 +195,7 @@ def test_matrix_free_embedding_matches_dense_eigenvectors():
 
 # ----------------------------------------------------------------------------- containment
 def _containment_reference(G, labels, tau):
-    """Definitions of SPEC §4.3 with numpy eigh, explicit lifting and an explicit projector Q."""
+    """Definitions of appendix §4.3 with numpy eigh, explicit lifting and an explicit projector Q."""
     G = G.numpy()
     K = G @ G.T
     n = K.shape[0]

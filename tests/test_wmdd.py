@@ -1,4 +1,4 @@
-"""Tests for dntk.wmdd (SPEC §4.1) against independent references: POT called directly, class means,
+"""Tests for dntk.wmdd (appendix §4.1) against independent references: POT called directly, class means,
 mean/var computed on the whole class at once, brute-force Voronoi cells."""
 import copy
 import json
