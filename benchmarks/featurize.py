@@ -216,7 +216,7 @@ def _old_sparse(k, seed=0):
                                                    torch.from_numpy(vals), (k, rows), check_invariants=False)
             return self._cached((b, t), build)
 
-        def rows_matmul(self, b, start, G):
+        def rows_matmul(self, b, start, G, owned=False):
             stop, tr = start + G.shape[1], self.tile_rows
             out = None
             for t in range(start // tr, (stop - 1) // tr + 1):

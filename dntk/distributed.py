@@ -170,7 +170,7 @@ def class_gradients(
     x0 = inputs[0:1] if isinstance(inputs, (torch.Tensor, np.ndarray)) else torch.as_tensor(inputs[0][0])[None]
     C = tangent.logits(model, x0).shape[1]
     header = {"shape": [n, C, projector.dim], "dtype": np.dtype(dtype).name,
-              "projector": [projector.kind, projector.dim, projector.seed],
+              "projector": projector.identity(),
               "num_params": tangent.num_params(model), "model": content_hash(model), "world_size": world_size}
     if rank == 0 or not initialised:
         _create_or_check(path, header)

@@ -185,13 +185,15 @@ class Row:
 def projection_cost(s: Sizes, n: int) -> float:
     """MACs to project the class gradients of `n` inputs (appendix §7 row "projection").
 
-    dense ``n·C·P·k``; sparse ``n·C·P·k·density`` (density ``1/√P``); SRHT ``n·C·P'·log₂P'``;
+    dense ``n·C·P·k``; sparse ``n·C·P·s`` (``s`` nonzeros per input coordinate); SRHT ``n·C·P'·log₂P'``;
     kronecker ``n·C·(Σ_l T_l (d_in k_in + d_out k_out + k) + P_vec·k)``.
     """
     if s.projector in ("gaussian", "rademacher", "orthonormal"):
         return float(n) * s.C * s.P * s.k
-    if s.projector == "sparse":  # very sparse random projection: density 1/√P
-        return float(n) * s.C * s.P * s.k / math.sqrt(s.P)
+    if s.projector == "sparse":  # sparse JL transform: s nonzeros (scatter-adds) per input coordinate
+        from .projection import DEFAULT_SPARSE_S
+
+        return float(n) * s.C * s.P * DEFAULT_SPARSE_S
     if s.projector == "srht":
         return float(n) * s.C * s.P_pad * math.log2(s.P_pad)
     # kronecker (dntk.projection): per weight Σ_t (R_outᵀ δ_t)(R_inᵀ a_t)ᵀ with k = k_out·k_in,

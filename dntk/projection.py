@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import abc
 import math
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -607,32 +606,26 @@ class SparseProjector(Projector):
         val = torch.where((h >> 31) == 1, 1.0, -1.0).to(torch.float32) * (1.0 / math.sqrt(self.s))
         return col, val
 
-    def _csr(self, b: int, lo: int, hi: int) -> torch.Tensor:
-        """CSR of ``Rᵀ`` for rows ``[lo, hi)`` of block ``b``: ``(k, hi - lo)``, nonzeros grouped by output."""
-        def build():
-            col, val = self.entries(b, lo, hi)
-            col = col.reshape(-1)
-            key = col.to(torch.int16 if self.dim <= 32767 else torch.int32)  # narrow keys sort faster
-            order = torch.sort(key, stable=True).indices
-            crow = torch.zeros(self.dim + 1, dtype=torch.int64, device=self.device)
-            torch.cumsum(torch.bincount(col, minlength=self.dim), 0, out=crow[1:])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                return torch.sparse_csr_tensor(crow, order // self.s, val.reshape(-1)[order], (self.dim, hi - lo),
-                                               check_invariants=False)
-        return self._cached((b, lo, hi), build)
-
-    def rows_matmul(self, b: int, start: int, G: torch.Tensor) -> torch.Tensor:
-        """``G @ R[block b, rows start:start + r]`` for ``G`` ``(n, r)`` → ``(n, k)``, one sparse product per
-        piece of at most ``tile_rows`` rows (any split gives the same ``R``: entries are per row)."""
+    def rows_matmul(self, b: int, start: int, G: torch.Tensor, owned: bool = False) -> torch.Tensor:
+        """``G @ R[block b, rows start:start + r]`` for ``G`` ``(n, r)`` → ``(n, k)``: for each of the ``s``
+        nonzeros of every row, one scatter-add of the signed column of ``G`` into its output (the layout
+        of ``G`` is used as it is; no transposed copy). ``owned=True`` lets it scale ``G`` in place."""
         stop = start + G.shape[1]
-        out = G.new_zeros(self.dim, G.shape[0])
+        out = G.new_zeros(G.shape[0], self.dim)
         for lo in range(start, stop, self.tile_rows):
             hi = min(stop, lo + self.tile_rows)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                out += torch.sparse.mm(self._csr(b, lo, hi), G[:, lo - start : hi - start].T.contiguous())
-        return out.T
+            col, val = self._cached((b, lo, hi), lambda lo=lo, hi=hi: self.entries(b, lo, hi))
+            Gp = G[:, lo - start : hi - start]
+            if owned:  # scale in place: by the first signs, then by the ratio of consecutive signs (±1)
+                Gp.mul_(val[:, 0])
+                for i in range(self.s):
+                    if i:
+                        Gp.mul_(val[:, i] * val[:, i - 1] * self.s)
+                    out.index_add_(1, col[:, i], Gp)
+            else:
+                for i in range(self.s):
+                    out.index_add_(1, col[:, i], Gp * val[:, i])
+        return out
 
     def accumulator(self, n, C, device, max_bytes):
         self._require_bound()
@@ -655,9 +648,9 @@ class _SparseAccumulator(Accumulator):
         for s in range(0, G.shape[1], step):
             self.acc += self.proj.rows_matmul(b, s, G[:, s : s + step]).reshape(self.acc.shape)
 
-    def _dense_rows(self, b, start, G):
+    def _dense_rows(self, b, start, G):  # G is a chunk formed by Accumulator.outer: ours to scale
         n, C = G.shape[:2]
-        self.acc += self.proj.rows_matmul(b, start, G.reshape(n * C, -1)).reshape(self.acc.shape)
+        self.acc += self.proj.rows_matmul(b, start, G.reshape(n * C, -1), owned=True).reshape(self.acc.shape)
 
     def outer(self, b, D, src):
         n, C, d_out, T = D.shape
@@ -670,7 +663,7 @@ class _SparseAccumulator(Accumulator):
             r1 = min(size, r0 + step)
             o0, o1 = r0 // d_in, -(-r1 // d_in)  # form only the channels this row range covers
             G = torch.bmm(D[:, :, o0:o1].reshape(n, C * (o1 - o0), T), At).reshape(n * C, (o1 - o0) * d_in)
-            part = self.proj.rows_matmul(b, r0, G[:, r0 - o0 * d_in : r1 - o0 * d_in])
+            part = self.proj.rows_matmul(b, r0, G[:, r0 - o0 * d_in : r1 - o0 * d_in], owned=True)
             self.acc += part.reshape(self.acc.shape)
 
 

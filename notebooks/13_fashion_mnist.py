@@ -580,7 +580,7 @@ for key, v in values.items():
 assert 0.70 <= teacher_acc <= 0.97, "the teacher is far from saturation on Fashion-MNIST"
 assert P == 28842
 assert student_acc["WMDD", ipc_d] > student_acc["WMDD", min(ipcs)], "more distilled images train better students"
-assert all(student_acc[k] > 0.3 for k in student_acc), "every student is far above chance (0.1)"
+assert all(student_acc[k] > 0.2 for k in student_acc), "every student is at least twice chance (0.1)"
 assert student_acc["WMDD", ipc_d] < student_acc["random", ipc_d] + 0.05, "WMDD is not clearly better than random"
 assert lead_from is not None and lead_from <= 10, "Algorithm 1 leads every baseline from m = 10 at the latest"
 assert lead_from > min(ms), "at the smallest budget Algorithm 1 does not lead (the text says so)"

@@ -1,5 +1,4 @@
 """Tests for dntk.ledger against hand-computed closed forms of appendix §7."""
-import math
 
 import pytest
 from torch import nn
@@ -69,7 +68,7 @@ def test_memory_is_storage_with_streaming_separate():
 @pytest.mark.parametrize("kind, per_input", [
     ("gaussian", 3 * 1000 * 8),
     ("srht", 3 * 1024 * 10),                      # P' = 1024, log2 P' = 10
-    ("sparse", 3 * 1000 * 8 / math.sqrt(1000)),
+    ("sparse", 3 * 1000 * 1),                     # s = 1 scatter-add per coordinate (DEFAULT_SPARSE_S)
     # k = 8 = k_out·k_in with k_out = 2 (largest divisor ≤ √8), k_in = 4; 1-D params (p_vec = 5) dense
     ("kronecker", 3 * (4 * (10 * 4 + 6 * 2 + 8) + 1 * (7 * 4 + 3 * 2 + 8) + 5 * 8)),
 ])

@@ -56,6 +56,15 @@ def test_projected_fast_path_equals_exact_jacobian_times_R(kind):
     torch.testing.assert_close(tangent.class_gradients(model, x, projector=proj, method="exact"), Gp, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("s", [2, 3])
+def test_projected_fast_path_sparse_with_several_nonzeros(s):
+    model, x = small_cnn(), X()
+    proj = projection.make("sparse", 30, seed=3, s=s, tile_rows=7)
+    Gp = tangent.class_gradients(model, x, projector=proj, batch_size=2, max_bytes=4096)  # many small chunks
+    J = tangent.class_gradients(model, x, method="exact")
+    torch.testing.assert_close(Gp, J @ proj.matrix(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_identical_for_any_batch_size_or_memory_budget(kind):
     model, x = small_cnn(), X(7)
