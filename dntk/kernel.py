@@ -185,6 +185,16 @@ def _check_v(v, M, C):
     return v
 
 
+def _product_operands(model, inputs, inputs_b, v, dev):
+    """Batched ``X`` and ``X_b``, the checked ``(M, C)`` vector ``v`` and the functional form of ``model``."""
+    dtype = model_dtype(model)
+    src = BatchedInputs(inputs, dtype)
+    src_b = src if inputs_b is None else BatchedInputs(inputs_b, dtype)
+    C = call_model(model, src.get(0, 1, dev)).shape[1]
+    f, params = _functional(model)
+    return src, src_b, _check_v(v, src_b.n, C), f, params
+
+
 def ntk_vector_product(model: nn.Module, inputs, v, inputs_b=None, batch_size: int = 64, device=None) -> torch.Tensor:
     """Matrix-free ``(Θ(X, X_b) v)_i = Σ_j Θ(x_i, x_j) v_j`` (appendix eq. (eq-empirical-ntk)), shape ``(N, C)``, without forming ``J``.
 
@@ -194,12 +204,7 @@ def ntk_vector_product(model: nn.Module, inputs, v, inputs_b=None, batch_size: i
     """
     check_model(model)
     with eval_mode(model), on_device(model, device) as dev:
-        dtype = model_dtype(model)
-        src = BatchedInputs(inputs, dtype)
-        src_b = src if inputs_b is None else BatchedInputs(inputs_b, dtype)
-        C = call_model(model, src.get(0, 1, dev)).shape[1]
-        v = _check_v(v, src_b.n, C)
-        f, params = _functional(model)
+        src, src_b, v, f, params = _product_operands(model, inputs, inputs_b, v, dev)
         u = _vjp_sum(f, params, src_b, v, dev, batch_size)
         return _jvp_apply(f, params, src, u, dev, batch_size).to(torch.float64)
 
@@ -212,12 +217,8 @@ def class_kernel_vector_product(model: nn.Module, inputs, v, inputs_b=None, batc
     """
     check_model(model)
     with eval_mode(model), on_device(model, device) as dev:
-        dtype = model_dtype(model)
-        src = BatchedInputs(inputs, dtype)
-        src_b = src if inputs_b is None else BatchedInputs(inputs_b, dtype)
-        C = call_model(model, src.get(0, 1, dev)).shape[1]
-        v = _check_v(v, src_b.n, C)
-        f, params = _functional(model)
+        src, src_b, v, f, params = _product_operands(model, inputs, inputs_b, v, dev)
+        C = v.shape[1]
         cols = []
         for c in range(C):
             vc = torch.zeros_like(v)
