@@ -539,14 +539,16 @@ def fit_temperature(logits, labels, bounds=(1e-2, 1e2)) -> float:
     beta = 1.0 if lo < 1.0 < hi else math.sqrt(lo * hi)
     for _ in range(200):
         d, h = derivs(beta)
+        if abs(d) < 1e-13:      # converged at beta (test before moving: a converged Newton step equals beta)
+            break
         if d > 0:
             hi = beta
         else:
             lo = beta
+        if hi - lo <= 1e-12 * hi:
+            break
         step = beta - d / h if h > 0 else float("nan")
         beta = step if lo < step < hi else 0.5 * (lo + hi)
-        if hi - lo <= 1e-12 * hi or abs(d) < 1e-13:
-            break
     return 1.0 / beta
 
 

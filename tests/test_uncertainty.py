@@ -246,6 +246,28 @@ def test_fit_temperature_minimises_nll():
     assert U.fit_temperature(z, z.argmax(1), bounds=(0.05, 20.0)) == 0.05
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_fit_temperature_matches_scipy_on_overconfident_logits(seed):
+    # logits of an over- or under-confident classifier (scale and margin drawn at random); reference:
+    # scipy's bounded Brent minimisation of the NLL over log T, computed with torch's cross-entropy
+    from scipy.optimize import minimize_scalar
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (500,), generator=g)
+    scale = 0.5 + 20 * float(torch.rand(1, generator=g))
+    z = scale * torch.randn(500, 10, generator=g, dtype=torch.float64)
+    z[torch.arange(500), y] += 2 * scale * float(torch.rand(1, generator=g))
+
+    def nll(log_t):
+        return float(torch.nn.functional.cross_entropy(z / math.exp(log_t), y))
+
+    ref = minimize_scalar(nll, bounds=(math.log(1e-2), math.log(1e2)), method="bounded",
+                          options={"xatol": 1e-10})
+    T = U.fit_temperature(z, y)
+    assert U.negative_log_likelihood(z, y, T) <= ref.fun + 1e-9
+    assert abs(math.log(T) - ref.x) < 1e-3, (T, math.exp(ref.x))
+
+
 # ----------------------------------------------------------------------------- detection metrics
 def test_auroc_and_fpr_match_sklearn():
     g = np.random.default_rng(0)
