@@ -347,8 +347,6 @@ def resolve_root(name: str, root=None) -> Path:
     return Path(root).expanduser()
 
 
-_resolve_root = resolve_root  # old private name, still used by dntk.pipeline
-
 
 _LAYOUT = {
     "imagenette": ("Expected layout: <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG, e.g. the "

@@ -35,16 +35,6 @@ log = logging.getLogger("dntk")
 
 __all__ = ["ClassKRR", "default_lam", "loo_gcv", "ridge_weights", "DEFAULT_LAM_GRID"]
 
-_MOVED = ("ErrorDecomposer", "ErrorDecomposition", "error_decomposition")
-
-
-def __getattr__(name):
-    """The Prop B.3 decomposition moved to :mod:`dntk.error_decomposition`; the old names still resolve."""
-    if name in _MOVED:
-        from . import error_decomposition as moved
-
-        return getattr(moved, name)
-    raise AttributeError(f"module 'dntk.krr' has no attribute {name!r}")
 
 #: Grid of ``lam_rel`` values searched by ``select="loo"|"gcv"`` when ``lam_grid`` is not given.
 DEFAULT_LAM_GRID = tuple(float(v) for v in 10.0 ** np.arange(-8.0, 2.01, 0.5))

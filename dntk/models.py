@@ -40,7 +40,7 @@ from .store import Store, atomic_write_bytes, content_hash
 log = logging.getLogger("dntk")
 
 __all__ = ["Classifier", "MODELS", "build", "train", "training_loop", "evaluate", "save", "load", "trained",
-           "resolve_cache_dir", "TrainingSettings", "TEACHER_DEFAULTS", "TEACHER_EPOCHS", "TRAINED_DEFAULTS",
+           "resolve_cache_dir", "TrainingSettings", "TEACHER_DEFAULTS", "TEACHER_EPOCHS",
            "TRAINING_VERSION", "TrainingDivergedError"]
 
 #: Names accepted by :func:`build`.
@@ -83,8 +83,6 @@ class TrainingSettings:
 TEACHER_DEFAULTS = TrainingSettings()
 #: Teacher epochs (``TEACHER_DEFAULTS.epochs``), the one default for every teacher of the package.
 TEACHER_EPOCHS = TEACHER_DEFAULTS.epochs
-#: ``TEACHER_DEFAULTS`` as a dict (without ``momentum``), kept for existing callers.
-TRAINED_DEFAULTS = {k: v for k, v in dataclasses.asdict(TEACHER_DEFAULTS).items() if k != "momentum"}
 #: Bump when the training code changes in a way that changes the weights (part of every teacher cache key).
 TRAINING_VERSION = 1
 

@@ -45,7 +45,7 @@ import dntk.models
 import dntk.projection
 import dntk.tangent
 from dntk import chapter
-from dntk.krr import ErrorDecomposer
+from dntk.error_decomposition import ErrorDecomposer
 
 chapter.use_book_style()
 
@@ -138,7 +138,7 @@ print(f"pool: n = {n_pool} digits, C = {C} classes, features {tuple(G_pool.shape
       f"({projector_kind} projection of P = {dntk.tangent.num_params(model)} to k = {k})")
 
 # %% [markdown]
-# `dntk.krr.ErrorDecomposer` factorises each class's pool features once (a thin SVD) and then returns
+# `dntk.error_decomposition.ErrorDecomposer` factorises each class's pool features once (a thin SVD) and then returns
 # the three terms for any training draw and λ.
 
 # %%

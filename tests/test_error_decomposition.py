@@ -4,8 +4,6 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
-import dntk.krr
-from dntk import error_decomposition as ed_module
 from dntk.error_decomposition import ErrorDecomposer, error_decomposition
 
 TOL = 1e-8
@@ -88,8 +86,3 @@ def test_non_finite_pool_rejected():
         ErrorDecomposer(F, Tb)
 
 
-def test_old_krr_names_still_resolve():
-    assert dntk.krr.ErrorDecomposer is ed_module.ErrorDecomposer
-    assert dntk.krr.error_decomposition is ed_module.error_decomposition
-    with pytest.raises(AttributeError):
-        dntk.krr.no_such_name
