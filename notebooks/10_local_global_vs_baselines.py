@@ -55,9 +55,9 @@ import numpy as np
 import torch
 from myst_nb import glue
 
-from dntk import chapter, data, metrics, tangent, wmdd
-from dntk.gradient_distillation import leverage_scores, local_global, local_global_grid, select
-from dntk.krr import ClassKRR, default_lam
+from dntk import chapter, data, tangent, wmdd
+from dntk.baselines import SEEDED_METHODS
+from dntk.gradient_distillation import METHOD_LABELS, compare, local_global_grid, score, select
 from dntk.spectral import spectral_clusters
 
 _ = torch.manual_seed(seed)
@@ -93,52 +93,13 @@ G_tr, G_te, f_tr, f_te = setup.G_train, setup.G_test, setup.f_train, setup.f_tes
 N, C, k = G_tr.shape
 print(f"training set: N = {N}, C = {C}, k = {k}; test set: {len(y_te)} images")
 
-BASELINES = {"random": "random", "leverage (top)": "leverage", "leverage (sampled)": "leverage_sampled",
-             "FPS": "fps", "k-means": "kmeans"}
-SEEDED = {"random", "leverage (sampled)", "FPS", "k-means"}
+BASELINES = ("random", "leverage", "leverage_sampled", "fps", "kmeans")   # the row-selection baselines
 
 
-def score(G, sets, lam):
-    """Accuracy, fidelity, mean coverage and mean Nyström error of per-class sets [(G_syn, t_syn)]."""
-    Gs, ts = [s[0] for s in sets], [s[1] for s in sets]
-    pred = ClassKRR().fit_synthetic(Gs, ts, lam=lam).predict(G_te)
-    return dict(acc=metrics.accuracy(pred, y_te), fid=metrics.fidelity(pred, f_te),
-                cov=float(metrics.coverage(G, Gs).mean()), nys=float(metrics.nystrom_error(G, Gs).mean()))
-
-
-def compare(G, T, budgets, labels):
-    """All methods at all budgets on features G (N, C, k) with targets T (N, C). Returns
-    {method: {m: [score per seed]}}, Algorithm 1's per-budget (local, gap) counts, its result and the PCA bases."""
-    lam = default_lam(G, lam_rel)
-    out = {name: {m: [] for m in budgets} for name in ["Algorithm 1", "PCA (rank m)", *BASELINES]}
-    # Algorithm 1 with the largest budget; a smaller budget keeps a prefix of the same V (step 6).
-    lg = local_global(G, T, n_clusters, tau=tau, gamma=gamma, budget=max(budgets), labels=labels)
-    counts = {}
-    for m in budgets:
-        out["Algorithm 1"][m].append(score(G, [(cs.G_syn[:m], cs.t_syn[:m]) for cs in lg.classes], lam))
-        counts[m] = (sum(int((cs.source[:m, 0] >= 0).sum()) for cs in lg.classes),
-                     sum(int((cs.source[:m, 0] < 0).sum()) for cs in lg.classes))
-    pca = [select("pca", G[:, c], max(budgets)) for c in range(C)]
-    lev = [leverage_scores(G[:, c], lam_rel=lam_rel) for c in range(C)]      # reused by both leverage rules
-    for m in budgets:
-        out["PCA (rank m)"][m].append(score(G, [(p.V[:, :m].T @ G[:, c].double(), p.V[:, :m].T @ T[:, c].double())
-                                                for c, p in enumerate(pca)], lam))
-        for name, method in BASELINES.items():
-            for s in (seeds if name in SEEDED else [seed]):
-                sets = [select(method, G[:, c], m, seed=s, lam_rel=lam_rel,
-                               scores=lev[c] if method.startswith("leverage") else None).apply(G[:, c], T[:, c])
-                        for c in range(C)]
-                out[name][m].append(score(G, sets, lam))
-    return out, counts, lg, pca
-
-
-def summary(out, key):
-    """{method: (mean over seeds (len(budgets),), min, max)} of one metric."""
-    res = {}
-    for name, per_m in out.items():
-        vals = np.array([[r[key] for r in per_m[m]] for m in per_m])
-        res[name] = (vals.mean(1), vals.min(1), vals.max(1))
-    return res
+def run_compare(G, T, budgets, labels):
+    """Every method at every budget on features G (N, C, k) with targets T (N, C), scored on the test set."""
+    return compare(G, T, G_te, y_te, f_te, budgets, seeds=seeds, n_clusters=n_clusters, tau=tau, gamma=gamma,
+                   labels=labels, lam_rel=lam_rel, seed=seed)
 
 # %% [markdown]
 # ## The comparison on the training set
@@ -148,46 +109,34 @@ def summary(out, key):
 
 # %%
 labels = torch.as_tensor(spectral_clusters(G_tr, n_clusters, method="matrix_free", seed=seed))
-out, counts, lg, pca = compare(G_tr, f_tr, budgets, labels)
-full = ClassKRR(lam_rel=lam_rel).fit(G_tr, f_tr).predict(G_te)
-acc_full, fid_full = metrics.accuracy(full, y_te), metrics.fidelity(full, f_te)
-
-
-def print_table(out, key, title):
-    s = summary(out, key)
-    ms = list(next(iter(out.values())))
-    print(f"{title} (mean over seeds where seeded)")
-    print(f"{'method':<22}" + "".join(f"{'m=' + str(m):>8}" for m in ms))
-    for name, (mean, lo, hi) in s.items():
-        print(f"{name:<22}" + "".join(f"{v:>8.3f}" for v in mean))
-
-
+res = run_compare(G_tr, f_tr, budgets, labels)
+lg, counts = res.result, res.counts()
+acc_full, fid_full = res.full.accuracy, res.full.fidelity
 print(f"full KRR on all N = {N} rows: accuracy {acc_full:.3f}, fidelity {fid_full:.3f}\n")
-for key, title in [("acc", "test accuracy"), ("fid", "fidelity"), ("cov", "coverage"), ("nys", "relative Nyström error")]:
-    print_table(out, key, title)
-    print()
+for metric in ("accuracy", "fidelity", "coverage", "nystrom_error"):
+    print(res.table(metric), end="\n\n")
 
 
 # %% tags=["hide-input"]
-def plot_metrics(out):
+def plot_metrics(res):
     """A 2×2 figure of accuracy, fidelity, coverage and Nyström error against the budget m."""
-    ms = list(next(iter(out.values())))
+    ms = list(res.budgets)
     fig, axes = plt.subplots(2, 2, figsize=(chapter.PAGE_WIDTH_IN, 6.4), sharex=True)
     axes = axes.ravel()
-    styles = {"Algorithm 1": dict(color="k", lw=2.2, marker="o"), "PCA (rank m)": dict(color="gray", ls="--", marker=".")}
+    styles = {"local_global": dict(color="k", lw=2.2, marker="o"), "pca": dict(color="gray", ls="--", marker=".")}
     cmap = plt.get_cmap("tab10")
-    for ax, (key, label) in zip(axes, [("acc", "test accuracy"), ("fid", "fidelity"), ("cov", "coverage"),
-                                       ("nys", "relative Nyström error")]):
-        for i, (name, (mean, lo, hi)) in enumerate(summary(out, key).items()):
+    for ax, (key, label) in zip(axes, [("accuracy", "test accuracy"), ("fidelity", "fidelity"),
+                                       ("coverage", "coverage"), ("nystrom_error", "relative Nyström error")]):
+        for i, (name, (mean, lo, hi)) in enumerate(res.summary(key).items()):
             st = styles.get(name, dict(color=cmap(i), marker="."))
-            ax.plot(ms, mean, label=name, **st)
-            if name in SEEDED:
+            ax.plot(ms, mean, label=METHOD_LABELS[name], **st)
+            if name in SEEDED_METHODS:
                 ax.fill_between(ms, lo, hi, color=st["color"], alpha=0.15)
         ax.set_xscale("log")
         ax.set_xticks(ms, [str(m) for m in ms])
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(label)
-        if key == "nys":
+        if key == "nystrom_error":
             ax.set_yscale("log")
     for ax in axes[2:]:
         ax.set_xlabel("gradients per class $m$")
@@ -197,7 +146,7 @@ def plot_metrics(out):
 
 
 chapter.glue_number("ch10_N", N)
-chapter.glue_figure("ch10-train", plot_metrics(out))
+chapter.glue_figure("ch10-train", plot_metrics(res))
 
 # %% [markdown]
 # ```{glue:figure} ch10-train
@@ -233,6 +182,7 @@ chapter.glue_figure("ch10-train", plot_metrics(out))
 # kernel's trace it carries, and which digit the cluster of Algorithm 1's first synthetic gradient belongs to.
 
 # %%
+pca = [select("pca", G_tr[:, c], 1) for c in range(C)]         # the top global eigenvector u_1 of each class
 majority = {j: int(torch.mode(y_tr[labels == j]).values) for j in range(n_clusters)}
 cos_u1 = [float(p.V[:, 0].sum().abs() / N ** 0.5) for p in pca]
 share_u1 = [float((p.V[:, 0] @ G_tr[:, c].double()).pow(2).sum() / G_tr[:, c].double().pow(2).sum())
@@ -267,13 +217,12 @@ print(f"without a budget at τ = {tau}, γ = {gamma} Algorithm 1 would keep {sum
 
 # %%
 grid = local_global_grid(G_tr, f_tr, n_clusters, grid_taus, grid_gammas, labels=labels)
-lam_tr = default_lam(G_tr, lam_rel)
 pts = []
 for (t_, g_), r_ in grid.items():
-    pred = ClassKRR().fit_synthetic(r_.G_syn, r_.t_syn, lam=lam_tr).predict(G_te)
+    sc = score(r_.G_syn, r_.t_syn, res.lam, G_te, y_te, f_te)      # the same KRR and ridge as the comparison
     cnt = r_.counts()
-    pts.append(dict(tau=t_, gamma=g_, m=cnt["m"], local=cnt["local"], gap=cnt["gap"],
-                    acc=metrics.accuracy(pred, y_te), fid=metrics.fidelity(pred, f_te)))
+    pts.append(dict(tau=t_, gamma=g_, m=cnt["m"], local=cnt["local"], gap=cnt["gap"], acc=sc.accuracy,
+                    fid=sc.fidelity))
 order = sorted(pts, key=lambda p: (p["m"], -p["fid"]))
 front, best = [], -1.0
 for p in order:
@@ -370,24 +319,21 @@ if wmdd_ipc:
     f_d = tangent.logits(model, dset.images)
     budgets_d = [m for m in budgets if m <= len(dset)]
     labels_d = torch.as_tensor(spectral_clusters(G_d, n_clusters, seed=seed))
-    out_d, counts_d, lg_d, _ = compare(G_d, f_d, budgets_d, labels_d)
-    full_d = ClassKRR(lam_rel=lam_rel).fit(G_d, f_d).predict(G_te)
-    acc_full_d, fid_full_d = metrics.accuracy(full_d, y_te), metrics.fidelity(full_d, f_te)
+    res_d = run_compare(G_d, f_d, budgets_d, labels_d)
     print(f"distilled set: N = {len(dset)} images ({wmdd_ipc} per class); "
-          f"full KRR on it: accuracy {acc_full_d:.3f}, fidelity {fid_full_d:.3f}\n")
-    for key, title in [("acc", "test accuracy"), ("fid", "fidelity"), ("cov", "coverage")]:
-        print_table(out_d, key, title)
-        print()
-    print("Algorithm 1 (local, gap) per budget:", {m: counts_d[m] for m in budgets_d})
+          f"full KRR on it: accuracy {res_d.full.accuracy:.3f}, fidelity {res_d.full.fidelity:.3f}\n")
+    for metric in ("accuracy", "fidelity", "coverage"):
+        print(res_d.table(metric), end="\n\n")
+    print("Algorithm 1 (local, gap) per budget:", res_d.counts())
     chapter.glue_number("ch10_N_d", len(dset))
-    acc_d = summary(out_d, "acc")
+    acc_d = res_d.summary("accuracy")
     for i, m in enumerate(budgets_d):  # for the results page
         best_base = max(BASELINES, key=lambda n, i=i: acc_d[n][0][i])
-        chapter.glue_number(f"ch10_d_alg_{m}", acc_d["Algorithm 1"][0][i])
-        chapter.glue_number(f"ch10_d_pca_{m}", acc_d["PCA (rank m)"][0][i])
+        chapter.glue_number(f"ch10_d_alg_{m}", acc_d["local_global"][0][i])
+        chapter.glue_number(f"ch10_d_pca_{m}", acc_d["pca"][0][i])
         chapter.glue_number(f"ch10_d_base_{m}", acc_d[best_base][0][i])
-        glue(f"ch10_d_basename_{m}", best_base, display=False)
-    chapter.glue_figure("ch10-wmdd", plot_metrics(out_d))
+        glue(f"ch10_d_basename_{m}", METHOD_LABELS[best_base], display=False)
+    chapter.glue_figure("ch10-wmdd", plot_metrics(res_d))
 
 # %% [markdown]
 # ```{glue:figure} ch10-wmdd
@@ -420,18 +366,18 @@ if wmdd_ipc:
 #   more of the kernel at every budget: what the classifier needs is not simply the most energy.
 
 # %% tags=["hide-input"]
-fid = summary(out, "fid")
-acc_lg = summary(out, "acc")["Algorithm 1"][0]
+fid = res.summary("fidelity")
+acc_lg = res.summary("accuracy")["local_global"][0]
 for i, m in enumerate(budgets):
     if m > 10:
         continue
     for name in BASELINES:
-        assert fid["Algorithm 1"][0][i] >= fid[name][2][i], (m, name)      # ≥ the best seed of each baseline
+        assert fid["local_global"][0][i] >= fid[name][2][i], (m, name)      # ≥ the best seed of each baseline
 assert acc_lg[budgets.index(5)] >= 0.9, "five synthetic gradients per class: test accuracy ≥ 0.9"
-cov, nys = summary(out, "cov"), summary(out, "nys")
+cov, nys = res.summary("coverage"), res.summary("nystrom_error")
 for i, m in enumerate(budgets):    # best coverage and lowest Nyström error of all row-based sets, every budget
-    assert all(cov["Algorithm 1"][0][i] >= cov[name][2][i] for name in BASELINES), m
-    assert all(nys["Algorithm 1"][0][i] <= nys[name][1][i] for name in BASELINES), m
+    assert all(cov["local_global"][0][i] >= cov[name][2][i] for name in BASELINES), m
+    assert all(nys["local_global"][0][i] <= nys[name][1][i] for name in BASELINES), m
 assert all(counts[m][0] + counts[m][1] == C * m for m in budgets if m <= min(cs.n_candidates for cs in lg.classes))
 assert front[0]["m"] == min(p["m"] for p in pts)
 assert worst_vs_full <= 0.02, "every (τ, γ) without a budget reproduces the full KRR's fidelity"
@@ -442,11 +388,11 @@ for t_ in grid_taus:
     gaps_t = [next(p["gap"] for p in pts if p["tau"] == t_ and p["gamma"] == g_) for g_ in sorted(grid_gammas)]
     assert gaps_t == sorted(gaps_t), "more gaps as γ grows"
 if wmdd_ipc:
-    fid_d = summary(out_d, "fid")
+    fid_d = res_d.summary("fidelity")
     for i, m in enumerate(budgets_d):
         for name in BASELINES:
             if m <= 5:
-                assert fid_d["Algorithm 1"][0][i] >= fid_d[name][2][i], ("distilled", m, name)   # best seed
+                assert fid_d["local_global"][0][i] >= fid_d[name][2][i], ("distilled", m, name)   # best seed
             if m <= 10:
-                assert fid_d["Algorithm 1"][0][i] >= fid_d[name][0][i], ("distilled", m, name)   # seed mean
-    assert summary(out_d, "acc")["Algorithm 1"][0][budgets_d.index(5)] >= 0.9
+                assert fid_d["local_global"][0][i] >= fid_d[name][0][i], ("distilled", m, name)   # seed mean
+    assert acc_d["local_global"][0][budgets_d.index(5)] >= 0.9
