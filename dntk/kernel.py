@@ -12,7 +12,6 @@ Two exact recipes for Θ:
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +19,8 @@ from ._common import (
     BatchedInputs,
     call_model,
     check_model,
+    check_model_finite,
+    class_features,
     eval_mode,
     model_dtype,
     on_device,
@@ -38,18 +39,6 @@ __all__ = [
 _BLOCK_ELEMS = 1 << 24  # float64 elements per working block (128 MiB)
 
 
-def _as_features(f, name="features") -> torch.Tensor:
-    if isinstance(f, np.ndarray):
-        f = torch.from_numpy(f) if f.flags.writeable else torch.from_numpy(np.array(f))
-    if not isinstance(f, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array of shape (N, C, w), got {type(f).__name__}.")
-    if f.dim() != 3:
-        raise ValueError(f"{name} must have shape (N, C, w), got {tuple(f.shape)}.")
-    if not f.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got dtype {f.dtype}.")
-    return f
-
-
 def _finite(t, name):
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contain NaN or inf ({int((~torch.isfinite(t)).sum())} entries in this block); "
@@ -58,8 +47,8 @@ def _finite(t, name):
 
 
 def _pair(features, features_b):
-    A = _as_features(features)
-    B = A if features_b is None else _as_features(features_b, "features_b")
+    A = class_features(features, finite=False)      # finiteness is checked block by block, in the same pass
+    B = A if features_b is None else class_features(features_b, "features_b", finite=False)
     if B.shape[1:] != A.shape[1:]:
         raise ValueError(
             f"features {tuple(A.shape)} and features_b {tuple(B.shape)} must agree in C and width (N, C, w)."
@@ -187,6 +176,7 @@ def _check_v(v, M, C):
 
 def _product_operands(model, inputs, inputs_b, v, dev):
     """Batched ``X`` and ``X_b``, the checked ``(M, C)`` vector ``v`` and the functional form of ``model``."""
+    check_model_finite(model)
     dtype = model_dtype(model)
     src = BatchedInputs(inputs, dtype)
     src_b = src if inputs_b is None else BatchedInputs(inputs_b, dtype)

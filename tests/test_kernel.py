@@ -80,12 +80,14 @@ def test_ntk_vector_product_equals_stored_jacobian_recipe():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match=r"\(N, C, w\)"):
+    with pytest.raises(ValueError, match=r"\(N, C, k\)"):
         kernel.class_kernels(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="agree"):
         kernel.class_kernels(torch.zeros(3, 2, 4), torch.zeros(3, 2, 5))
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match=r"\(N, C, k\)"):
         kernel.class_kernels([[1.0]])
+    with pytest.raises(TypeError, match="real"):
+        kernel.class_kernels(torch.zeros(3, 2, 4, dtype=torch.complex64))
     with pytest.raises(ValueError, match="shape"):
         kernel.ntk_vector_product(net(), torch.rand(2, 1, 6, 6, dtype=torch.float64), torch.zeros(3, 4))
 
