@@ -281,6 +281,9 @@ def _as_dataset(data) -> Dataset:
         _check_labels_dtype(y)
         _check_images(X, "(X, y)")
         return TensorDataset(X.float(), y.long())  # float32, the dtype of every model built here
+    if isinstance(data, (tuple, list)) and len(data) == 2 and type(data[0]).__module__ == "numpy":
+        raise TypeError(f"(X, y) must be torch tensors, got {type(data[0]).__name__} images; convert with "
+                        "(torch.from_numpy(X), torch.from_numpy(y)).")
     if isinstance(data, Dataset) or hasattr(data, "__getitem__"):
         if not hasattr(data, "__len__"):
             raise TypeError("the dataset must be map-style (define __len__ and __getitem__).")

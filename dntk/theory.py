@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_finite, eval_mode, real_tensor, split_parameters, trainable_parameters
+from ._common import (
+    check_finite,
+    check_model_finite,
+    eval_mode,
+    real_tensor,
+    split_parameters,
+    trainable_parameters,
+)
 from .linalg import gram_eig
 
 __all__ = [
@@ -144,6 +151,7 @@ def _loss_fn(loss) -> Callable:
 
 
 def _inputs(model, X, targets):
+    check_model_finite(model)
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     X = torch.as_tensor(X).to(device=device, dtype=dtype)
@@ -152,6 +160,8 @@ def _inputs(model, X, targets):
         t = t.to(dtype)
     if X.shape[0] != t.shape[0]:
         raise ValueError(f"inputs ({X.shape[0]}) and targets ({t.shape[0]}) differ in length.")
+    check_finite(X, "inputs")
+    check_finite(t, "targets")
     return X, t
 
 

@@ -466,6 +466,7 @@ def gradnorm(model: nn.Module, inputs, temperature: float = 1.0, batch_size: int
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Linear) or not isinstance(getattr(model, "features", None), nn.Module):
         raise TypeError("gradnorm needs a dntk.models.Classifier (model.features then a linear model.head).")
+    _common.check_model_finite(model)
     batch_size = _common.check_int(batch_size, "batch_size", 1)
     X = _tensor(inputs, "inputs")
     if X.ndim < 2:

@@ -169,6 +169,10 @@ USER_ERRORS = {
     ".inf value": (lambda t: _write_cfg(t, ""), ["krr.lam_rel=.inf"], "krr.lam_rel must be a finite number"),
     "run_dir is a file": (lambda t: _write_cfg(t, ""), ["run_dir={file}"], "run_dir"),
     "k > P": (lambda t: _write_cfg(t, ""), ["projection.kind=orthonormal", "projection.k=1000000"], "projection.k"),
+    "n_clusters > N_d": (lambda t: _write_cfg(t, ""), ["gradient_distillation.n_clusters=1000"],
+                         "gradient_distillation.n_clusters = 1000 exceeds"),
+    ".inf option": (lambda t: _write_cfg(t, ""), ["distill.options={{pixel_range: [0, .inf]}}"],  # (braces doubled: str.format)
+                    "distill.options.pixel_range[1] must be a finite number"),
 }
 
 

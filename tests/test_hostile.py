@@ -1,5 +1,10 @@
-"""Hostile inputs to dntk.models, dntk.wmdd and dntk.store: each is a clear error (type AND a message
-naming the problem) or a clean recompute, never a silent wrong result."""
+"""Hostile inputs (issue 14) to dntk.models, dntk.wmdd, dntk.store, dntk.data, the model readers and the
+config: each is a clear error (type AND a message naming the problem) or a clean recompute, never a silent
+wrong result. The issue's other cases are tested beside their modules: non-finite features and
+``relative_error`` against zeros in test_kernel.py, NaN weights through ``tangent`` in test_tangent.py, NaN
+rows in ``Projector.project`` in test_projection.py, another model's or other inputs' distributed store in
+test_distributed.py, preflight settings, damaged pipeline caches and concurrent runs in test_pipeline.py,
+one-line CLI errors in test_cli.py."""
 import os
 
 import numpy as np
@@ -271,7 +276,7 @@ def _untrained_weights_in_place(d, fresh_state):
         np.save(d / f"a{ref['__array__']:05d}.npy", fresh_state[name].numpy(), allow_pickle=False)
 
 
-@pytest.mark.parametrize("damage", ["random-bytes", "untrained-checkpoint", "truncated"])
+@pytest.mark.parametrize("damage", ["random-bytes", "untrained-checkpoint", "truncated", "header-zeroed"])
 def test_corrupted_cached_teacher_is_detected_and_retrained(tmp_path, caplog, damage):
     kw = dict(name="convnet", dataset="digits", seed=0, epochs=1, width=4, cache_dir=tmp_path)
     good = models.trained(**kw)
@@ -282,6 +287,11 @@ def test_corrupted_cached_teacher_is_detected_and_retrained(tmp_path, caplog, da
         _random_bytes_same_size(d)
     elif damage == "untrained-checkpoint":
         _untrained_weights_in_place(d, models.build("convnet", 10, width=4, seed=0).state_dict())
+    elif damage == "header-zeroed":  # numpy's own error would suggest allow_pickle
+        f = max(_array_files(d), key=lambda p: p.stat().st_size)
+        raw = bytearray(f.read_bytes())
+        raw[:64] = bytes(64)
+        f.write_bytes(bytes(raw))
     else:
         f = _array_files(d)[0]
         f.write_bytes(f.read_bytes()[:20])
@@ -351,3 +361,107 @@ def test_two_processes_training_the_same_teacher_into_one_cache_both_finish(tmp_
     assert len(store.keys("teacher")) == 1
     assert [p.name for p in (tmp_path / "cache" / "teacher").iterdir() if p.name.startswith(".")] == []
     store.load("teacher", store.keys("teacher")[0])  # verifies
+
+
+# --------------------------------------------------------------------------- image folders, data containers
+def _png_folder(root, broken: str):
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(g.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / "train" / c / f"{i}.png")
+    bad = root / "train" / "dog" / "1.png"
+    raw = bad.read_bytes()
+    bad.write_bytes({"random-bytes": os.urandom(len(raw)), "empty": b"", "truncated": raw[: len(raw) // 2],
+                     "broken-stream": raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:]}[broken])
+    return bad
+
+
+@pytest.mark.parametrize("broken", ["random-bytes", "empty", "truncated", "broken-stream"])
+def test_corrupt_image_in_a_folder_dataset_names_the_file(tmp_path, broken):
+    bad = _png_folder(tmp_path, broken)
+    ds = data.load(f"folder:{tmp_path}", "train", resize=8)
+    for call in (lambda: data.as_tensors(ds),
+                 lambda: models.train(models.build("convnet", 2, in_channels=3, width=4), ds, epochs=1)):
+        msg = _check(call, ValueError, [str(bad), "replace or delete that file"])
+        assert "\n" not in msg
+
+
+def test_numpy_pair_given_to_train_is_a_type_error():
+    X, y = _xy()
+    _check(lambda: models.train(_net(), (X.numpy(), y.numpy()), epochs=1), TypeError,
+           ["must be torch tensors", "torch.from_numpy"])
+
+
+# --------------------------------------------------------------------------- NaN weights in the other model readers
+def _model_reader_cases():
+    from dntk import kernel, theory, uncertainty
+
+    X, y = _xy(n_per=2)
+    v = torch.ones(len(X), C)
+    return {
+        "ntk_vector_product": lambda m: kernel.ntk_vector_product(m, X, v),
+        "class_kernel_vector_product": lambda m: kernel.class_kernel_vector_product(m, X, v),
+        "theory.loss_gradients": lambda m: theory.loss_gradients(m, X, y),
+        "uncertainty.gradnorm": lambda m: uncertainty.gradnorm(m, X),
+    }
+
+
+@pytest.mark.parametrize("reader", ["ntk_vector_product", "class_kernel_vector_product", "theory.loss_gradients",
+                                    "uncertainty.gradnorm"])
+def test_nan_weight_model_is_refused_by_every_model_reader(reader):
+    call = _model_reader_cases()[reader]
+    _check(lambda: call(_nan_weight(_net())), ValueError, ["'head.weight' contains NaN or inf"])
+    assert torch.isfinite(call(_net())).all()  # the same call on a finite model works
+
+
+def test_nan_inputs_to_loss_gradients_are_refused():
+    from dntk import theory
+
+    X, y = _nan_pixel()
+    _check(lambda: theory.loss_gradients(_net(), X, y), ValueError, ["inputs contains 1 NaN/inf"])
+
+
+# --------------------------------------------------------------------------- pipeline settings
+@pytest.mark.parametrize("override, key", [
+    ("distill.options={pixel_range: [0, .inf]}", "distill.options.pixel_range[1]"),
+    ("student.options={augment: {scale: .nan}}", "student.options.augment.scale"),
+    ("gradient_distillation.options={tol: -.inf}", "gradient_distillation.options.tol"),
+])
+def test_non_finite_option_values_are_refused_naming_the_key(tmp_path, capsys, override, key):
+    """A NaN/inf inside ``*.options`` is refused when the config is read (it used to fail after the teacher
+    trained, in the stage cache's settings hash, without naming the key)."""
+    from dntk import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ncache_dir: {tmp_path / 'cache'}\nprogress: false\n")
+    assert cli.main(["run", str(cfg), "--set", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{key} must be a finite number" in err[0], err
+    assert not (tmp_path / "cache").exists()  # nothing ran
+
+
+def test_read_only_run_dir_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Root can write into a chmod-500 folder, so the failing write probe is simulated: what is checked is
+    that preflight turns it into one line naming run_dir (tests/test_pipeline.py has the real chmod test)."""
+    import tempfile
+
+    from dntk import pipeline
+
+    real = tempfile.mkstemp
+
+    def refuse(*a, dir=None, **kw):
+        if dir is not None and str(dir).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **kw)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(pipeline.tempfile, "mkstemp", refuse)
+    cfg = pipeline.Config.from_dict({"run_dir": str(tmp_path / "ro" / "run"), "cache_dir": str(tmp_path / "c")})
+    with pytest.raises(pipeline.ConfigError) as e:
+        pipeline.run(cfg)
+    msg = str(e.value)
+    assert "run_dir: cannot write into" in msg and "Permission denied" in msg and "\n" not in msg
+    assert not (tmp_path / "c").exists()

@@ -389,22 +389,49 @@ def _artifact_dir(cfg, stage, result, role=""):
     return cfg.cache_path / stage / key
 
 
-def test_corrupt_cached_teacher_is_recomputed_never_mixed(base, warm, counted):
-    cfg, r1, _ = base
-    r_warm = P.run(warm)
-    assert set(_status(r_warm).values()) == {"cached"}
-    d = _artifact_dir(warm, "teacher", r_warm)
+def _damage_artifact(d, how):
+    """Damage a stored artifact folder ``d`` in place, as the hostile-input trials of issue 14 did."""
+    import numpy as np
+
     arrays = sorted(d.glob("*.npy"))
     big = max(arrays, key=lambda p: p.stat().st_size)
     raw = bytearray(big.read_bytes())
-    raw[-64:] = os.urandom(64)  # same size, random bytes in the weights
+    if how == "random-bytes":
+        raw[-64:] = os.urandom(64)  # same size, random bytes in the weights / images
+    elif how == "header-zeroed":
+        raw[:64] = bytes(64)
+    elif how == "garbage-images":  # a well-formed array of noise where the distilled images were
+        meta = json.loads((d / "meta.json").read_text())
+        f = d / f"a{meta['body']['images']['__array__']:05d}.npy"
+        a = np.load(f)
+        np.save(f, np.random.default_rng(0).random(a.shape).astype(a.dtype), allow_pickle=False)
+        return
+    elif how == "untrained-checkpoint":  # every weight array replaced by a freshly initialised network's
+        from dntk import models
+
+        meta = json.loads((d / "meta.json").read_text())
+        fresh = models.build("convnet", 10, in_channels=1, width=8, seed=0).state_dict()
+        for name, ref in meta["body"]["state"].items():
+            np.save(d / f"a{ref['__array__']:05d}.npy", fresh[name].numpy(), allow_pickle=False)
+        return
     big.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("stage, how", [("teacher", "random-bytes"), ("teacher", "untrained-checkpoint"),
+                                        ("teacher", "header-zeroed"), ("distill", "garbage-images"),
+                                        ("distill", "random-bytes")])
+def test_corrupt_cached_artifact_is_recomputed_never_mixed(base, warm, counted, stage, how):
+    cfg, r1, _ = base
+    r_warm = P.run(warm)
+    assert set(_status(r_warm).values()) == {"cached"}
+    _damage_artifact(_artifact_dir(warm, stage, r_warm), how)
     counted.clear()
     r = P.run(warm.replace(overwrite=True))
     st = _status(r)
-    assert st[("teacher", "")] == "recomputed" and counted.get("_compute_teacher") == 1
-    # the recomputed teacher is the same network (deterministic training), so everything downstream,
-    # keyed by its content checksum, is still valid; the numbers agree with the first run
+    assert st[(stage, "")] == "recomputed" and counted == {f"_compute_{stage}": 1}
+    assert {v for k, v in st.items() if k != (stage, "")} == {"cached"}
+    # the recomputed artifact is the same (deterministic), so everything downstream, keyed by its content
+    # checksum, is still valid; the numbers agree with the first run, none from the damaged copy
     assert r.metrics == r1.metrics
 
 
