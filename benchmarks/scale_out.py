@@ -3,16 +3,21 @@
 Measured here, side by side in one run:
 
 1. **Featurisation, split by samples** (:func:`dntk.distributed.class_gradients`): projected class
-   gradients of ``N`` digits through the book's convnet into one on-disk array, by 1 and by 2 ranks.
-2. **Algorithm 1, split by classes** (:func:`dntk.distributed.per_class` with
+   gradients of ``N`` digits through the book's convnet into one on-disk array, by 1 and by 2 ranks, each
+   rank reading only its shard of the dataset.
+2. **WMDD, split by classes** (:func:`dntk.wmdd.distill` with ``classes=[c]`` under
+   :func:`dntk.distributed.per_class`, assembled by :func:`dntk.wmdd.join`): 5 images per class, 50
+   iterations, from the digits convnet, by 1 and by 2 ranks.
+3. **Algorithm 1, split by classes** (:func:`dntk.distributed.per_class` with
    :func:`dntk.gradient_distillation.local_global` per class on one shared partition): synthetic
    planted-cluster features ``(N_d, C, k)``, by 1 and by 2 ranks.
 
 Each rank's seconds are timed between two barriers (process start-up and imports excluded) and its peak
-RSS is read from ``/proc``; the table prints throughput, the 2-vs-1 speed-up and peak memory per rank.
+RSS is read from ``/proc``; the table prints throughput, the 2-vs-1 speed-up and peak memory per rank,
+at the end and just before the timed work (the process, its imports and its inputs).
 With two CPU cores shared by other work the speed-up is bounded by what the cores give.
 
-3. **Modelled**, clearly so: the cost ledger (appendix §7) of ImageNet-1k with ResNet-50 (N = 1,281,167,
+4. **Modelled**, clearly so: the cost ledger (appendix §7) of ImageNet-1k with ResNet-50 (N = 1,281,167,
    C = 1000, P = 25.6 M, F = 4.1 GMAC, k = 4096 SRHT, 50 images per class, 5 synthetic gradients per class)
    with unit costs measured on this machine's convnet and scaled by the forward MACs, split over 8 and 64
    workers: featurisation by samples, WMDD, Algorithm 1 and KRR by classes (⌈C / W⌉ per worker). Pass
@@ -57,19 +62,45 @@ def _digits(n: int):
 
 
 def featurize_job(n: int, k: int, out_dir: str, tag: str):
-    """One rank: featurise ``n`` digits into a shared array; writes its seconds and peak RSS."""
+    """One rank: featurise ``n`` digits (a Dataset; the rank reads its shard) into a shared array; writes its
+    seconds and peak RSS."""
+    from dntk import data
+
     torch.set_num_threads(1)
     model = models.build("convnet", 10, in_channels=1, seed=0)
-    X = _digits(n)
+    ds = torch.utils.data.Subset(data.load("digits", "train"), range(n))
     R = projection.make("gaussian", k, seed=0)
     ranks = Ranks.current()
     ranks.barrier()
+    before = _peak_rss_mb()
     t0 = time.perf_counter()
-    distributed.class_gradients(model, X, R, os.path.join(out_dir, f"{tag}.f32"), batch_size=64)
+    distributed.class_gradients(model, ds, R, os.path.join(out_dir, f"{tag}.f32"), batch_size=64,
+                                inputs_digest=f"the first {n} digits")
     ranks.barrier()
     sec = time.perf_counter() - t0
     with open(os.path.join(out_dir, f"{tag}-rank{ranks.rank}.json"), "w") as fh:
-        json.dump({"seconds": sec, "peak_rss_mb": _peak_rss_mb()}, fh)
+        json.dump({"seconds": sec, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": before}, fh)
+
+
+def wmdd_job(C: int, out_dir: str, tag: str):
+    """One rank: WMDD on its share of the classes, rank 0 joins them; writes seconds, RSS and the images."""
+    from dntk import data, wmdd
+
+    torch.set_num_threads(1)
+    model = models.build("convnet", C, in_channels=1, seed=0).eval()
+    X, y = data.as_tensors(data.load("digits", "train"))
+    ranks = Ranks.current()
+    ranks.barrier()
+    before = _peak_rss_mb()
+    t0 = time.perf_counter()
+    parts = distributed.per_class(ranks, C, lambda c: wmdd.distill(
+        model, (X, y), 5, classes=[c], iterations=50, lr=0.05, r_bn=10.0, init="real", class_batch=1), "wmdd")
+    if ranks.rank == 0:
+        wmdd.join(parts, model).images.numpy().tofile(os.path.join(out_dir, f"{tag}.f32"))
+    ranks.barrier()
+    sec = time.perf_counter() - t0
+    with open(os.path.join(out_dir, f"{tag}-rank{ranks.rank}.json"), "w") as fh:
+        json.dump({"seconds": sec, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": before}, fh)
 
 
 def planted(n: int, C: int, k: int, M: int, seed: int = 0):
@@ -94,6 +125,7 @@ def algorithm1_job(n: int, C: int, k: int, out_dir: str, tag: str):
     labels = torch.as_tensor(spectral.spectral_clusters(feats, 10, method="dense" if n <= k else "matrix_free"))
     ranks = Ranks.current()
     ranks.barrier()
+    before = _peak_rss_mb()
     t0 = time.perf_counter()
     out = distributed.per_class(ranks, C, lambda c: gd.local_global(
         feats[:, c:c + 1], targets[:, c:c + 1], n_clusters=10, tau=0.99, gamma=0.5, budget=5, labels=labels)[0].m,
@@ -101,7 +133,7 @@ def algorithm1_job(n: int, C: int, k: int, out_dir: str, tag: str):
     ranks.barrier()
     sec = time.perf_counter() - t0
     with open(os.path.join(out_dir, f"{tag}-rank{ranks.rank}.json"), "w") as fh:
-        json.dump({"seconds": sec, "peak_rss_mb": _peak_rss_mb(), "m": out}, fh)
+        json.dump({"seconds": sec, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": before, "m": out}, fh)
 
 
 def _run(job, world_size: int, args: tuple, out_dir: str, tag: str) -> list:
@@ -145,10 +177,12 @@ def main(argv=None):
     nd, kd = (200, 128) if a.quick else (a.nd, 512)
     print(f"Scale-out on this machine ({os.cpu_count()} CPUs, torch {torch.__version__}, gloo ranks, "
           "1 thread per rank)\n")
-    lines = [f"{'work':<44}{'ranks':>6}{'seconds':>9}{'items/s':>10}{'speed-up':>9}{'peak RSS/rank':>15}"]
+    lines = [f"{'work':<44}{'ranks':>6}{'seconds':>9}{'items/s':>10}{'speed-up':>9}{'peak RSS/rank':>15}"
+             f"{'before the work':>17}"]
     with tempfile.TemporaryDirectory() as tmp:
         for name, job, args, items in (
                 (f"featurise {a.n} digits, C=10, k={a.k}", featurize_job, (a.n, a.k), a.n),
+                ("WMDD, ipc=5, 50 iterations, C=10", wmdd_job, (10,), 10),
                 (f"Algorithm 1, N_d={nd}, C={a.classes}, k={kd}", algorithm1_job, (nd, a.classes, kd), a.classes)):
             base = None
             for w in (1, 2):
@@ -156,11 +190,13 @@ def main(argv=None):
                 sec = max(r["seconds"] for r in res)
                 base = base or sec
                 rss = " / ".join(f"{r['peak_rss_mb']:.0f}" for r in res)
-                lines.append(f"{name:<44}{w:>6}{sec:>9.2f}{items / sec:>10.1f}{base / sec:>8.2f}×{rss + ' MB':>15}")
-            if job is featurize_job:
-                one = np.fromfile(os.path.join(tmp, "featurize_job-1.f32"), dtype=np.float32)
-                two = np.fromfile(os.path.join(tmp, "featurize_job-2.f32"), dtype=np.float32)
-                lines.append(f"{'  (1- and 2-rank features bit-identical: ' + str(bool(np.array_equal(one, two))) + ')':<44}")
+                before = " / ".join(f"{r['rss_before_mb']:.0f}" for r in res)
+                lines.append(f"{name:<44}{w:>6}{sec:>9.2f}{items / sec:>10.1f}{base / sec:>8.2f}×{rss + ' MB':>15}"
+                             f"{before + ' MB':>17}")
+            if job in (featurize_job, wmdd_job):
+                one, two = (np.fromfile(os.path.join(tmp, f"{job.__name__}-{w}.f32"), dtype=np.float32) for w in (1, 2))
+                what = "features" if job is featurize_job else "distilled images"
+                lines.append(f"  (1- and 2-rank {what} bit-identical: {bool(np.array_equal(one, two))})")
     print("\n".join(lines))
 
     model = models.build("convnet", 10, in_channels=1, seed=0)

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 log = logging.getLogger("dntk")
 
-__all__ = ["load", "as_tensors", "stratified_indices", "resolve_root", "fashion_mnist_dirs", "read_idx",
+__all__ = ["load", "as_tensors", "subset_indices", "subset_targets", "stratified_indices", "resolve_root", "fashion_mnist_dirs", "read_idx",
            "DATASETS", "DEFAULT_SIZES", "FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES",
            "FASHION_MNIST_SYSTEM_DIR", "TensorImageDataset", "FolderDataset"]
 
@@ -439,8 +439,8 @@ def stratified_indices(targets, per_class: int, seed: int = 0, strict: bool = Fa
     return torch.sort(torch.cat(keep)).values
 
 
-def as_tensors(dataset, limit=None, per_class=None, seed: int = 0):
-    """Stack a dataset into ``X (N, C, H, W)`` float32 and ``y (N,)`` int64.
+def subset_indices(dataset, limit=None, per_class=None, seed: int = 0) -> torch.Tensor:
+    """Indices ``(M,)`` into `dataset` of the samples :func:`as_tensors` keeps (without reading any image).
 
     per_class: keep a seeded balanced subset (:func:`stratified_indices`: the first ``per_class``
         indices of a seeded permutation of each class, all of a class if it has fewer); the kept
@@ -452,13 +452,22 @@ def as_tensors(dataset, limit=None, per_class=None, seed: int = 0):
     for arg, v in (("limit", limit), ("per_class", per_class)):
         if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
             raise ValueError(f"{arg} must be a positive int or None, got {v!r}.")
-    n = len(dataset)
     if per_class is not None:
         idx = stratified_indices(_targets(dataset), int(per_class), seed=seed)
     else:
-        idx = torch.arange(n)
-    if limit is not None:
-        idx = idx[: int(limit)]
+        idx = torch.arange(len(dataset))
+    return idx if limit is None else idx[: int(limit)]
+
+
+def subset_targets(dataset, indices) -> torch.Tensor:
+    """Labels ``(M,)`` int64 of ``dataset[indices]`` (from its ``targets`` when it has them)."""
+    return _targets(dataset)[torch.as_tensor(indices, dtype=torch.int64)]
+
+
+def as_tensors(dataset, limit=None, per_class=None, seed: int = 0):
+    """Stack a dataset into ``X (N, C, H, W)`` float32 and ``y (N,)`` int64 (the samples of
+    :func:`subset_indices` with the same arguments)."""
+    idx = subset_indices(dataset, limit=limit, per_class=per_class, seed=seed)
     if isinstance(dataset, TensorImageDataset):
         return dataset.images[idx].clone(), dataset.targets[idx].clone()
     xs, ys = [], []

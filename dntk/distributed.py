@@ -9,8 +9,9 @@ sharded result equals the single-process :func:`dntk.tangent.class_gradients` wh
 Nothing stale is ever returned: the array's header (``<path>.json``) records the model's content hash
 (:func:`dntk.store.content_hash` of its weights), the projector, ``P``, the shape and the world size; each
 shard's completion record (``<path>.shard<r>of<w>.json``, written atomically after its rows are flushed)
-records the content hash of that shard's inputs and the SHA-256 of the rows written. A rerun with the
-same settings reuses a shard only if its inputs hash equally and its rows still match their checksum; an
+records the content hash of that shard's inputs (or of the caller's digest of all inputs and the shard's
+rows) and the SHA-256 of the rows written. A rerun with the same settings reuses a shard only if its inputs
+hash equally and its rows still match their checksum; an
 array made by another model or projector is refused with a clear error.
 
 Pipeline runs (:func:`dntk.pipeline.run`) get a :class:`Ranks` — the rank, the world size and a record of
@@ -102,9 +103,22 @@ def is_complete(path: str) -> bool:
 
 
 def _slice_inputs(inputs, start: int, stop: int):
+    """Rows ``[start, stop)`` of `inputs`: a view of a tensor/array, or a ``Subset`` of a Dataset (whose
+    items are read only when iterated, so a rank never loads another rank's rows)."""
     if isinstance(inputs, (torch.Tensor, np.ndarray)):
         return inputs[start:stop]
+    if not (isinstance(inputs, torch.utils.data.Dataset) and hasattr(inputs, "__len__")):
+        raise TypeError("inputs must be a tensor or array (N, ...) or a map-style Dataset of (x, y) with a length; "
+                        f"got {type(inputs).__name__}.")
     return torch.utils.data.Subset(inputs, range(start, stop))
+
+
+def _first_input(inputs, i: int) -> torch.Tensor:
+    """Row ``i`` of `inputs` as a batch of one ``(1, ...)``."""
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        return torch.as_tensor(inputs[i:i + 1])
+    item = inputs[i]
+    return torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item)[None]
 
 
 def _inputs_hash(inputs) -> str:
@@ -129,6 +143,7 @@ def class_gradients(
     device=None,
     dtype: str = "float32",
     progress: bool = False,
+    inputs_digest: str | None = None,
 ) -> np.memmap:
     """Projected class gradients ``(N, C, k)`` of ``inputs`` computed by all ranks into ``path``.
 
@@ -136,14 +151,20 @@ def class_gradients(
     ----------
     model : torch.nn.Module
         The network; every rank passes the same weights (its content hash is in the header).
-    inputs : Tensor ``(N, c, h, w)``, array, or Dataset of ``(x, y)``
-        Every rank passes the same inputs; each rank reads (and hashes) only its own shard.
+    inputs : Tensor ``(N, c, h, w)``, array, or map-style Dataset of ``(x, y)``
+        Every rank passes the same inputs; each rank reads only its own contiguous shard of rows (a
+        ``Subset`` of a Dataset, iterated batch by batch), so a Dataset never has to fit in memory.
     projector : dntk.projection.Projector
         The JL projector (appendix §4.2).
     path : str
         The array file; ``<path>.json`` and ``<path>.shard<r>of<w>.json`` are written beside it.
     rank, world_size : int, optional
         Default: the initialised ``torch.distributed`` process group, else ``0``/``1``.
+    inputs_digest : str, optional
+        A content digest of all of `inputs` that the caller already has (the pipeline's data checksums).
+        A shard's completion record then names ``(inputs_digest, rows)`` instead of a hash of the shard's
+        rows, so reusing a finished shard reads none of its inputs. Default: hash the shard's rows (for a
+        Dataset that reads the shard once more).
 
     Returns
     -------
@@ -167,8 +188,7 @@ def class_gradients(
         raise ValueError("inputs is empty (N = 0).")
     start, stop = shard(n, world_size, rank)
 
-    x0 = inputs[0:1] if isinstance(inputs, (torch.Tensor, np.ndarray)) else torch.as_tensor(inputs[0][0])[None]
-    C = tangent.logits(model, x0).shape[1]
+    C = tangent.logits(model, _first_input(inputs, start if stop > start else 0)).shape[1]
     header = {"shape": [n, C, projector.dim], "dtype": np.dtype(dtype).name,
               "projector": projector.identity(),
               "num_params": tangent.num_params(model), "model": content_hash(model), "world_size": world_size}
@@ -180,7 +200,10 @@ def class_gradients(
             _create_or_check(path, header)
 
     part = _slice_inputs(inputs, start, stop)
-    wanted = _inputs_hash(part) if stop > start else content_hash([])
+    if inputs_digest is not None:
+        wanted = content_hash({"digest": str(inputs_digest), "n": n, "rows": [start, stop]})
+    else:
+        wanted = _inputs_hash(part) if stop > start else content_hash([])
     rec_path = _record_path(path, rank, world_size)
     rec = _read_json(rec_path) or {}
     mm = np.memmap(path, dtype=header["dtype"], mode="r+", shape=tuple(header["shape"]))
@@ -347,26 +370,49 @@ def _wait_for_rendezvous(addr: str, port: int, rank: int, world_size: int, timeo
             time.sleep(0.2)
 
 
-def featurize(run, model, X, shard_name: str, label: str) -> dict:
-    """Projected class gradients ``(n, C, k)`` and logits ``(n, C)`` of `X` for a pipeline run: one process
-    computes them directly; several ranks each compute a contiguous shard of the samples into one array
-    under ``<cache>/shards/`` (:func:`class_gradients`), and every rank returns the whole result."""
+def featurize(run, model, inputs, shard_name: str, label: str, inputs_digest: str | None = None) -> dict:
+    """Projected class gradients ``(n, C, k)`` and logits ``(n, C)`` of `inputs` for a pipeline run.
+
+    Parameters
+    ----------
+    run : dntk.pipeline._Run
+        The run (its config, store and :class:`Ranks`).
+    model : torch.nn.Module
+    inputs : Tensor ``(n, c, h, w)`` or map-style Dataset of ``(x, y)``
+        Several ranks each read only their contiguous shard of it.
+    shard_name : str
+        File name of the shared array under ``<cache>/shards/``.
+    label : str
+        Name of the stage in ``ranks.work_log``.
+    inputs_digest : str, optional
+        The pipeline's checksum of `inputs` (see :func:`class_gradients`).
+
+    Returns
+    -------
+    dict
+        ``features``: float32 array ``(n, C, k)`` (a read-only ``np.memmap`` of the shared array when
+        several ranks computed it, so no rank holds all of it in memory); ``logits``: tensor ``(n, C)``,
+        each rank computing its shard's rows and gathering the others'.
+    """
     cfg, ranks = run.cfg, run.ranks
     from .pipeline import make_projector
 
     projector = make_projector(cfg)
     if ranks.world_size == 1:
-        feats = tangent.class_gradients(model, X, projector=projector, batch_size=cfg.projection.batch_size,
-                                        device=cfg.device, progress=cfg.progress)
+        feats = tangent.class_gradients(model, inputs, projector=projector, batch_size=cfg.projection.batch_size,
+                                        device=cfg.device, progress=cfg.progress).float().cpu().numpy()
+        logits = tangent.logits(model, inputs, device=cfg.device)
     else:
+        n = len(inputs)
         path = str(run.store.root / "shards" / f"{shard_name}.f32")
-        mm = class_gradients(model, X, projector, path, batch_size=cfg.projection.batch_size, device=cfg.device,
-                             progress=cfg.progress and ranks.rank == 0)
-        feats = torch.from_numpy(np.array(mm))
-        del mm
-        ranks.work_log[label] = {str(r): list(shard(len(X), ranks.world_size, r)) for r in range(ranks.world_size)}
-    logits = tangent.logits(model, X, device=cfg.device)
-    return {"features": feats.float().cpu(), "logits": logits.float().cpu()}
+        feats = class_gradients(model, inputs, projector, path, batch_size=cfg.projection.batch_size,
+                                device=cfg.device, progress=cfg.progress and ranks.rank == 0,
+                                inputs_digest=inputs_digest)
+        start, stop = shard(n, ranks.world_size, ranks.rank)
+        mine = tangent.logits(model, _slice_inputs(inputs, start, stop), device=cfg.device) if stop > start else None
+        logits = torch.cat([part for part in ranks.all_gather(mine) if part is not None])
+        ranks.work_log[label] = {str(r): list(shard(n, ranks.world_size, r)) for r in range(ranks.world_size)}
+    return {"features": feats, "logits": logits.float().cpu()}
 
 
 def per_class(ranks: Ranks, num_classes: int, fn, label: str) -> list:

@@ -550,7 +550,7 @@ def _distill_settings(c: Config) -> dict:
 
 STAGES = (
     Stage("teacher", 1, _teacher_settings, ("data", "checkpoint")),
-    Stage("distill", 1, _distill_settings, ("data", "teacher", "distilled_file")),
+    Stage("distill", 2, _distill_settings, ("data", "teacher", "distilled_file")),
     Stage("student", 1, lambda c: {"arch": c.teacher.arch, "width": c.teacher.width, "seed": c.seed,
                                    **dataclasses.asdict(c.student)}, ("distill",)),
     Stage("features", 1, lambda c: {k: v for k, v in dataclasses.asdict(c.projection).items() if k != "batch_size"},
@@ -660,6 +660,20 @@ class _Run:
             self._test = data.as_tensors(self._load("test"), limit=self.cfg.data.test_limit)
         return self._test
 
+    def split_data(self, split: str):
+        """``(dataset, labels (n,))``: the samples of :meth:`train_data` / :meth:`test_data` as a ``Subset`` of
+        the loaded dataset, whose images are read only when indexed (featurisation reads a rank's shard)."""
+        import torch
+
+        from . import data
+
+        if split == "train":
+            ds, kw = self.meta()["dataset"], {"per_class": self.cfg.data.train_per_class, "seed": self.cfg.seed}
+        else:
+            ds, kw = self._load("test"), {"limit": self.cfg.data.test_limit}
+        idx = data.subset_indices(ds, **kw)
+        return torch.utils.data.Subset(ds, idx.tolist()), data.subset_targets(ds, idx)
+
     def data_checksum(self, split: str = "train") -> str:
         """Fingerprint of the data a stage reads: the data settings, split sizes and class names."""
         from .store import content_hash
@@ -688,9 +702,10 @@ class _Run:
         return model.to(self.cfg.device).eval()
 
     # -------------------------------------------------------------------------- cached stages
-    def fetch(self, stage: str, role: str, inputs: dict, compute, **extra):
+    def fetch(self, stage: str, role: str, inputs: dict, compute, mmap: bool = False, **extra):
         """The artifact of `stage` for this config, `extra` settings and `inputs` (content checksums),
-        from the store (verified) or computed (and stored atomically); records what happened.
+        from the store (verified) or computed (and stored atomically); records what happened. ``mmap``:
+        NumPy arrays of the artifact come back as read-only memory maps of the stored files.
 
         Returns :class:`dntk.store.Fetched` whose ``checksum`` is the content hash of the artifact
         without its timings: the identity that consuming stages put in their keys."""
@@ -707,7 +722,7 @@ class _Run:
             art.setdefault("_seconds", time.perf_counter() - t0)
             return art
 
-        got = self.store.fetch(stage, settings, timed, inputs=inputs)
+        got = self.store.fetch(stage, settings, timed, inputs=inputs, mmap=mmap)
         if got.status != "cached" and self.ranks.rank == 0:
             self.drop_class_parts(stage, got.key)
         # what consumers key on: the content, without the timings (which differ between equal results)
@@ -728,11 +743,11 @@ class _Run:
         settings = {"stage": stage, "version": spec.version, **spec.settings(self.cfg), **extra}
         return settings, {k: v for k, v in inputs.items() if v is not None}
 
-    def collective(self, stage: str, role: str, inputs: dict, compute, **extra):
+    def collective(self, stage: str, role: str, inputs: dict, compute, mmap: bool = False, **extra):
         """:meth:`fetch` of a stage whose computation all ranks share (sharded featurisation, classes
         split over ranks): all ranks compute, rank 0 stores, the others read what it stored."""
         if self.ranks.world_size == 1:
-            return self.fetch(stage, role, inputs, compute, **extra)
+            return self.fetch(stage, role, inputs, compute, mmap=mmap, **extra)
         settings, keyed = self._keyed(stage, inputs, extra)
         self.ranks.barrier()
         stored = self.ranks.broadcast(self.store.has(stage, self.store.key(settings, keyed)))
@@ -744,10 +759,10 @@ class _Run:
             art["_seconds"] = time.perf_counter() - t0
             ready = lambda: art  # noqa: E731
         if self.ranks.rank == 0:
-            got = self.fetch(stage, role, inputs, ready, **extra)
+            got = self.fetch(stage, role, inputs, ready, mmap=mmap, **extra)
         self.ranks.barrier()
         if self.ranks.rank != 0:
-            got = self.fetch(stage, role, inputs, _computed_by_rank0(stage), **extra)
+            got = self.fetch(stage, role, inputs, _computed_by_rank0(stage), mmap=mmap, **extra)
             self.records[-1].status = self.records[-1].status if stored else "computed"
         return got
 
@@ -798,25 +813,38 @@ class _Run:
     def distilled(self, teacher_f, teacher):
         """Fetched distilled set (WMDD, a random real subset, the whole training set, or a saved file)."""
         p = self.cfg.distill.path
-        return self.shared("distill", "", {"data": self.data_checksum(), "teacher": teacher_f.checksum,
-                                           "distilled_file": p and path_digest(p)},
-                           lambda: _compute_distill(self, teacher))
+        inputs = {"data": self.data_checksum(), "teacher": teacher_f.checksum, "distilled_file": p and path_digest(p)}
+        if self.cfg.distill.method == "wmdd" and not p:  # WMDD's classes are split over the ranks
+            return self.collective("distill", "", inputs, lambda: _compute_distill(self, teacher))
+        return self.shared("distill", "", inputs, lambda: _compute_distill(self, teacher))
 
     def student(self, distilled):
         """``(Fetched, model)`` of the student trained on the distilled set."""
         got = self.shared("student", "", {"distill": distilled.checksum}, lambda: _compute_student(self, distilled.artifact))
         return got, self.model_from_state(got.artifact["state"])
 
-    def features(self, role: str, split: str, model_f, model, inputs_checksum: str, X):
-        """Fetched projected class gradients ``(n, C, k)`` and logits ``(n, C)`` of `X` (sharded over ranks)."""
+    def features(self, role: str, split: str, model_f, model, inputs_checksum: str, inputs):
+        """Fetched projected class gradients ``(n, C, k)`` and logits ``(n, C)`` of `inputs` (a tensor or a
+        Dataset; sharded over ranks, each reading only its rows).
+
+        The training split's features (the largest) stay a read-only ``np.memmap`` of the stored array, so
+        stages read them one class ``(n, k)`` at a time (:func:`_class_features`); the others are tensors.
+        """
+        import numpy as np
+        import torch
+
         from .distributed import featurize
 
         shard_name = content_hash_of(model_f.checksum, inputs_checksum, repr(make_projector(self.cfg)))[:16]
         got = self.collective("features", f"{role}/{split}", {"model": model_f.checksum, "inputs": inputs_checksum},
-                              lambda: featurize(self, model, X, shard_name, f"features[{role}/{split}]"), split=split)
+                              lambda: featurize(self, model, inputs, shard_name, f"features[{role}/{split}]",
+                                                inputs_digest=inputs_checksum),
+                              mmap=split == "train", split=split)
         if self.ranks.world_size > 1 and self.ranks.rank == 0:  # stored: the shards are no longer needed
             for f in (self.store.root / "shards").glob(f"{shard_name}.f32*"):
                 f.unlink(missing_ok=True)
+        if split != "train" and isinstance(got.artifact["features"], np.ndarray):
+            got.artifact["features"] = torch.from_numpy(np.array(got.artifact["features"]))
         return got
 
     def evaluate(self, role: str, model_f, model, distilled) -> tuple[dict, Any]:
@@ -827,21 +855,23 @@ class _Run:
         cfg, d = self.cfg, distilled.artifact
         f_d = self.features(role, "distilled", model_f, model, distilled.checksum, d["images"])
         test_cs = content_hash_of(self.data_checksum("test"), cfg.data.test_limit)
-        f_t = self.features(role, "test", model_f, model, test_cs, self.test_data()[0])
+        test_set, test_labels = self.split_data("test")
+        f_t = self.features(role, "test", model_f, model, test_cs, test_set)
         targets = _targets(cfg.krr.targets, f_d.artifact["logits"], d["labels"], d["soft_labels"], self.meta()["num_classes"])
         g = self.collective("gradient_distillation", role, {"features": f_d.checksum, "distill": distilled.checksum},
                             lambda: _compute_gd(self, f_d.artifact["features"], targets, role))
         f_tr = train_ref = None
         if cfg.krr.full_reference and role == "teacher":
-            f_tr = self.features(role, "train", model_f, model, self.data_checksum(), self.train_data()[0])
+            train_set, train_labels = self.split_data("train")
+            f_tr = self.features(role, "train", model_f, model, self.data_checksum(), train_set)
             t_tr = _targets(cfg.krr.targets if cfg.krr.targets == "onehot" else "logits", f_tr.artifact["logits"],
-                            self.train_data()[1], None, self.meta()["num_classes"])
+                            train_labels, None, self.meta()["num_classes"])
             train_ref = (f_tr.artifact["features"], t_tr)
         k = self.collective("krr", role, {"gradient_distillation": g.checksum, "features": f_d.checksum,
                                           "test_features": f_t.checksum, "train_features": f_tr and f_tr.checksum},
                             lambda: _compute_krr(self, g.artifact, f_d.artifact["features"], targets,
                                                  f_t.artifact["features"], train_ref, role))
-        metrics = report.role_metrics(f_d.artifact["features"], f_t.artifact["logits"], self.test_data()[1],
+        metrics = report.role_metrics(f_d.artifact["features"], f_t.artifact["logits"], test_labels,
                                       g.artifact, k.artifact, n_train=train_ref and len(train_ref[0]))
         def secs(f):
             return float(f.artifact["_seconds"])
@@ -972,10 +1002,13 @@ def _compute_distill(run: _Run, teacher) -> dict:
         return _distilled_dict(wmdd.load(d.path))
     X, y = run.train_data()
     C = run.meta()["num_classes"]
-    if d.method == "wmdd":
-        ds = wmdd.distill(teacher, (X, y), d.ipc, iterations=d.iterations, lr=d.lr, r_bn=d.r_bn, init=d.init,
-                          seed=cfg.seed, device=cfg.device, progress=cfg.progress, **d.options)
-        return _distilled_dict(ds)
+    if d.method == "wmdd":  # one class at a time, the classes split over the ranks (each kept when done)
+        kw = dict(iterations=d.iterations, lr=d.lr, r_bn=d.r_bn, init=d.init, seed=cfg.seed, device=cfg.device,
+                  progress=cfg.progress and run.ranks.rank == 0, **d.options)
+        parts = run.per_class(C, lambda c: _distilled_dict(wmdd.distill(teacher, (X, y), d.ipc, classes=[c], **kw)),
+                              "distill")
+        batch = {"batch_size": d.options["batch_size"]} if "batch_size" in d.options else {}
+        return _distilled_dict(wmdd.join([_as_distilled(p) for p in parts], teacher, device=cfg.device, **batch))
     if d.method == "random":  # seeded random real subset of ipc per class, class-major
         g = torch.Generator().manual_seed(cfg.seed)
         idx = torch.cat([torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), generator=g)[:d.ipc]]
@@ -1077,6 +1110,17 @@ def _compute_krr(run: _Run, gd_art: dict, feats_d, targets_d, test_feats, train_
     return out
 
 
+def _class_features(feats, c: int):
+    """Class ``c``'s features ``(n, 1, k)`` as a tensor: of a tensor ``(n, C, k)``, a view; of a (memory-mapped)
+    array, a copy of that class's rows only, so the whole ``(n, C, k)`` is never read into memory."""
+    import numpy as np
+    import torch
+
+    if isinstance(feats, torch.Tensor):
+        return feats[:, c:c + 1]
+    return torch.from_numpy(np.ascontiguousarray(feats[:, c:c + 1]))
+
+
 def per_class_krr(run: _Run, gd_art: dict, feats_d, targets_d, test_feats, train_ref, role: str) -> list:
     """One dict per class: predictions ``(N*, 1)`` of the three KRR models, ``λ_c`` and the fit/predict times."""
     from . import krr
@@ -1098,7 +1142,7 @@ def per_class_krr(run: _Run, gd_art: dict, feats_d, targets_d, test_feats, train
         if train_ref is not None:
             f_tr, t_tr = train_ref
             t0 = time.perf_counter()
-            full = krr.ClassKRR(lam_rel=lam_rel).fit(f_tr[:, sl], t_tr[:, sl])
+            full = krr.ClassKRR(lam_rel=lam_rel).fit(_class_features(f_tr, c), t_tr[:, sl])
             out["full_fit"] = time.perf_counter() - t0
             out["pred_full"] = full.predict(test_feats[:, sl].double())
         return out
@@ -1199,6 +1243,10 @@ def _check_options(cfg: Config) -> None:
              g.options, {"n_clusters", "tau", "gamma", "budget", "seed", "progress", "method", "features",
                          "targets", "features_c", "labels"} - ({"method"} if g.method == "local_global" else set()))):
         params = inspect.signature(fn).parameters
+        if key == "distill.options" and ({"class_batch", "classes"} & set(opts)):
+            raise ConfigError(f"config: distill.options.{sorted({'class_batch', 'classes'} & set(opts))[0]}: the "
+                              "pipeline synthesises the WMDD classes one at a time (so that ranks can share them); "
+                              "drop this option")
         for name in opts:
             if name in taken:
                 raise ConfigError(f"config: {key}.{name} is set by the config itself; set it there instead")
@@ -1235,9 +1283,11 @@ def run(config, ranks=None) -> "RunResult":
     """Run the DNTK pipeline for `config` (a :class:`Config`, a dict, or a YAML path); see the module doc.
 
     ``ranks`` (a :class:`dntk.distributed.Ranks`; default: the initialised ``torch.distributed`` process
-    group, else one process) share the run: rank 0 owns the run directory and computes the teacher,
-    distilled set and student; featurisation is sharded by samples, Algorithm 1 and KRR by whole
-    classes. Every rank returns the same metrics; rank 0 also measures the ledger and writes the outputs.
+    group, else one process) share the run: rank 0 owns the run directory and trains the teacher and the
+    student; featurisation is sharded by samples (each rank reading only its rows of the datasets), WMDD,
+    Algorithm 1 and KRR by whole classes, each class's result kept in the store until its stage is stored
+    (a killed run resumes with the classes it finished); the training features are read one class at a time
+    from the stored array. Every rank returns the same metrics; rank 0 also measures the ledger and writes the outputs.
     The result equals the single-process one (features bit-identical, metrics equal).
     """
     from . import report

@@ -67,6 +67,7 @@ __all__ = [
     "class_bn_statistics",
     "augment",
     "distill",
+    "join",
     "real_subset",
     "train_student",
     "save",
@@ -219,6 +220,10 @@ class DistilledSet:
     settings     dict (JSON-serialisable) of every setting used
     history      dict of per-iteration loss terms ``ce``, ``feature``, ``bn``, ``total`` (unweighted terms,
                  total weighted; averaged over class chunks)
+
+    A *partial* set (``distill(..., classes=[...])``, ``settings["classes"]``) holds the rows of those
+    classes only (``weights``/``atoms`` one row per class there) and ``history["chunks"]``, each chunk's
+    losses; :func:`join` assembles partial sets into a whole one.
 
     Construction checks that images, labels and soft labels agree in length, that labels are integers
     and that images, soft labels and weights are finite (``ValueError``/``TypeError`` otherwise).
@@ -721,7 +726,7 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
             pixel_range: Sequence[float] | None = None, batch_size: int = 256, seed: int = 0,
             barycenter_iter: int = WMDD_DEFAULTS.barycenter_iter, feature_module: nn.Module | None = None,
             statistics: ClassStatistics | None = None, cache_dir=None, device: str | torch.device = "cpu",
-            progress: bool = False) -> DistilledSet:
+            progress: bool = False, classes: Sequence[int] | None = None) -> DistilledSet:
     """Distil ``dataset`` into ``ipc`` images per class with WMDD (appendix §4.1, steps 1-5).
 
     Parameters
@@ -744,7 +749,8 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
         Shift range in pixels; default ``round(32·H/224)``.
     class_batch : int, optional
         Classes synthesised together (a memory knob; default all). The loss is a mean over classes,
-        so this does not change the objective.
+        so this does not change the objective. Each chunk's augmentation draws are seeded by ``seed``
+        and the chunk's first class, never by who synthesises it.
     pixel_range : (float, float), optional
         Clip range; default the real data's min and max.
     batch_size : int
@@ -762,6 +768,12 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
         Where the synthesis runs.
     progress : bool
         Show a progress bar.
+    classes : sequence of int, optional
+        Synthesise only these classes (distinct, in ``0..C-1``; default all): a *partial* set of their
+        ``len(classes)·ipc`` images in increasing class order, whose ``history["chunks"]`` keeps each
+        chunk's losses. Classes are independent problems, so processes can share them; :func:`join`
+        assembles partial sets covering every class into the set of one call (bit-identical when every
+        chunk of that call lies within one part, e.g. ``class_batch=1``).
 
     Returns
     -------
@@ -812,6 +824,12 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
         c_small = int(counts.argmin())
         raise ValueError(f"ipc = {ipc} exceeds the {int(counts.min())} samples of class {c_small}; "
                          f"choose ipc <= {int(counts.min())}.")
+    if classes is not None:
+        wanted = [int(c) if isinstance(c, (int, np.integer)) and not isinstance(c, bool) else None
+                  for c in classes]
+        if not wanted or None in wanted or len(set(wanted)) != len(wanted) or not all(0 <= c < C for c in wanted):
+            raise ValueError(f"classes must be distinct class indices in 0..{C - 1}, at least one; got {list(classes)!r}.")
+        classes = sorted(wanted)
     size = min(X.shape[-2:]) if X.dim() == 4 else 0
     s = dataclasses.replace(
         s, class_batch=C if s.class_batch is None else s.class_batch,
@@ -821,6 +839,8 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
     settings = dict(s.to_dict(), ipc=ipc, schedule="cosine", num_classes=C, input_shape=list(X.shape[1:]),
                     num_real=int(X.shape[0]), class_counts=counts.tolist(), num_bn_layers=len(bn),
                     teacher=type(teacher).__name__)
+    if classes is not None:
+        settings["classes"] = classes
     if statistics is not None:
         if not isinstance(statistics, ClassStatistics):
             raise TypeError(f"statistics must come from dntk.wmdd.class_statistics; got {type(statistics).__name__}.")
@@ -831,7 +851,7 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
     def compute() -> DistilledSet:
         with _common.eval_mode(teacher):
             stats = statistics if statistics is not None else class_statistics(teacher, (X, y), C, batch_size, feat_mod)
-            return _distill(teacher, X, y, ipc, s, settings, stats, feat_mod, batch_size, dev, progress)
+            return _distill(teacher, X, y, ipc, s, settings, stats, feat_mod, batch_size, dev, progress, classes)
 
     if cache_dir is None:
         return compute()
@@ -863,16 +883,17 @@ class _Chunk:
 
 
 def _distill(teacher, X, y, ipc, s: WMDDSettings, settings: dict, stats: ClassStatistics, feat_mod, batch_size,
-             dev, progress) -> DistilledSet:
+             dev, progress, classes=None) -> DistilledSet:
     from scipy.optimize import linear_sum_assignment
 
     C = settings["num_classes"]
+    cls_list = list(range(C)) if classes is None else list(classes)
     seed = s.seed
     # ---- steps 1-3: per class features, barycenter, exact BN statistics; initial images
     atoms, weights, x0 = [], [], []
     init_idx = []
     bn = _bn_layers(teacher)
-    for c in range(C):
+    for c in cls_list:
         idx = (y == c).nonzero().flatten()
         feats = stats.features[c]
         bc = barycenter(feats, ipc, seed=[seed, c], weighted=s.weighted, max_iter=s.barycenter_iter)
@@ -897,8 +918,8 @@ def _distill(teacher, X, y, ipc, s: WMDDSettings, settings: dict, stats: ClassSt
             init_idx.append(idx[torch.as_tensor(chosen)].tolist())
         atoms.append(torch.as_tensor(A, dtype=torch.float32))
         weights.append(torch.as_tensor(w, dtype=torch.float64))
-    atoms_t = torch.stack(atoms)  # (C, ipc, D)
-    weights_t = torch.stack(weights)  # (C, ipc)
+    atoms_t = torch.stack(atoms)  # (n_cls, ipc, D), n_cls = len(cls_list)
+    weights_t = torch.stack(weights)  # (n_cls, ipc)
     if s.init == "noise":
         g = torch.Generator().manual_seed(int(seed))
         if X.dim() >= 3:
@@ -907,41 +928,112 @@ def _distill(teacher, X, y, ipc, s: WMDDSettings, settings: dict, stats: ClassSt
             sd = X.std(dims, keepdim=True)[0]
         else:
             mu, sd = X.mean(0), X.std(0)
-        noise = torch.randn((C * ipc, *X.shape[1:]), generator=g)
+        noise = torch.randn((C * ipc, *X.shape[1:]), generator=g)  # all classes' draws: a class's own
+        noise = noise.reshape(C, ipc, *X.shape[1:])[cls_list].reshape(-1, *X.shape[1:])  # do not depend on the others
         images = (mu + sd * noise).clamp(*s.pixel_range)
     else:
         images = torch.cat(x0).clone()
-    labels = torch.arange(C).repeat_interleave(ipc)
+    labels = torch.as_tensor(cls_list).repeat_interleave(ipc)
 
-    # ---- step 4: synthesis, one chunk of classes at a time
+    # ---- step 4: synthesis, one chunk of classes at a time (positions `pos` in cls_list)
     cb = s.class_batch
-    chunks = [list(range(c0, min(c0 + cb, C))) for c0 in range(0, C, cb)]
-    hist = {k: np.zeros(s.iterations) for k in ("ce", "feature", "bn", "total")}
+    chunks = [list(range(p0, min(p0 + cb, len(cls_list)))) for p0 in range(0, len(cls_list), cb)]
     bar = _common.progress_bar(s.iterations * len(chunks), f"WMDD synthesis (ipc={ipc})", progress)
     out = images.clone()
+    done = []
     try:
-        for k, cls in enumerate(chunks):
-            rows = torch.cat([torch.arange(c * ipc, (c + 1) * ipc) for c in cls])
+        for pos in chunks:
+            cls = [cls_list[p] for p in pos]
+            rows = torch.cat([torch.arange(p * ipc, (p + 1) * ipc) for p in pos])
             chunk = _Chunk(x0=images[rows].to(dev), labels=labels[rows].to(dev),
-                           atoms=atoms_t[cls].reshape(-1, atoms_t.shape[-1]).to(dev),
+                           atoms=atoms_t[pos].reshape(-1, atoms_t.shape[-1]).to(dev),
                            bn_means=[m[cls].float().to(dev) for m in stats.bn_mean],
                            bn_vars=[v[cls].float().to(dev) for v in stats.bn_var], n_cls=len(cls), ipc=ipc,
-                           img_w=weights_t[cls].float().to(dev) if s.weighted else None)
-            gen = torch.Generator().manual_seed(int(seed) * 1000003 + k)  # augmentation draws of this chunk
+                           img_w=weights_t[pos].float().to(dev) if s.weighted else None)
+            # augmentation draws of this chunk, seeded by its first class (not by who synthesises it)
+            gen = torch.Generator().manual_seed(int(seed) * 1000003 + cls[0])
             x, h = _synthesize(teacher, chunk, s, bn, feat_mod, gen, bar)
             out[rows] = x.cpu()
-            for name in hist:
-                hist[name] += np.asarray(h[name]) * len(cls) / C
+            done.append({"classes": cls, **h})
     finally:
         bar.close()
 
     # ---- step 5: soft labels
-    with torch.no_grad():
-        soft = torch.cat([teacher(xb.to(dev)).float().cpu() for xb in _batches(out, batch_size)])
-    info = dict(settings, init_indices=init_idx if init_idx else None,
-                teacher_accuracy=float((soft.argmax(1) == labels).float().mean()))
+    soft, acc = _soft_labels(teacher, out, labels, batch_size, dev)
+    info = dict(settings, init_indices=init_idx if init_idx else None, teacher_accuracy=acc)
+    history = _combine_history(done, C, s.iterations) if classes is None else {"chunks": done}
     return DistilledSet(images=out.float(), labels=labels, soft_labels=soft, weights=weights_t, atoms=atoms_t,
-                        settings=info, history={k: v.tolist() for k, v in hist.items()})
+                        settings=info, history=history)
+
+
+def _soft_labels(teacher, images, labels, batch_size: int, dev) -> tuple[torch.Tensor, float]:
+    """The teacher's logits ``(n, C)`` on `images` (in batches of `batch_size`) and its accuracy on `labels`."""
+    with torch.no_grad():
+        soft = torch.cat([teacher(xb.to(dev)).float().cpu() for xb in _batches(images, batch_size)])
+    return soft, float((soft.argmax(1) == labels).float().mean())
+
+
+def _combine_history(chunks: list, C: int, iterations: int) -> dict:
+    """The loss history of a whole set: per iteration, each chunk's losses weighted by its share of the
+    ``C`` classes, summed in class order."""
+    hist = {k: np.zeros(iterations) for k in ("ce", "feature", "bn", "total")}
+    for h in sorted(chunks, key=lambda h: h["classes"][0]):
+        for name in hist:
+            hist[name] += np.asarray(h[name]) * len(h["classes"]) / C
+    return {k: v.tolist() for k, v in hist.items()}
+
+
+def join(parts: Sequence[DistilledSet], teacher: nn.Module, *, batch_size: int = 256,
+         device: str | torch.device = "cpu") -> DistilledSet:
+    """Assemble partial sets (``distill(..., classes=...)``) that together cover every class once.
+
+    Parameters
+    ----------
+    parts : sequence of DistilledSet
+        Partial sets of one configuration (same settings but ``classes``), in any order.
+    teacher : nn.Module
+        The teacher they were distilled from: the soft labels ``(C·ipc, C)`` are recomputed on the
+        assembled images, in batches of `batch_size`, exactly as :func:`distill` computes them.
+    batch_size : int
+        As in :func:`distill`.
+    device : str or torch.device
+        Where the teacher runs.
+
+    Returns
+    -------
+    DistilledSet
+        The set one :func:`distill` call returns (bit-identical when every chunk of that call lies within
+        one part, e.g. ``class_batch=1``).
+    """
+    _common.check_int(batch_size, "batch_size", 1)
+    parts = list(parts)
+    if not parts or not all(isinstance(p, DistilledSet) and "classes" in p.settings for p in parts):
+        raise ValueError("join takes partial sets made by dntk.wmdd.distill(..., classes=[...]); got "
+                         f"{[type(p).__name__ for p in parts] or 'none'}.")
+
+    def common(p):
+        return {k: v for k, v in p.settings.items() if k not in ("classes", "init_indices", "teacher_accuracy")}
+
+    base = common(parts[0])
+    if any(common(p) != base for p in parts[1:]):
+        raise ValueError("the partial sets were distilled with different settings or data; distil every part "
+                         "with the same arguments (only classes may differ).")
+    parts.sort(key=lambda p: p.settings["classes"][0])
+    covered = [c for p in parts for c in p.settings["classes"]]
+    C = int(base["num_classes"])
+    if covered != list(range(C)):
+        raise ValueError(f"the partial sets must cover the classes 0..{C - 1} once each; they cover {sorted(covered)}.")
+    dev = _common.resolve_device(device)
+    teacher.to(dev)
+    images, labels = torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts])
+    with _common.eval_mode(teacher):
+        soft, acc = _soft_labels(teacher, images, labels, batch_size, dev)
+    init = [i for p in parts for i in (p.settings.get("init_indices") or [])]
+    info = dict(base, init_indices=init or None, teacher_accuracy=acc)
+    history = _combine_history([h for p in parts for h in p.history["chunks"]], C, int(base["iterations"]))
+    return DistilledSet(images=images.float(), labels=labels, soft_labels=soft,
+                        weights=torch.cat([p.weights for p in parts]), atoms=torch.cat([p.atoms for p in parts]),
+                        settings=info, history=history)
 
 
 def _synthesize(teacher, chunk: _Chunk, s: WMDDSettings, bn, feat_mod, gen, bar) -> tuple[torch.Tensor, dict]:

@@ -53,6 +53,43 @@ def test_resume_computes_only_missing_shards(tmp_path, monkeypatch):
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
+class _RecordingDataset(torch.utils.data.Dataset):
+    """A Dataset of ``(x, 0)`` that records which rows were read."""
+
+    def __init__(self, X):
+        self.X, self.read = X, set()
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        self.read.add(int(i))
+        return self.X[i], 0
+
+
+@pytest.mark.parametrize("digest", [None, "digest-of-the-inputs"])
+def test_each_rank_reads_only_its_shard_of_a_dataset(tmp_path, digest):
+    """Featurising a Dataset, a rank reads only its own rows; the shards together equal one process's
+    features bit for bit; with the caller's digest a finished shard is reused without reading its rows."""
+    path = str(tmp_path / "feats.f32")
+    model, X, R = _setup()
+    ds = _RecordingDataset(X)
+    for rank in (0, 1):
+        ds.read.clear()
+        distributed.class_gradients(model, ds, R, path, rank=rank, world_size=2, batch_size=4, inputs_digest=digest)
+        assert ds.read == set(range(*distributed.shard(len(X), 2, rank)))
+    ref = tangent.class_gradients(model, X, projector=R, batch_size=5)
+    np.testing.assert_array_equal(np.memmap(path, dtype="float32", mode="r", shape=tuple(ref.shape)), ref.numpy())
+    start, stop = distributed.shard(len(X), 2, 1)
+    ds.read.clear()
+    distributed.class_gradients(model, ds, R, path, rank=1, world_size=2, inputs_digest=digest)
+    assert ds.read == ({start} if digest else set(range(start, stop)))  # one row tells the number of classes
+    if digest:  # another digest: the shard is recomputed
+        ds.read.clear()
+        distributed.class_gradients(model, ds, R, path, rank=1, world_size=2, inputs_digest="other inputs")
+        assert ds.read == set(range(start, stop))
+
+
 def test_foreign_file_is_refused(tmp_path):
     path = str(tmp_path / "feats.f32")
     model, X, R = _setup()
@@ -177,9 +214,10 @@ def _pipeline_rank(cfg_dict, out_dir):
 
 
 def test_smoke_config_over_two_gloo_ranks_equals_one_process(tmp_path, monkeypatch):
-    """params/smoke.yaml: one process, then the same run shared by two gloo ranks (teacher, distilled set and
-    student reused from the single run's cache, so the ranks featurise, run Algorithm 1 and KRR): the
-    features are bit-identical, the metrics equal, and result.json records who did what."""
+    """params/smoke.yaml: one process, then the same run shared by two gloo ranks (the teacher reused from the
+    single run's cache, so the ranks distil (WMDD split over classes), featurise reading their shards of the
+    datasets, and run Algorithm 1 and KRR): the distilled images and features are bit-identical, the metrics
+    equal, and result.json records who did what."""
     import json
     import shutil
     from pathlib import Path
@@ -193,8 +231,7 @@ def test_smoke_config_over_two_gloo_ranks_equals_one_process(tmp_path, monkeypat
         progress=False, figures=False, run_dir=str(tmp_path / "one"), cache_dir=str(tmp_path / "cache1"),
         **{"ledger.measure": False})
     single = pipeline.run(cfg)
-    for stage in ("teacher", "distill", "student"):
-        shutil.copytree(tmp_path / "cache1" / stage, tmp_path / "cache2" / stage)
+    shutil.copytree(tmp_path / "cache1" / "teacher", tmp_path / "cache2" / "teacher")
     d = cfg.replace(run_dir=str(tmp_path / "two"), cache_dir=str(tmp_path / "cache2")).to_dict()
     distributed.launch(_pipeline_rank, world_size=2, args=(d, str(tmp_path)))
     r0 = json.loads((tmp_path / "rank0.json").read_text())
@@ -206,16 +243,22 @@ def test_smoke_config_over_two_gloo_ranks_equals_one_process(tmp_path, monkeypat
     assert work["gradient_distillation[teacher]"] == {"0": [0, 1, 2, 3, 4], "1": [5, 6, 7, 8, 9]}
     assert work["features[teacher/train]"] == {"0": [0, 719], "1": [719, 1437]}
     assert work["krr[student]"] == {"0": [0, 1, 2, 3, 4], "1": [5, 6, 7, 8, 9]}
+    assert work["distill"] == {"0": [0, 1, 2, 3, 4], "1": [5, 6, 7, 8, 9]}
+    assert work["student"] == {"0": "all"}
     assert "teacher" not in work  # the teacher came from the cache
     computed = {(s["stage"], s["role"]) for s in written["stages"] if s["status"] == "computed"}
     assert ("features", "teacher/distilled") in computed and ("teacher", "") not in computed
     # same content keys, bit-identical features
     assert written["info"]["stage_keys"] == single.info["stage_keys"]
     s1, s2 = Store(tmp_path / "cache1"), Store(tmp_path / "cache2")
+    d1, d2 = (s.load("distill", single.info["stage_keys"]["distill"]) for s in (s1, s2))
+    assert all(torch.equal(d1[name], d2[name]) for name in ("images", "soft_labels", "atoms", "weights"))
+    assert d1["history"] == d2["history"]
     for label, key in single.info["stage_keys"].items():
         if label.startswith("features"):
             a, b = s1.load("features", key), s2.load("features", key)
-            assert torch.equal(a["features"], b["features"]) and torch.equal(a["logits"], b["logits"]), label
+            assert np.array_equal(np.asarray(a["features"]), np.asarray(b["features"])), label
+            assert torch.equal(a["logits"], b["logits"]), label
 
 
 def _pipeline_rank_killed(cfg_dict, out_dir, kill_at):

@@ -546,3 +546,29 @@ def test_killed_algorithm1_resumes_with_its_finished_classes(warm, monkeypatch):
     assert not [p for p in (cfg.cache_path / "classes").iterdir() if not p.name.startswith(".")]  # parts dropped
     fresh = P.run(cfg.replace(cache_dir=str(cfg.cache_path) + "-fresh"))
     assert resumed.metrics == fresh.metrics
+
+
+# ------------------------------------------------------------------------------------------ memory
+def test_full_reference_krr_reads_the_training_features_one_class_at_a_time(warm, monkeypatch):
+    """The whole-training-set features stay a read-only memory map of the stored array; the full-reference
+    KRR copies one class's ``(N, 1, k)`` rows at a time, never all of ``(N, C, k)``."""
+    import numpy as np
+
+    seen, real = [], P._class_features
+
+    def spy(feats, c):
+        out = real(feats, c)
+        seen.append((type(feats), c, tuple(out.shape)))
+        return out
+
+    monkeypatch.setattr(P, "_class_features", spy)
+    P.run(warm.replace(**{"krr.lam_rel": 2e-3}))
+    assert [c for _, c, _ in seen] == list(range(10))
+    assert all(t is np.memmap and shape == (50, 1, 16) for t, _, shape in seen), seen
+
+
+@pytest.mark.parametrize("option", ["class_batch", "classes"])
+def test_wmdd_chunking_options_are_refused(tmp_path, option):
+    """The pipeline synthesises WMDD one class at a time (so that ranks share the classes)."""
+    with pytest.raises(ConfigError, match=f"distill.options.{option}: the pipeline synthesises"):
+        P.preflight(tiny(tmp_path, **{f"distill.options.{option}": [1] if option == "classes" else 2}))

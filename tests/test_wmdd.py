@@ -218,6 +218,32 @@ def test_reproducible_for_a_seed(teacher_data):
     assert not torch.equal(e.images, e.images.new_zeros(()).expand_as(e.images))
 
 
+@pytest.mark.parametrize("init", ["real", "noise"])
+def test_classes_synthesised_apart_and_joined_equal_one_call(teacher_data, init):
+    """Each class is its own problem: distilling classes in separate calls (as ranks do) and joining them
+    gives the one-call set bit for bit, augmentation included (its draws are seeded per class)."""
+    model, X, y = teacher_data
+    kw = dict(iterations=4, seed=3, init=init, class_batch=1)
+    whole = wmdd.distill(model, (X, y), 2, **kw)
+    C = whole.num_classes
+    parts = [wmdd.distill(model, (X, y), 2, classes=cls, **kw) for cls in ([C - 1], list(range(C - 1)))]
+    assert parts[0].settings["classes"] == [C - 1] and torch.equal(parts[0].labels, torch.full((2,), C - 1))
+    joined = wmdd.join(parts, model)
+    for name in ("images", "labels", "soft_labels", "weights", "atoms"):
+        assert torch.equal(getattr(joined, name), getattr(whole, name)), name
+    assert joined.history == whole.history and joined.settings == whole.settings
+    with pytest.raises(ValueError, match="cover the classes"):
+        wmdd.join(parts[1:], model)
+    with pytest.raises(ValueError, match="different settings"):
+        wmdd.join([parts[1], wmdd.distill(model, (X, y), 2, classes=[C - 1], **{**kw, "seed": 4})], model)
+    with pytest.raises(ValueError, match="partial sets"):
+        wmdd.join([whole], model)
+    with pytest.raises(ValueError, match="distinct class indices"):
+        wmdd.distill(model, (X, y), 2, classes=[0, 0], **kw)
+    with pytest.raises(ValueError, match="distinct class indices"):
+        wmdd.distill(model, (X, y), 2, classes=[C], **kw)
+
+
 def test_map_style_dataset_equals_tensors(teacher_data):
     model, X, y = teacher_data
     ds = torch.utils.data.TensorDataset(X, y)
