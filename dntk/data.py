@@ -107,7 +107,13 @@ class FolderDataset(Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
-        x, y = self.base[i]
+        try:
+            x, y = self.base[i]
+        except (OSError, SyntaxError) as e:  # PIL: unidentified, truncated or broken image file
+            samples = getattr(self.base, "samples", None)
+            where = f"image file {samples[i][0]}" if samples is not None else f"item {i}"
+            raise ValueError(f"{self.name or 'dataset'}: cannot read {where} ({type(e).__name__}: {e}); "
+                             "replace or delete that file.") from e
         return x, int(y)
 
     def __repr__(self) -> str:

@@ -348,6 +348,15 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _check_finite_tree(value, key: str, source: str) -> None:
+    """Raise :class:`ConfigError` naming the entry (``key.name[i]``) of a nested option value that is NaN or inf."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key} must be a finite number, got {value}")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for k, v in items:
+        _check_finite_tree(v, f"{key}[{k}]" if isinstance(k, int) else f"{key}.{k}", source)
+
+
 def _coerce(value, tp, key: str, source: str):
     """Check `value` against annotation `tp` (no silent coercion except int → float)."""
     origin = typing.get_origin(tp)
@@ -385,6 +394,7 @@ def _coerce(value, tp, key: str, source: str):
             return value
     elif tp is dict:
         if isinstance(value, dict):
+            _check_finite_tree(value, key, source)
             return dict(value)
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
