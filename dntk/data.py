@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 
 log = logging.getLogger("dntk")
 
-__all__ = ["load", "as_tensors", "subset_indices", "subset_targets", "stratified_indices", "resolve_root", "fashion_mnist_dirs", "read_idx",
+__all__ = ["load", "as_tensors", "subset_indices", "subset_targets", "stratified_indices", "resolve_root",
+           "fashion_mnist_dirs", "read_idx",
            "DATASETS", "DEFAULT_SIZES", "FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES",
            "FASHION_MNIST_SYSTEM_DIR", "TensorImageDataset", "FolderDataset"]
 

@@ -390,7 +390,8 @@ def _artifact_dir(cfg, stage, result, role=""):
 
 
 def _damage_artifact(d, how):
-    """Damage a stored artifact folder ``d`` in place, as the hostile-input trials of issue 14 did."""
+    """Damage a stored artifact folder ``d`` in place: random bytes, a zeroed header, garbage images or
+    an untrained checkpoint where the trained weights were."""
     import numpy as np
 
     arrays = sorted(d.glob("*.npy"))
