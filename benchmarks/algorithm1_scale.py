@@ -28,6 +28,7 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- one case (child process)
 from _memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _report import table  # noqa: E402
 
 
 def feature_blocks(n, C, k, M, seed=0, r_shared=8, r_local=8, noise=0.05, step=8192):
@@ -179,22 +180,6 @@ def spawn(case, n, args) -> dict | None:
         print(f"  [{case} N={n}] failed: {last}", file=sys.stderr)
         return None
     return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def table(title, head, rows, markdown=False):
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    print(title)
-    print("  ".join(h.rjust(w) for h, w in zip(head, widths)))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-    print()
-    if markdown:
-        print("| " + " | ".join(head) + " |")
-        print("|" + "|".join("---:" for _ in head) + "|")
-        for r in rows:
-            print("| " + " | ".join(r) + " |")
-        print()
 
 
 def main():

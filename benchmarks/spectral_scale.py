@@ -24,6 +24,7 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- one case (child process)
 from _memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _report import table  # noqa: E402
 
 
 def make_features(n, C, k, M, seed=0, r_shared=8, r_local=6, noise=0.05):
@@ -106,16 +107,6 @@ def cell(r, key=None, fmt="{:.2f}"):
 
 def ratio(a, b):
     return f"{a[CLOCK] / b[CLOCK]:.1f}×" if a and b else "—"
-
-
-def table(title, head, rows):
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    print(title)
-    print("  ".join(h.rjust(w) for h, w in zip(head, widths)))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-    print()
 
 
 def main():

@@ -18,11 +18,33 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ProjectedSetup", "projected_setup", "use_book_style", "glue_figure", "glue_number", "glue_math",
-           "PAGE_WIDTH_IN"]
+           "repo_root", "PAGE_WIDTH_IN"]
 
 #: Width in inches of a full-width figure: at the book's text width (about 690 px) a 10 pt label on a
 #: 7-inch figure is shown at about 10 pt.
 PAGE_WIDTH_IN = 7.0
+
+
+def repo_root():
+    """The project folder, where ``params/`` and ``notebooks/`` live.
+
+    The package's parent in a source checkout (``pip install -e .``); otherwise the nearest of the
+    current directory and its parents that holds ``params/`` and ``dntk/`` (a chapter executed from
+    ``notebooks/`` or from the book's build folder); otherwise the current directory.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent
+    if (here / "notebooks").is_dir() and (here / "params").is_dir():
+        return here
+    for p in [Path.cwd(), *Path.cwd().parents]:
+        if (p / "params").is_dir() and (p / "dntk").is_dir():
+            return p
+    return Path.cwd()
 
 
 def use_book_style() -> None:

@@ -26,19 +26,13 @@ import sys
 import traceback
 from pathlib import Path
 
+from . import chapter
+
 __all__ = ["main", "build_parser"]
 
 
 class CLIError(Exception):
     """A user error reported as one line (exit status 2)."""
-
-
-def _repo_root() -> Path:
-    """The project folder: the one holding notebooks/ (the package's parent in a source checkout), else cwd."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "notebooks").is_dir():
-        return here
-    return Path.cwd()
 
 
 # ======================================================================================= run
@@ -164,7 +158,7 @@ def _cmd_notebook(args) -> int:
     except ImportError as e:
         raise CLIError(f"`dntk notebook` needs jupytext and papermill ({e}); pip install -e '.[book]'") from None
 
-    root = _repo_root()
+    root = chapter.repo_root()
     src = _resolve_notebook(args.name, root)
     params = notebook_parameters(args.file, args.parameters or [])
     nb = jupytext.read(src)
@@ -190,7 +184,7 @@ def _cmd_notebook(args) -> int:
 
 # ====================================================================================== book
 def _cmd_book(args) -> int:
-    root = _repo_root()
+    root = chapter.repo_root()
     exe = Path(sys.executable).parent / "jupyter-book"
     jb = str(exe) if exe.exists() else shutil.which("jupyter-book")
     if jb is None:

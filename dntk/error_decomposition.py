@@ -25,6 +25,11 @@ from .krr import ridge_weights
 __all__ = ["ErrorDecomposition", "ErrorDecomposer", "error_decomposition"]
 
 
+def _difference(minuend: str, subtrahend: str, doc: str) -> property:
+    """A read-only attribute ``self.<minuend> − self.<subtrahend>``, documented by `doc`."""
+    return property(lambda self: getattr(self, minuend) - getattr(self, subtrahend), doc=doc)
+
+
 @dataclass(frozen=True)
 class ErrorDecomposition:
     """The three terms of Prop B.3 at the evaluation points, float64.
@@ -41,25 +46,10 @@ class ErrorDecomposition:
     f_hat: torch.Tensor
     lam_pop: torch.Tensor
 
-    @property
-    def approximation(self) -> torch.Tensor:
-        """``f − f*`` (the nonlinearity), ``(n_eval, C)``."""
-        return self.target - self.f_star
-
-    @property
-    def bias(self) -> torch.Tensor:
-        """``f* − f_λ`` (the regularisation), ``(n_eval, C)``."""
-        return self.f_star - self.f_lam
-
-    @property
-    def variance(self) -> torch.Tensor:
-        """``f_λ − f̂`` (the finite sample), shaped like ``f_hat``."""
-        return self.f_lam - self.f_hat
-
-    @property
-    def total(self) -> torch.Tensor:
-        """``f − f̂``, shaped like ``f_hat``."""
-        return self.target - self.f_hat
+    approximation = _difference("target", "f_star", "``f − f*`` (the nonlinearity), ``(n_eval, C)``.")
+    bias = _difference("f_star", "f_lam", "``f* − f_λ`` (the regularisation), ``(n_eval, C)``.")
+    variance = _difference("f_lam", "f_hat", "``f_λ − f̂`` (the finite sample), shaped like ``f_hat``.")
+    total = _difference("target", "f_hat", "``f − f̂``, shaped like ``f_hat``.")
 
     def mean_squares(self) -> dict[str, float]:
         """Mean over points, classes (and training draws) of each term squared, plus the total error."""

@@ -97,6 +97,11 @@ class ClassSynthesis:
         return int(self.G_syn.shape[0])
 
 
+def _per_class(attribute: str, doc: str) -> property:
+    """A read-only attribute listing ``ClassSynthesis.<attribute>`` of every class, documented by `doc`."""
+    return property(lambda self: [getattr(cs, attribute) for cs in self.classes], doc=doc)
+
+
 @dataclass(frozen=True)
 class LocalGlobalResult:
     """Algorithm 1 on all classes: one shared partition, one :class:`ClassSynthesis` per class.
@@ -119,25 +124,10 @@ class LocalGlobalResult:
     def __len__(self) -> int:
         return len(self.classes)
 
-    @property
-    def G_syn(self) -> list:
-        """Per class ``(m_c, k)`` synthetic gradients."""
-        return [cs.G_syn for cs in self.classes]
-
-    @property
-    def t_syn(self) -> list:
-        """Per class ``(m_c,)`` synthetic targets."""
-        return [cs.t_syn for cs in self.classes]
-
-    @property
-    def m(self) -> list:
-        """Per class number of synthetic gradients."""
-        return [cs.m for cs in self.classes]
-
-    @property
-    def traces(self) -> list:
-        """Per class ``tr(K̃_c)`` of the uncompressed kernel."""
-        return [cs.trace for cs in self.classes]
+    G_syn = _per_class("G_syn", "Per class ``(m_c, k)`` synthetic gradients.")
+    t_syn = _per_class("t_syn", "Per class ``(m_c,)`` synthetic targets.")
+    m = _per_class("m", "Per class number of synthetic gradients.")
+    traces = _per_class("trace", "Per class ``tr(K̃_c)`` of the uncompressed kernel.")
 
     def counts(self) -> dict:
         """Totals over classes: synthetic gradients, local and gap ones."""
@@ -799,6 +789,9 @@ def score(G_syn, t_syn, lam, test_features, test_labels, test_logits, features=N
 @dataclass(frozen=True)
 class ComparisonRow:
     """One compressed set of :func:`compare`, scored on the test set.
+
+    A row of the comparison table: the method, its budget and seed, then its scores (the same ridge and
+    test points for every row, so rows compare).
 
     Attributes
     ----------

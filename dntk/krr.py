@@ -143,9 +143,9 @@ def loo_gcv(G, t, lams) -> tuple[torch.Tensor, torch.Tensor]:
     Parameters
     ----------
     G : array ``(N, k)``
-        Features of one class.
+        Features of one class, one row per training point.
     t : array ``(N,)``
-        Targets.
+        Targets of those points (the residuals ``e`` are in their units).
     lams : array ``(L,)``
         Absolute ridge values.
 

@@ -63,12 +63,12 @@ def gram(G: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     G : torch.Tensor
-        ``(n, k)`` float64.
+        ``(n, k)`` float64, one feature vector per row (``n = 0`` gives the zero matrix).
 
     Returns
     -------
     torch.Tensor
-        ``(k, k)`` float64.
+        ``(k, k)`` float64 ``A = GᵀG`` with ``A == A.T`` bit for bit (the upper triangle mirrored).
     """
     if G.dtype != torch.float64:
         raise TypeError(f"gram needs a float64 G, got {G.dtype}; convert it with G.double().")

@@ -295,7 +295,7 @@ def parameter_redundancy(G, tau: float) -> tuple[float, int]:
     G : array ``(N, P)``
         Gradient (or projected, ``(N, k)``) features.
     tau : float
-        Energy fraction in ``(0, 1]``.
+        Energy fraction ``τ`` in ``(0, 1]`` kept by the first ``r`` squared singular values.
 
     Returns
     -------

@@ -183,7 +183,7 @@ class StudentSettings:
     Attributes
     ----------
     epochs : int
-        Passes over the distilled set.
+        Passes over the distilled set (its ``C·ipc`` images, in mini-batches of ``batch_size``).
     lr : float
         Adam's peak learning rate (cosine decay to 0).
     temperature : float

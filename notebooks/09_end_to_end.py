@@ -77,14 +77,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # no widget pr
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
 
 
-def repo_root() -> Path:
-    for p in [Path.cwd(), *Path.cwd().parents]:
-        if (p / "params").is_dir() and (p / "dntk").is_dir():
-            return p
-    return Path.cwd()
-
-
-ROOT = repo_root()
+ROOT = chapter.repo_root()
 CACHE = Path(cache_dir) if cache_dir else ROOT / "runs" / "cache"
 OUT = ROOT / "runs" / "09_end_to_end"
 

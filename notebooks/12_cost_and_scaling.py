@@ -50,7 +50,6 @@ device = "cpu"
 # %%
 import time
 import warnings
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -76,14 +75,7 @@ _ = torch.manual_seed(seed)
 chapter.use_book_style()
 
 
-def repo_root() -> Path:
-    for p in [Path.cwd(), *Path.cwd().parents]:
-        if (p / "params").is_dir() and (p / "dntk").is_dir():
-            return p
-    return Path.cwd()
-
-
-ROOT = repo_root()
+ROOT = chapter.repo_root()
 
 # %% [markdown]
 # ## The ledger at the paper's scale

@@ -71,7 +71,7 @@ import numpy as np
 import torch
 from myst_nb import glue
 
-from dntk import data, ledger, metrics, models, pipeline, projection, spectral, tangent, wmdd
+from dntk import chapter, data, ledger, metrics, models, pipeline, projection, spectral, tangent, wmdd
 from dntk import gradient_distillation as gd
 from dntk.krr import ClassKRR
 
@@ -461,17 +461,8 @@ plt.close(fig);
 # this machine.
 
 # %%
-def repo_root():
-    from pathlib import Path
-
-    for p in [Path.cwd(), *Path.cwd().parents]:
-        if (p / "params").is_dir() and (p / "dntk").is_dir():
-            return p
-    return Path.cwd()
-
-
 with timed("ledger"):
-    cfg = pipeline.load_config(repo_root() / "params" / "fashion-mnist.yaml", check_paths=False)
+    cfg = pipeline.load_config(chapter.repo_root() / "params" / "fashion-mnist.yaml", check_paths=False)
     cfg = cfg.replace(**{"projection.kind": proj_kind, "projection.k": proj_dim, "distill.ipc": ipc_d,
                          "distill.iterations": wmdd_iterations, "gradient_distillation.budget": 5})
     unit = ledger.measure_unit_costs(teacher, X_te[:64], projector=proj, repeats=1, device=device)

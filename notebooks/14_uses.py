@@ -74,14 +74,13 @@ progress = False
 # %%
 import dataclasses
 import warnings
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from myst_nb import glue
 
-from dntk import data, models, pipeline, projection, store, tangent, wmdd
+from dntk import chapter, data, models, pipeline, projection, store, tangent, wmdd
 from dntk import gradient_distillation as gd
 from dntk import ledger as L
 from dntk import uncertainty as U
@@ -209,14 +208,7 @@ for m in budgets:   # the budgets are nested: the first m survivors of Algorithm
 posteriors = {name: U.KernelPosterior(s) for name, s in supports.items()}
 
 
-def repo_root() -> Path:
-    for p in [Path.cwd(), *Path.cwd().parents]:
-        if (p / "params").is_dir() and (p / "dntk").is_dir():
-            return p
-    return Path.cwd()
-
-
-cfg = pipeline.load_config(repo_root() / "params" / "fashion-mnist.yaml", check_paths=False)
+cfg = pipeline.load_config(chapter.repo_root() / "params" / "fashion-mnist.yaml", check_paths=False)
 cfg = cfg.replace(**{"projection.kind": proj_kind, "projection.k": proj_dim, "distill.ipc": ipc,
                      "distill.iterations": wmdd_iterations, "gradient_distillation.n_clusters": n_clusters})
 led = L.from_config(cfg, model=net, n_full=N, n_test=N_test)

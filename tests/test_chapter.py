@@ -89,3 +89,12 @@ def test_projected_setup_equals_direct_calls():
 def test_projected_setup_rejects_bad_width(dim):
     with pytest.raises(ValueError, match="proj_dim"):
         chapter.projected_setup("gaussian", dim)
+
+
+def test_repo_root_is_the_checkout_from_any_working_directory(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parent.parent  # tests/ sits in the project folder
+    monkeypatch.chdir(tmp_path)
+    assert chapter.repo_root() == checkout
+    assert (chapter.repo_root() / "params" / "fashion-mnist.yaml").is_file()

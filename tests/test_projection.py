@@ -13,21 +13,9 @@ from torch import nn
 
 from dntk import projection, tangent
 
+from _nets import small_cnn
+
 KINDS = list(projection.KINDS)
-
-
-def small_cnn(seed=0, C=3):
-    torch.manual_seed(seed)
-    m = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, C),
-    )
-    with torch.no_grad():
-        for b in (m[1], m[4]):
-            b.running_mean.uniform_(-0.5, 0.5)
-            b.running_var.uniform_(0.5, 2.0)
-    return m.eval()
 
 
 def X(n=5, seed=0):
@@ -43,7 +31,7 @@ def test_fwht_equals_hadamard_matrix():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_projected_fast_path_equals_exact_jacobian_times_R(kind):
-    model, x = small_cnn(), X()
+    model, x = small_cnn().eval(), X()
     opts = {"tile_rows": 7} if "tile_rows" in projection.make(kind, 8).options else {}
     proj = projection.make(kind, 32, seed=3, **opts)  # tiles straddle layer chunks
     Gp = tangent.class_gradients(model, x, projector=proj, batch_size=2)
@@ -58,7 +46,7 @@ def test_projected_fast_path_equals_exact_jacobian_times_R(kind):
 
 @pytest.mark.parametrize("s", [2, 3])
 def test_projected_fast_path_sparse_with_several_nonzeros(s):
-    model, x = small_cnn(), X()
+    model, x = small_cnn().eval(), X()
     proj = projection.make("sparse", 30, seed=3, s=s, tile_rows=7)
     Gp = tangent.class_gradients(model, x, projector=proj, batch_size=2, max_bytes=4096)  # many small chunks
     J = tangent.class_gradients(model, x, method="exact")
@@ -67,7 +55,7 @@ def test_projected_fast_path_sparse_with_several_nonzeros(s):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_identical_for_any_batch_size_or_memory_budget(kind):
-    model, x = small_cnn(), X(7)
+    model, x = small_cnn().eval(), X(7)
     ref = tangent.class_gradients(model, x, projector=projection.make(kind, 24, seed=1), batch_size=7)
     for bs, mb in ((1, None), (3, None), (4, 4096)):  # 4 KiB budget forces tiny row/channel chunks
         got = tangent.class_gradients(model, x, projector=projection.make(kind, 24, seed=1), batch_size=bs, max_bytes=mb)
@@ -299,7 +287,7 @@ def test_sparse_within_gaussian_error_on_trained_network():
 def test_error_curve_matches_direct_computation_and_recommends_k():
     from dntk import kernel
 
-    model, x = small_cnn(), X(6)
+    model, x = small_cnn().eval(), X(6)
     curve = projection.error_curve(model, x, kinds=["sparse", "gaussian"], dims=(8, 32), seeds=(0, 1))
     assert curve.errors["sparse"].shape == (2, 2) and curve.seconds["gaussian"].shape == (2,)
     K = kernel.class_kernels(tangent.class_gradients(model, x, method="exact"))
@@ -318,7 +306,7 @@ def test_error_curve_matches_direct_computation_and_recommends_k():
 
 
 def test_out_memmap_with_projector(tmp_path):
-    model, x = small_cnn(), X(6)
+    model, x = small_cnn().eval(), X(6)
     proj = projection.make("gaussian", 16, seed=0)
     ref = tangent.class_gradients(model, x, projector=proj)
     mm = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=(6, 3, 16))
@@ -341,15 +329,15 @@ def test_bad_input():
     with pytest.raises(ValueError, match="k_out"):
         projection.make("kronecker", 12, k_out=5)
     p = projection.make("gaussian", 8)
-    tangent.class_gradients(small_cnn(), X(2), projector=p)
+    tangent.class_gradients(small_cnn().eval(), X(2), projector=p)
     with pytest.raises(ValueError, match="tied to one model size"):
         tangent.class_gradients(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), X(2), projector=p)
     with pytest.raises(ValueError, match="width"):
         p.project(torch.zeros(2, 7))
     with pytest.raises(TypeError, match="dntk.projection.make"):
-        tangent.class_gradients(small_cnn(), X(2), projector="gaussian")
+        tangent.class_gradients(small_cnn().eval(), X(2), projector="gaussian")
     with pytest.raises(ValueError, match="out has shape"):
-        tangent.class_gradients(small_cnn(), X(2), projector=projection.make("gaussian", 8), out=torch.zeros(2, 3, 9))
+        tangent.class_gradients(small_cnn().eval(), X(2), projector=projection.make("gaussian", 8), out=torch.zeros(2, 3, 9))
     with pytest.raises(ValueError, match="s <= k"):
         projection.make("sparse", 4, s=5)
     with pytest.raises(ValueError, match="s must be"):

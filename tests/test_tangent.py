@@ -6,27 +6,12 @@ from torch import nn
 
 from dntk import tangent
 
+from _nets import small_cnn
+
 
 def mlp(seed=0, d_in=6, C=4):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(d_in, 7), nn.Tanh(), nn.Linear(7, C))
-
-
-def small_cnn(seed=0, C=3):
-    torch.manual_seed(seed)
-    m = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 5, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, C),
-    )
-    # non-trivial running statistics so eval-mode BatchNorm is not the identity
-    with torch.no_grad():
-        for b in (m[1], m[4]):
-            b.running_mean.uniform_(-0.5, 0.5)
-            b.running_var.uniform_(0.5, 2.0)
-            b.weight.uniform_(0.5, 1.5)
-            b.bias.uniform_(-0.2, 0.2)
-    return m
 
 
 def loop_reference(model, x):
