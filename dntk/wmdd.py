@@ -503,21 +503,26 @@ def _class_pass(teacher, X_c: torch.Tensor, batch_size: int, feat_mod: nn.Module
 class ClassStatistics:
     """What WMDD needs from the real data, computed in one pass per class (appendix §4.1 steps 1 and 3).
 
-    features  list of C tensors (n_c, D) float32: penultimate features of class ``c``'s real samples
+    features  list of C entries: (n_c, D) float32 penultimate features of class ``c``'s real samples, or
+              ``None`` for a class outside ``classes``
     bn_mean   list over BN layers (``teacher.modules()`` order) of (C, channels) float64 per-class means
+              (NaN rows for classes outside ``classes``)
     bn_var    same shapes, per-class biased variances of each BN layer's input
-    counts    (C,) int64 samples per class
+    counts    (C,) int64 samples per class (all classes)
+    classes   the classes whose features and BN statistics were computed, increasing
     """
 
     features: list
     bn_mean: list
     bn_var: list
     counts: torch.Tensor
+    classes: tuple
 
 
 def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None, batch_size: int = 256,
                      feature_module: nn.Module | None = None,
-                     device: str | torch.device | None = None) -> ClassStatistics:
+                     device: str | torch.device | None = None,
+                     classes: Sequence[int] | None = None) -> ClassStatistics:
     """Per-class penultimate features and exact per-class BatchNorm input statistics of the real data.
 
     The statistics are accumulated from per-batch sums in float64 (Chan et al.'s pairwise merge), so any
@@ -540,12 +545,15 @@ def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None
         The module whose input is the penultimate feature.
     device : str or torch.device, optional
         Move the teacher there first.
+    classes : sequence of int, optional
+        Pass over these classes' samples only (default all): what ``distill(..., classes=...)`` needs, so
+        a process that synthesises some classes reads the teacher's outputs on those classes alone.
 
     Returns
     -------
     ClassStatistics
-        Features ``(n_c, D)`` per class, per-layer BN means and variances ``(C, channels)`` float64,
-        class counts ``(C,)``.
+        Features ``(n_c, D)`` per computed class, per-layer BN means and variances ``(C, channels)``
+        float64, class counts ``(C,)`` of all classes.
     """
     _common.check_model(teacher)
     _common.check_model_finite(teacher)
@@ -558,20 +566,36 @@ def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None
     _check_teacher_accepts(teacher, X)
     was_training = teacher.training
     teacher.eval()
-    feats, per_class = [], []
+    wanted = _check_classes(classes, C)
+    feats, per_class = [None] * C, {}
     try:
-        for c in range(C):
+        for c in wanted:
             idx = (y == c).nonzero().flatten()
             if idx.numel() == 0:
                 raise ValueError(f"class {c} has no samples; every class needs at least one real sample.")
-            f_c, st = _class_pass(teacher, X[idx], batch_size, feat_mod, bn)
-            feats.append(f_c)
-            per_class.append(st)
+            feats[c], per_class[c] = _class_pass(teacher, X[idx], batch_size, feat_mod, bn)
     finally:
         teacher.train(was_training)
-    bn_mean = [torch.stack([pc[l][0] for pc in per_class]) for l in range(len(bn))]
-    bn_var = [torch.stack([pc[l][1] for pc in per_class]) for l in range(len(bn))]
-    return ClassStatistics(feats, bn_mean, bn_var, torch.bincount(y, minlength=C))
+
+    def per_layer(l: int, moment: int) -> torch.Tensor:  # (C, channels), NaN rows where not computed
+        some = per_class[wanted[0]][l][moment]
+        out = torch.full((C, *some.shape), float("nan"), dtype=some.dtype)
+        for c in wanted:
+            out[c] = per_class[c][l][moment]
+        return out
+
+    return ClassStatistics(feats, [per_layer(l, 0) for l in range(len(bn))], [per_layer(l, 1) for l in range(len(bn))],
+                           torch.bincount(y, minlength=C), tuple(wanted))
+
+
+def _check_classes(classes, C: int) -> list:
+    """``classes`` as a sorted list of distinct ints in ``0..C-1`` (``None``: all ``C``)."""
+    if classes is None:
+        return list(range(C))
+    wanted = [int(c) if isinstance(c, (int, np.integer)) and not isinstance(c, bool) else None for c in classes]
+    if not wanted or None in wanted or len(set(wanted)) != len(wanted) or not all(0 <= c < C for c in wanted):
+        raise ValueError(f"classes must be distinct class indices in 0..{C - 1}, at least one; got {list(classes)!r}.")
+    return sorted(wanted)
 
 
 def class_bn_statistics(teacher: nn.Module, X: torch.Tensor, y: torch.Tensor, num_classes: int | None = None,
@@ -825,11 +849,7 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
         raise ValueError(f"ipc = {ipc} exceeds the {int(counts.min())} samples of class {c_small}; "
                          f"choose ipc <= {int(counts.min())}.")
     if classes is not None:
-        wanted = [int(c) if isinstance(c, (int, np.integer)) and not isinstance(c, bool) else None
-                  for c in classes]
-        if not wanted or None in wanted or len(set(wanted)) != len(wanted) or not all(0 <= c < C for c in wanted):
-            raise ValueError(f"classes must be distinct class indices in 0..{C - 1}, at least one; got {list(classes)!r}.")
-        classes = sorted(wanted)
+        classes = _check_classes(classes, C)
     size = min(X.shape[-2:]) if X.dim() == 4 else 0
     s = dataclasses.replace(
         s, class_batch=C if s.class_batch is None else s.class_batch,
@@ -847,10 +867,15 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
         if not torch.equal(statistics.counts, counts) or len(statistics.bn_mean) != len(bn):
             raise ValueError("statistics do not match this teacher and data (class counts or number of BN layers "
                              "differ); compute them with class_statistics(teacher, dataset).")
+        missing = sorted(set(range(C) if classes is None else classes) - set(statistics.classes))
+        if missing:
+            raise ValueError(f"statistics lack class(es) {missing}; compute them with "
+                             f"class_statistics(teacher, dataset, classes=...) including those classes.")
 
     def compute() -> DistilledSet:
         with _common.eval_mode(teacher):
-            stats = statistics if statistics is not None else class_statistics(teacher, (X, y), C, batch_size, feat_mod)
+            stats = statistics if statistics is not None else class_statistics(
+                teacher, (X, y), C, batch_size, feat_mod, classes=classes)
             return _distill(teacher, X, y, ipc, s, settings, stats, feat_mod, batch_size, dev, progress, classes)
 
     if cache_dir is None:

@@ -411,6 +411,25 @@ def test_precomputed_statistics_give_the_same_set(teacher_data):
         wmdd.distill(model, (X[keep], y[keep]), 2, iterations=1, statistics=st)
 
 
+def test_statistics_of_some_classes_equal_those_of_all(teacher_data):
+    """A process synthesising class 1 only passes the teacher over class 1 only; its statistics are the
+    all-class ones at that class, and distill refuses statistics that lack a requested class."""
+    model, X, y = teacher_data
+    full = wmdd.class_statistics(model, (X, y), batch_size=7)
+    one = wmdd.class_statistics(model, (X, y), batch_size=7, classes=[1])
+    assert one.classes == (1,) and full.classes == tuple(range(C))
+    assert torch.equal(one.features[1], full.features[1]) and one.features[0] is None
+    for m1, mf in zip(one.bn_mean + one.bn_var, full.bn_mean + full.bn_var):
+        assert torch.equal(m1[1], mf[1]) and torch.isnan(m1[0]).all()
+    a = wmdd.distill(model, (X, y), 2, iterations=5, classes=[1], statistics=one)
+    b = wmdd.distill(model, (X, y), 2, iterations=5, classes=[1], statistics=full)
+    assert torch.equal(a.images, b.images)
+    with pytest.raises(ValueError, match=r"lack class\(es\) \[0\]"):
+        wmdd.distill(model, (X, y), 2, iterations=1, classes=[0, 1], statistics=one)
+    with pytest.raises(ValueError, match="distinct class indices"):
+        wmdd.class_statistics(model, (X, y), classes=[C])
+
+
 def test_train_student_without_barycenter_weights(teacher_data):
     model, X, y = teacher_data
     with torch.no_grad():
