@@ -88,19 +88,53 @@ def wmdd_job(C: int, out_dir: str, tag: str):
 
     torch.set_num_threads(1)
     model = models.build("convnet", C, in_channels=1, seed=0).eval()
-    X, y = data.as_tensors(data.load("digits", "train"))
+    real = wmdd.RealData(data.load("digits", "train"))  # read by class, as the pipeline does
     ranks = Ranks.current()
     ranks.barrier()
     before = _peak_rss_mb()
     t0 = time.perf_counter()
     parts = distributed.per_class(ranks, C, lambda c: wmdd.distill(
-        model, (X, y), 5, classes=[c], iterations=50, lr=0.05, r_bn=10.0, init="real", class_batch=1), "wmdd")
+        model, real, 5, classes=[c], iterations=50, lr=0.05, r_bn=10.0, init="real", class_batch=1), "wmdd")
     if ranks.rank == 0:
         wmdd.join(parts, model).images.numpy().tofile(os.path.join(out_dir, f"{tag}.f32"))
     ranks.barrier()
     sec = time.perf_counter() - t0
     with open(os.path.join(out_dir, f"{tag}-rank{ranks.rank}.json"), "w") as fh:
         json.dump({"seconds": sec, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": before}, fh)
+
+
+class GeneratedImages(torch.utils.data.Dataset):
+    """``n`` images ``(3, size, size)`` made from their index when read: a stand-in for a dataset on disk
+    (nothing is held in memory but the labels ``i mod C``)."""
+
+    def __init__(self, n: int, size: int, C: int):
+        self.n, self.size, self.targets = n, size, [i % C for i in range(n)]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(int(i))
+        return torch.rand(3, self.size, self.size, generator=g), self.targets[i]
+
+
+def wmdd_memory_job(n: int, size: int, by_class: bool, out_dir: str, tag: str):
+    """One process, one class of WMDD from an ``n``-image dataset on "disk": the whole set stacked in memory
+    first, or read by class (:class:`dntk.wmdd.RealData`); writes seconds and peak RSS."""
+    from dntk import data, wmdd
+
+    torch.set_num_threads(1)
+    C = 10
+    model = models.build("convnet", C, in_channels=3, seed=0).eval()
+    ds = GeneratedImages(n, size, C)
+    before = _peak_rss_mb()
+    t0 = time.perf_counter()
+    real = wmdd.RealData(ds if by_class else data.as_tensors(ds))
+    out = wmdd.distill(model, real, 5, classes=[0], iterations=10, lr=0.05, r_bn=10.0, init="real",
+                       pixel_range=(0.0, 1.0))
+    out.images.numpy().tofile(os.path.join(out_dir, f"{tag}.f32"))
+    with open(os.path.join(out_dir, f"{tag}-rank0.json"), "w") as fh:
+        json.dump({"seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": before}, fh)
 
 
 def planted(n: int, C: int, k: int, M: int, seed: int = 0):
@@ -173,6 +207,8 @@ def main(argv=None):
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="smaller Algorithm 1 (N_d = 200, k = 128)")
     p.add_argument("--unit-costs", help="JSON of dntk.ledger.UnitCosts (e.g. measured on a GPU) for the model")
+    p.add_argument("--wmdd-memory-n", type=int, default=50_000,
+                   help="images of the generated dataset for the WMDD memory comparison")
     a = p.parse_args(argv)
     nd, kd = (200, 128) if a.quick else (a.nd, 512)
     print(f"Scale-out on this machine ({os.cpu_count()} CPUs, torch {torch.__version__}, gloo ranks, "
@@ -198,6 +234,18 @@ def main(argv=None):
                 what = "features" if job is featurize_job else "distilled images"
                 lines.append(f"  (1- and 2-rank {what} bit-identical: {bool(np.array_equal(one, two))})")
     print("\n".join(lines))
+
+    n_mem, size = a.wmdd_memory_n, 64
+    gb = n_mem * 3 * size * size * 4 / 2**30
+    print(f"\nWMDD memory of one process synthesising one class (5 images, 10 iterations) from {n_mem} images "
+          f"3x{size}x{size} generated when read ({gb:.2f} GiB as float32)")
+    print(f"{'data':<34}{'seconds':>9}{'peak RSS':>12}{'before':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, by_class in (("whole set stacked in memory", False), ("read by class (RealData)", True)):
+            r = _run(wmdd_memory_job, 1, (n_mem, size, by_class), tmp, f"mem-{int(by_class)}")[0]
+            print(f"{label:<34}{r['seconds']:>9.2f}{r['peak_rss_mb']:>9.0f} MB{r['rss_before_mb']:>7.0f} MB")
+        same = np.array_equal(*(np.fromfile(os.path.join(tmp, f"mem-{i}.f32"), dtype=np.float32) for i in (0, 1)))
+        print(f"  (the two distilled classes bit-identical: {same})")
 
     model = models.build("convnet", 10, in_channels=1, seed=0)
     F_meas = ledger.model_stats(model, (1, 8, 8))["F"]

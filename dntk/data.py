@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 log = logging.getLogger("dntk")
 
-__all__ = ["load", "as_tensors", "subset_indices", "subset_targets", "stratified_indices", "resolve_root",
+__all__ = ["load", "as_tensors", "subset_indices", "labels_of", "stratified_indices", "resolve_root",
            "fashion_mnist_dirs", "read_idx",
            "DATASETS", "DEFAULT_SIZES", "FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES",
            "FASHION_MNIST_SYSTEM_DIR", "TensorImageDataset", "FolderDataset"]
@@ -419,7 +419,12 @@ def _load_folder(path: Path, split: str, resize, grayscale, name: str) -> Folder
 
 
 # --------------------------------------------------------------------------- stacking
-def _targets(dataset) -> torch.Tensor:
+def labels_of(dataset) -> torch.Tensor:
+    """Labels ``(N,)`` int64 of a map-style dataset of ``(input, label)`` items, without reading its inputs
+    when it can: from its ``targets`` (this package's datasets, torchvision's), through ``Subset``\ s;
+    otherwise by reading every item."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.int64)]
     t = getattr(dataset, "targets", None)
     if t is not None and len(t) == len(dataset):
         return torch.as_tensor(np.asarray(t), dtype=torch.int64)
@@ -460,15 +465,10 @@ def subset_indices(dataset, limit=None, per_class=None, seed: int = 0) -> torch.
         if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
             raise ValueError(f"{arg} must be a positive int or None, got {v!r}.")
     if per_class is not None:
-        idx = stratified_indices(_targets(dataset), int(per_class), seed=seed)
+        idx = stratified_indices(labels_of(dataset), int(per_class), seed=seed)
     else:
         idx = torch.arange(len(dataset))
     return idx if limit is None else idx[: int(limit)]
-
-
-def subset_targets(dataset, indices) -> torch.Tensor:
-    """Labels ``(M,)`` int64 of ``dataset[indices]`` (from its ``targets`` when it has them)."""
-    return _targets(dataset)[torch.as_tensor(indices, dtype=torch.int64)]
 
 
 def as_tensors(dataset, limit=None, per_class=None, seed: int = 0):

@@ -682,7 +682,8 @@ class _Run:
         else:
             ds, kw = self._load("test"), {"limit": self.cfg.data.test_limit}
         idx = data.subset_indices(ds, **kw)
-        return torch.utils.data.Subset(ds, idx.tolist()), data.subset_targets(ds, idx)
+        subset = torch.utils.data.Subset(ds, idx.tolist())
+        return subset, data.labels_of(subset)
 
     def data_checksum(self, split: str = "train") -> str:
         """Fingerprint of the data a stage reads: the data settings, split sizes and class names."""
@@ -1010,15 +1011,16 @@ def _compute_distill(run: _Run, teacher) -> dict:
     cfg, d = run.cfg, run.cfg.distill
     if d.path:
         return _distilled_dict(wmdd.load(d.path))
-    X, y = run.train_data()
     C = run.meta()["num_classes"]
-    if d.method == "wmdd":  # one class at a time, the classes split over the ranks (each kept when done)
+    if d.method == "wmdd":  # one class at a time, the classes split over the ranks (each kept when done);
+        real = wmdd.RealData(run.split_data("train")[0])  # a rank reads the images of its classes only
         kw = dict(iterations=d.iterations, lr=d.lr, r_bn=d.r_bn, init=d.init, seed=cfg.seed, device=cfg.device,
                   progress=cfg.progress and run.ranks.rank == 0, **d.options)
-        parts = run.per_class(C, lambda c: _distilled_dict(wmdd.distill(teacher, (X, y), d.ipc, classes=[c], **kw)),
+        parts = run.per_class(C, lambda c: _distilled_dict(wmdd.distill(teacher, real, d.ipc, classes=[c], **kw)),
                               "distill")
         batch = {"batch_size": d.options["batch_size"]} if "batch_size" in d.options else {}
         return _distilled_dict(wmdd.join([_as_distilled(p) for p in parts], teacher, device=cfg.device, **batch))
+    X, y = run.train_data()
     if d.method == "random":  # seeded random real subset of ipc per class, class-major
         g = torch.Generator().manual_seed(cfg.seed)
         idx = torch.cat([torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), generator=g)[:d.ipc]]

@@ -62,6 +62,7 @@ __all__ = [
     "Barycenter",
     "barycenter",
     "penultimate_features",
+    "RealData",
     "ClassStatistics",
     "class_statistics",
     "class_bn_statistics",
@@ -535,8 +536,8 @@ def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None
     ----------
     teacher : nn.Module
         Classifier with finite weights.
-    dataset : Dataset or (X (N, ...), y (N,))
-        The real data; every class ``0..C-1`` needs a sample.
+    dataset : Dataset, (X (N, ...), y (N,)) or RealData
+        The real data; every class ``0..C-1`` needs a sample. Only the images of ``classes`` are read.
     num_classes : int, optional
         ``C`` (default ``max(y) + 1``).
     batch_size : int
@@ -557,13 +558,14 @@ def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None
     """
     _common.check_model(teacher)
     _common.check_model_finite(teacher)
-    X, y = _dataset_tensors(dataset)
+    real = dataset if isinstance(dataset, RealData) else RealData(dataset)
+    y = real.labels
     C = int(num_classes if num_classes is not None else int(y.max()) + 1)
     feat_mod = _feature_module(teacher, feature_module)
     bn = _bn_layers(teacher)
     if device is not None:
         teacher.to(_common.resolve_device(device))
-    _check_teacher_accepts(teacher, X)
+    _check_teacher_accepts(teacher, real.images(idx=torch.zeros(1, dtype=torch.int64)))
     was_training = teacher.training
     teacher.eval()
     wanted = _check_classes(classes, C)
@@ -573,7 +575,7 @@ def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None
             idx = (y == c).nonzero().flatten()
             if idx.numel() == 0:
                 raise ValueError(f"class {c} has no samples; every class needs at least one real sample.")
-            feats[c], per_class[c] = _class_pass(teacher, X[idx], batch_size, feat_mod, bn)
+            feats[c], per_class[c] = _class_pass(teacher, real.images(idx), batch_size, feat_mod, bn)
     finally:
         teacher.train(was_training)
 
@@ -723,6 +725,103 @@ def _dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return _check_xy(torch.cat(xs), torch.cat(ys))
 
 
+class RealData:
+    """The real data WMDD reads: every label at once, images only where they are needed.
+
+    Built from a pair ``(X (N, ...), y (N,))`` in memory, or from a map-style Dataset of ``(input, label)``
+    items, which is read lazily: the labels come from its ``targets`` (through ``Subset``\ s) when it has
+    them, a class's images are read when that class is synthesised (:meth:`images`), and the pixel range
+    and per-channel moments (:meth:`moments`) come from one streamed pass, made at most once and only when
+    asked for. So ``distill(teacher, RealData(dataset), ipc, classes=[c], pixel_range=...)`` holds class
+    ``c``'s images and nothing else of the training set; pass one ``RealData`` to every call of a process
+    so that the streamed pass, when needed, is made once.
+
+    Parameters
+    ----------
+    dataset : Dataset or (X (N, ...), y (N,))
+        Finite floating-point inputs (a Dataset's items are converted to float32), integer labels.
+
+    Attributes
+    ----------
+    labels : torch.Tensor
+        ``(N,)`` int64.
+    sample_shape : tuple of int
+        Shape of one input, e.g. ``(c, h, w)``.
+    """
+
+    def __init__(self, dataset):
+        self._X = self._dataset = None
+        self._moments = None
+        if isinstance(dataset, (tuple, list)) and len(dataset) == 2 and not isinstance(dataset[1], (int, np.integer)):
+            self._X, self.labels = _check_xy(*dataset)
+        else:
+            from .data import labels_of
+
+            if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+                raise TypeError("dataset must be a map-style Dataset of (input, label) items or a pair (X, y).")
+            if len(dataset) == 0:
+                raise ValueError("the dataset is empty.")
+            self._dataset, self.labels = dataset, labels_of(dataset)
+        self.sample_shape = tuple(self.images(torch.zeros(1, dtype=torch.int64)).shape[1:])
+        if len(self.sample_shape) < 1:
+            raise ValueError(f"inputs must be a batch (N, ...) of arrays; got items of shape {self.sample_shape}.")
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def images(self, idx: torch.Tensor) -> torch.Tensor:
+        """Inputs ``(len(idx), *sample_shape)`` float32 at the indices ``idx`` (int64), checked finite."""
+        if self._X is not None:
+            return self._X[idx]
+        X = torch.stack([torch.as_tensor(self._dataset[int(i)][0], dtype=torch.float32) for i in idx.tolist()])
+        if not torch.isfinite(X).all():
+            raise ValueError(f"inputs contain NaN or inf (among dataset items {idx[:5].tolist()}…).")
+        return X
+
+    def moments(self) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        """``(min, max, mean, std)`` of the inputs: the pixel range, and the per-channel mean and unbiased
+        standard deviation shaped ``(c, 1, 1)`` for images (per coordinate ``(d,)`` for vectors).
+
+        In memory: one reduction of ``X``. A Dataset: one streamed pass in batches of 512, moments summed
+        in float64 (equal to the in-memory ones up to float32 round-off), made once per object.
+        """
+        if self._moments is None:
+            self._moments = self._in_memory_moments() if self._X is not None else self._streamed_moments()
+        return self._moments
+
+    def _in_memory_moments(self):
+        X = self._X
+        if X.dim() >= 3:
+            dims = [0] + list(range(2, X.dim()))
+            mu, sd = X.mean(dims, keepdim=True)[0], X.std(dims, keepdim=True)[0]
+        else:
+            mu, sd = X.mean(0), X.std(0)
+        return float(X.min()), float(X.max()), mu, sd
+
+    def _streamed_moments(self):
+        lo, hi, n, s1, s2 = math.inf, -math.inf, 0, 0.0, 0.0
+        loader = torch.utils.data.DataLoader(self._dataset, batch_size=512, shuffle=False)
+        for xb, _ in loader:
+            xb = torch.as_tensor(xb, dtype=torch.float32)
+            if not torch.isfinite(xb).all():
+                raise ValueError("inputs contain NaN or inf.")
+            lo, hi = min(lo, float(xb.min())), max(hi, float(xb.max()))
+            x = xb.double()
+            dims = [0] + list(range(2, x.dim())) if x.dim() >= 3 else [0]
+            n += x.numel() // (x.shape[1] if x.dim() >= 3 else x[0].numel())
+            s1, s2 = s1 + x.sum(dims), s2 + (x * x).sum(dims)
+        mu = s1 / n
+        sd = ((s2 - n * mu * mu).clamp_min(0) / max(n - 1, 1)).sqrt()
+        shape = (-1,) + (1,) * (len(self.sample_shape) - 1) if len(self.sample_shape) >= 2 else self.sample_shape
+        return lo, hi, mu.float().reshape(shape), sd.float().reshape(shape)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(X (N, ...), y (N,))``, every input read (for a content hash of the whole data)."""
+        if self._X is not None:
+            return self._X, self.labels
+        return self.images(torch.arange(len(self))), self.labels
+
+
 def _check_teacher_accepts(model: nn.Module, X: torch.Tensor, what: str = "teacher") -> None:
     """Clear errors for inputs the network cannot take (channel count, image size)."""
     mc = getattr(model, "in_channels", None)
@@ -758,9 +857,11 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
     teacher : nn.Module
         Trained classifier with finite weights; runs in eval mode, its weights are not changed (it is
         moved to ``device``).
-    dataset : Dataset or (X (N, ...), y (N,))
-        Map-style Dataset of ``(input, label)`` or a pair of tensors; finite inputs, integer labels in
-        ``0..C-1``, every class present.
+    dataset : Dataset, (X (N, ...), y (N,)) or RealData
+        Map-style Dataset of ``(input, label)``, a pair of tensors, or a :class:`RealData` of either;
+        finite inputs, integer labels in ``0..C-1``, every class present. A Dataset is read lazily: the
+        images of ``classes`` only, plus one streamed pass for the pixel range when ``pixel_range`` is not
+        given (or for the moments when ``init="noise"``), and the whole of it when ``cache_dir`` hashes it.
     ipc : int
         Images per class, ``1 <= ipc <=`` the smallest class size.
     iterations, lr, r_ce, r_feat, r_bn, init, weighted, flip, barycenter_iter, seed
@@ -827,15 +928,17 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
                          "pass r_bn=0 to distil with the cross-entropy and feature terms only.")
     feat_mod = _feature_module(teacher, feature_module)
 
-    X, y = _dataset_tensors(dataset)
-    if s.augment and X.dim() != 4:
+    real = dataset if isinstance(dataset, RealData) else RealData(dataset)
+    y, sample_shape = real.labels, real.sample_shape
+    if s.augment and len(sample_shape) != 3:
         raise ValueError(f"image augmentation was requested but the inputs are not images (N, C, H, W): "
-                         f"got shape {tuple(X.shape)}; pass augment_images=False.")
+                         f"got shape {(len(real), *sample_shape)}; pass augment_images=False.")
     dev = _common.resolve_device(device)
     teacher.to(dev)
-    _check_teacher_accepts(teacher, X)
+    first = real.images(torch.zeros(1, dtype=torch.int64))
+    _check_teacher_accepts(teacher, first)
     with torch.no_grad(), _common.eval_mode(teacher):
-        C = int(teacher(X[:1].to(dev)).shape[1])
+        C = int(teacher(first.to(dev)).shape[1])
     if int(y.min()) < 0 or int(y.max()) >= C:
         raise ValueError(f"labels must lie in 0..{C - 1} (the teacher has {C} outputs); "
                          f"got range {int(y.min())}..{int(y.max())}.")
@@ -850,14 +953,14 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
                          f"choose ipc <= {int(counts.min())}.")
     if classes is not None:
         classes = _check_classes(classes, C)
-    size = min(X.shape[-2:]) if X.dim() == 4 else 0
+    size = min(sample_shape[-2:]) if len(sample_shape) == 3 else 0
     s = dataclasses.replace(
         s, class_batch=C if s.class_batch is None else s.class_batch,
-        pixel_range=(float(X.min()), float(X.max())) if s.pixel_range is None else s.pixel_range,
+        pixel_range=real.moments()[:2] if s.pixel_range is None else s.pixel_range,
         crop_scale=(s.crop_scale or _auto_crop_scale(size)) if s.augment else None,
         jitter=(_auto_jitter(size) if s.jitter is None else s.jitter) if s.augment else None)
-    settings = dict(s.to_dict(), ipc=ipc, schedule="cosine", num_classes=C, input_shape=list(X.shape[1:]),
-                    num_real=int(X.shape[0]), class_counts=counts.tolist(), num_bn_layers=len(bn),
+    settings = dict(s.to_dict(), ipc=ipc, schedule="cosine", num_classes=C, input_shape=list(sample_shape),
+                    num_real=len(real), class_counts=counts.tolist(), num_bn_layers=len(bn),
                     teacher=type(teacher).__name__)
     if classes is not None:
         settings["classes"] = classes
@@ -875,14 +978,14 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
     def compute() -> DistilledSet:
         with _common.eval_mode(teacher):
             stats = statistics if statistics is not None else class_statistics(
-                teacher, (X, y), C, batch_size, feat_mod, classes=classes)
-            return _distill(teacher, X, y, ipc, s, settings, stats, feat_mod, batch_size, dev, progress, classes)
+                teacher, real, C, batch_size, feat_mod, classes=classes)
+            return _distill(teacher, real, ipc, s, settings, stats, feat_mod, batch_size, dev, progress, classes)
 
     if cache_dir is None:
         return compute()
     store = Store(cache_dir)
     got = store.fetch("wmdd", settings, lambda: _to_artifact(compute()),
-                      inputs={"teacher": content_hash(teacher), "data": content_hash({"X": X, "y": y})})
+                      inputs={"teacher": content_hash(teacher), "data": content_hash(dict(zip("Xy", real.tensors())))})
     if got.status == "cached":
         log.info("WMDD: reusing the distilled set %s in %s", got.key, store.root)
     return _from_artifact(got.artifact)
@@ -907,13 +1010,13 @@ class _Chunk:
     img_w: torch.Tensor | None = None
 
 
-def _distill(teacher, X, y, ipc, s: WMDDSettings, settings: dict, stats: ClassStatistics, feat_mod, batch_size,
-             dev, progress, classes=None) -> DistilledSet:
+def _distill(teacher, real: RealData, ipc, s: WMDDSettings, settings: dict, stats: ClassStatistics, feat_mod,
+             batch_size, dev, progress, classes=None) -> DistilledSet:
     from scipy.optimize import linear_sum_assignment
 
     C = settings["num_classes"]
     cls_list = list(range(C)) if classes is None else list(classes)
-    seed = s.seed
+    seed, y, sample_shape = s.seed, real.labels, real.sample_shape
     # ---- steps 1-3: per class features, barycenter, exact BN statistics; initial images
     atoms, weights, x0 = [], [], []
     init_idx = []
@@ -939,7 +1042,7 @@ def _distill(teacher, X, y, ipc, s: WMDDSettings, settings: dict, stats: ClassSt
                 chosen[j] = int(d.argmin())
                 taken[chosen[j]] = True
         if chosen is not None:
-            x0.append(X[idx[torch.as_tensor(chosen)]])
+            x0.append(real.images(idx[torch.as_tensor(chosen)]))
             init_idx.append(idx[torch.as_tensor(chosen)].tolist())
         atoms.append(torch.as_tensor(A, dtype=torch.float32))
         weights.append(torch.as_tensor(w, dtype=torch.float64))
@@ -947,14 +1050,9 @@ def _distill(teacher, X, y, ipc, s: WMDDSettings, settings: dict, stats: ClassSt
     weights_t = torch.stack(weights)  # (n_cls, ipc)
     if s.init == "noise":
         g = torch.Generator().manual_seed(int(seed))
-        if X.dim() >= 3:
-            dims = [0] + list(range(2, X.dim()))
-            mu = X.mean(dims, keepdim=True)[0]
-            sd = X.std(dims, keepdim=True)[0]
-        else:
-            mu, sd = X.mean(0), X.std(0)
-        noise = torch.randn((C * ipc, *X.shape[1:]), generator=g)  # all classes' draws: a class's own
-        noise = noise.reshape(C, ipc, *X.shape[1:])[cls_list].reshape(-1, *X.shape[1:])  # do not depend on the others
+        _, _, mu, sd = real.moments()
+        noise = torch.randn((C * ipc, *sample_shape), generator=g)  # all classes' draws: a class's own
+        noise = noise.reshape(C, ipc, *sample_shape)[cls_list].reshape(-1, *sample_shape)  # do not depend on the others
         images = (mu + sd * noise).clamp(*s.pixel_range)
     else:
         images = torch.cat(x0).clone()

@@ -374,3 +374,22 @@ def test_fashion_mnist_installed_copy_if_present():
     assert len(tr) == 60000 and len(te) == 10000
     assert np.array_equal(np.bincount(te.targets.numpy()), [1000] * 10)
     assert np.array_equal(np.bincount(tr.targets.numpy()), [6000] * 10)
+
+
+def test_labels_of_reads_targets_through_subsets_without_reading_images():
+    class NoImages(torch.utils.data.Dataset):
+        targets = [3, 1, 4, 1, 5, 9, 2, 6]
+
+        def __len__(self):
+            return len(self.targets)
+
+        def __getitem__(self, i):
+            raise AssertionError("an image was read")
+
+    inner = torch.utils.data.Subset(NoImages(), [7, 5, 3, 1])
+    outer = torch.utils.data.Subset(inner, [2, 0])
+    assert data.labels_of(outer).tolist() == [1, 6]
+    assert data.labels_of(inner).dtype == torch.int64
+    # without `targets`, the labels come from the items
+    pairs = torch.utils.data.TensorDataset(torch.zeros(3, 2), torch.tensor([2, 0, 1]))
+    assert data.labels_of(torch.utils.data.Subset(pairs, [2, 1])).tolist() == [1, 0]

@@ -430,6 +430,51 @@ def test_statistics_of_some_classes_equal_those_of_all(teacher_data):
         wmdd.class_statistics(model, (X, y), classes=[C])
 
 
+class CountingDataset(torch.utils.data.Dataset):
+    """A map-style dataset that records which items were read (and exposes ``targets`` as torchvision's do)."""
+
+    def __init__(self, X, y):
+        self.X, self.targets, self.read = X, y.tolist(), set()
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        self.read.add(int(i))
+        return self.X[i], self.targets[i]
+
+
+def test_a_dataset_is_read_by_class_and_gives_the_pairs_set(teacher_data):
+    """distill(classes=[1]) on a Dataset reads class 1's items (and item 0, for the input shape) only when
+    the pixel range is given, and gives the set of the in-memory pair bit for bit."""
+    model, X, y = teacher_data
+    kw = dict(iterations=5, classes=[1], pixel_range=(0.0, 1.0))
+    ds = CountingDataset(X, y)
+    lazy = wmdd.distill(model, ds, 2, **kw)
+    assert ds.read <= {0} | set(torch.nonzero(y == 1).flatten().tolist())
+    assert torch.equal(lazy.images, wmdd.distill(model, (X, y), 2, **kw).images)
+    # without pixel_range: one streamed pass (every item read) finds the same range, the same set
+    real = wmdd.RealData(CountingDataset(X, y))
+    assert torch.equal(wmdd.distill(model, real, 2, iterations=5, classes=[1]).images,
+                       wmdd.distill(model, (X, y), 2, iterations=5, classes=[1]).images)
+
+
+def test_streamed_moments_equal_whole_tensor_reductions(teacher_data):
+    _, X, y = teacher_data
+    lo, hi, mu, sd = wmdd.RealData(CountingDataset(X, y)).moments()
+    assert (lo, hi) == (float(X.min()), float(X.max()))
+    torch.testing.assert_close(mu, X.mean((0, 2, 3)).reshape(-1, 1, 1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sd, X.std((0, 2, 3)).reshape(-1, 1, 1), rtol=0, atol=1e-6)
+    Xv = X.reshape(len(X), -1)
+    _, _, mu_v, sd_v = wmdd.RealData(CountingDataset(Xv, y)).moments()
+    torch.testing.assert_close(mu_v, Xv.mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sd_v, Xv.std(0), rtol=0, atol=1e-6)
+    bad = X.clone()
+    bad[5, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        wmdd.RealData(CountingDataset(bad, y)).moments()
+
+
 def test_train_student_without_barycenter_weights(teacher_data):
     model, X, y = teacher_data
     with torch.no_grad():
