@@ -42,8 +42,12 @@
 #
 # and one derived from each kernel model: the MSP of the softmax of its *predicted* logits ("KRR MSP").
 # Detection quality is measured by the **AUROC** (the probability that a random in-distribution input scores
-# higher than a random out-of-distribution one) and the **FPR at 95% TPR** (the share of out-of-distribution
-# inputs accepted when the threshold accepts 95% of the in-distribution ones; lower is better).
+# higher than a random out-of-distribution one: 1 is perfect, 0.5 is chance, and below 0.5 the score is
+# *reversed* on that set, mostly lower for the out-of-distribution inputs) and the **FPR at 95% TPR** (the
+# share of out-of-distribution inputs accepted when the threshold accepts 95% of the in-distribution ones;
+# lower is better). Every number is for the score in the direction its method defines. Flipping a score's sign
+# turns an AUROC $a$ into $1-a$, but a detector has to fix its direction before it meets out-of-distribution
+# inputs; choosing the sign per set would use the very labels the detector is meant to produce.
 
 # %% tags=["parameters"]
 # The first block matches chapter 13's parameters, so that both chapters share the cached teacher.
@@ -262,14 +266,38 @@ for s, per in detect.items():
     r_ = f"{rows_per_class[sup]:>11.0f}{cost[sup]:>12.3g}" if sup in supports else f"{'':>23}"
     print(f"{s:<30}{r_}" + "".join(f"{per[o]['auroc']:>11.3f}{per[o]['fpr95']:>7.3f}" for o in ood_X))
 
+NETWORK_SCORES = ("network MSP", "network energy", "network GradNorm")
+NOISE_SETS = ("uniform noise", "noised")
+print("\nreversed (AUROC below 0.5):", "; ".join(f"{s_} on {o} {detect[s_][o]['auroc']:.3f}"
+                                                 for s_ in detect for o in ood_X if detect[s_][o]["auroc"] < 0.5))
+for name, value in {
+    "net-rev-max": max(detect[s_][o]["auroc"] for s_ in NETWORK_SCORES for o in NOISE_SETS),
+    "gn-uniform": detect["network GradNorm"]["uniform noise"]["auroc"],
+    "gn-noised": detect["network GradNorm"]["noised"]["auroc"],
+    "gn-noised-flip": 1 - detect["network GradNorm"]["noised"]["auroc"],
+    "gn-digits": detect["network GradNorm"]["digits"]["auroc"],
+    "en-uniform": detect["network energy"]["uniform noise"]["auroc"],
+    "en-noised": detect["network energy"]["noised"]["auroc"],
+}.items():
+    glue(name, f"{value:.3f}", display=False)
+
 # %% [markdown]
+# The reversed entries say something about the sets. All three network scores are below 0.5 on both noise
+# sets (at most {glue:text}`net-rev-max` there): the network tends to give uniform noise and noised images a
+# higher top probability, a larger log-sum-exp of the logits and a larger GradNorm than its own test images
+# (GradNorm {glue:text}`gn-uniform` and {glue:text}`gn-noised`, energy {glue:text}`en-uniform` and
+# {glue:text}`en-noised`): it is *more* confident on noise than on clothes. The prior variance is reversed on
+# the digits ({glue:text}`prior-other`): their projected gradients are smaller than the test images'.
+#
 # ## AUROC against the size of the kernel
 #
 # The left panel follows the posterior-variance score as the kernel model keeps more rows per class: the
 # DNTK at $m$ synthetic gradients, the distilled set and the full kernel. The right panel shows what the
 # score reads: the share of a test gradient's energy that the kept rows leave unexplained,
 # $u(x)=\sum_c\sigma_c^2(x)/\sum_c k_c(x,x)$, averaged over each set (log scale). A kernel model tells two
-# sets apart by how differently it explains them.
+# sets apart by how differently it explains them. The second printout uses $-u(x)$ itself as a score, the
+# **relative** score: the variance score with the size of the gradient divided out. It serves below as a
+# diagnostic of what the variance score responds to.
 
 # %%
 order = [f"DNTK m={m}" for m in budgets] + ["distilled", "full kernel"]
@@ -281,6 +309,13 @@ print("share of the test gradients' energy left unexplained by the kept rows, me
 print(f"{'':<14}" + "".join(f"{o[:15]:>16}" for o in sets))
 for n_ in order:
     print(f"{n_:<14}" + "".join(f"{unexplained[n_][o]:>16.3g}" for o in sets))
+rel_auroc = {n_: {o: U.auroc(posteriors[n_].score(G_test, fingerprint=fp, kind="relative"),
+                             posteriors[n_].score(G, fingerprint=fp, kind="relative")) for o, G in G_ood.items()}
+             for n_ in order}
+print("\nAUROC of the relative score -u(x) (the variance score with the gradient's size divided out)")
+print(f"{'':<14}" + "".join(f"{o[:15]:>16}" for o in G_ood))
+for n_ in order:
+    print(f"{n_:<14}" + "".join(f"{rel_auroc[n_][o]:>16.3f}" for o in G_ood))
 
 # %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -379,16 +414,15 @@ plt.close(fig);
 #
 # ## What holds
 #
-# The goal set for this chapter: a DNTK score that keeps the full kernel's AUROC within 0.02 at a hundred
-# times less kernel cost. The table takes, for each out-of-distribution set, the best AUROC of each kernel
+# The question this chapter asks: can a DNTK score keep the full kernel's AUROC within 0.02 at a hundred
+# times less kernel cost? The table takes, for each out-of-distribution set, the best AUROC of each kernel
 # model over its two scores (variance and KRR MSP), the gap between the full kernel and the DNTK at
 # $m$ = {glue:text}`m-cal`, the smallest budget $m$ whose DNTK comes within 0.02 of the full kernel (with
-# how many times less its kernel costs), and the best of the network's own scores.
+# how many times less its kernel costs), and the best of the network's three scores. Every AUROC is in the
+# score's defined direction, never flipped; taking the better score per set is itself an optimistic choice,
+# the same for every model.
 
 # %%
-NETWORK_SCORES = ("network MSP", "network energy", "network GradNorm")
-
-
 def best(name, o):
     return max((detect[f"{name}: {kind}"][o]["auroc"], kind) for kind in ("variance", "KRR MSP"))
 
@@ -418,7 +452,7 @@ def listing(names):
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
-verdict = f"The goal holds on {len(met)} of {len(best_rows)} sets ({listing(met) if met else 'none'})"
+verdict = f"The answer is yes on {len(met)} of {len(best_rows)} sets ({listing(met) if met else 'none'})"
 never = [b["set"] for b in missed if b["m_min"] is None]
 costly = [f"{b['set']} (m = {b['m_min']}, only {ratio['DNTK m=%d' % b['m_min']]:,.0f}x cheaper)"
           for b in missed if b["m_min"] is not None]
@@ -429,7 +463,7 @@ if costly:
     verdict += f"; on {listing(costly)} the budget that comes within 0.02 is not 100x cheaper"
 verdict += (f". At m = {m_cal} the largest gap is {worst['gap']:.3f}, on {worst['set']} "
             f"({worst['full']:.3f} for the full kernel against {worst['dntk']:.3f}).")
-noised, other_set = "noised", "digits"
+noised, other_set, rotated = "noised", "digits", "rotated 90°"
 u_ood_full = [unexplained["full kernel"][o] for o in ood_X]
 u_ood_dntk = [unexplained[f"DNTK m={m_cal}"][o] for o in ood_X]
 for name, value in {
@@ -443,6 +477,19 @@ for name, value in {
     "prior-noised": f"{detect['prior variance (no rows)'][noised]['auroc']:.3f}",
     "prior-other": f"{detect['prior variance (no rows)'][other_set]['auroc']:.3f}",
     "net-noised": f"{max(detect[s_][noised]['auroc'] for s_ in NETWORK_SCORES):.3f}",
+    "net-noised-score": max((detect[s_][noised]["auroc"], s_) for s_ in NETWORK_SCORES)[1].split()[1],
+    "n-dist": N_d,
+    "rot-dntk-max": f"{max(detect[f'DNTK m={m}: variance'][rotated]['auroc'] for m in budgets):.3f}",
+    "rot-dist": f"{detect['distilled: variance'][rotated]['auroc']:.3f}",
+    "rot-full": f"{detect['full kernel: variance'][rotated]['auroc']:.3f}",
+    "dig-dist": f"{detect['distilled: variance'][other_set]['auroc']:.3f}",
+    "dig-full": f"{detect['full kernel: variance'][other_set]['auroc']:.3f}",
+    "dig-dntk": f"{detect[f'DNTK m={m_cal}: variance'][other_set]['auroc']:.3f}",
+    "dig-rel-full": f"{rel_auroc['full kernel'][other_set]:.3f}",
+    "dig-rel-dist": f"{rel_auroc['distilled'][other_set]:.3f}",
+    "dig-rel-dntk": f"{rel_auroc[f'DNTK m={m_cal}'][other_set]:.3f}",
+    "rot-rel-full": f"{rel_auroc['full kernel'][rotated]:.3f}",
+    "rot-rel-dntk": f"{rel_auroc[f'DNTK m={m_cal}'][rotated]:.3f}",
     "full-noised": f"{detect['full kernel: variance'][noised]['auroc']:.3f}",
     "ece-net": f"{calib['network']['ECE']:.3f}", "ece-net-ts": f"{calib['network, temperature-scaled']['ECE']:.3f}",
     "t-net": f"{calib['network, temperature-scaled']['T']:.2f}",
@@ -467,14 +514,35 @@ for name, value in {
 # every other direction counts the same, however common or rare it is among training gradients. They leave
 # {glue:text}`unexpl-id-dntk` of an in-distribution gradient unexplained and {glue:text}`unexpl-ood-dntk` of
 # an out-of-distribution one: what is left is mostly the size of the gradient outside the kept directions,
-# and the score drifts towards the "prior variance" row, which keeps no rows at all. That row shows how far
-# size alone goes: an AUROC of {glue:text}`prior-noised` on the noised images but {glue:text}`prior-other` on
-# the digits. Near out-of-distribution sets need the rare directions, and so need many rows.
+# and the score drifts towards the "prior variance" row, which keeps no rows at all. That row shows what size
+# alone does: an AUROC of {glue:text}`prior-noised` on the noised images, whose gradients are larger than the
+# test images', and {glue:text}`prior-other` on the digits, whose gradients are smaller: there the size points
+# the wrong way.
 #
-# **Where the kernel is worth it.** On the noised set the network's own scores reach at best
-# {glue:text}`net-noised` and the full kernel's variance {glue:text}`full-noised`: pixel noise moves the
-# gradients away from every training gradient while the network can still predict confidently, so a score
-# that asks "is this gradient in the span of the training gradients" sees what the softmax does not.
+# **More rows are not always better.** On the rotated images the variance score does improve with the rows
+# kept: at most {glue:text}`rot-dntk-max` for the DNTKs, {glue:text}`rot-dist` for the distilled set's
+# {glue:text}`n-dist` rows per class and {glue:text}`rot-full` for the full kernel's {glue:text}`n-train`. On
+# the digits it does not: the distilled set reaches {glue:text}`dig-dist` and the full kernel only
+# {glue:text}`dig-full` ({numref}`fig-14-auroc`, left). The relative score, which divides the size out, tells
+# the two cases apart. On the digits it lifts the full kernel to {glue:text}`dig-rel-full`, the distilled set
+# to {glue:text}`dig-rel-dist` and the DNTK at $m$ = {glue:text}`m-cal` from {glue:text}`dig-dntk` to
+# {glue:text}`dig-rel-dntk`: in direction the digits' gradients stand well apart from the test images', and
+# what holds the variance score back there is their small size. On the rotated images the DNTK's relative
+# score stays at {glue:text}`rot-rel-dntk` against the full kernel's {glue:text}`rot-rel-full`: there the gap
+# is in direction, and the DNTK's few rows miss directions that the full kernel's rows capture. Why the
+# size costs the full kernel more than the distilled set on the digits, this chapter does not settle. The
+# verdict above keeps the two scores defined at the start: adopting the relative score because it does
+# better on these sets would be choosing a score with the out-of-distribution labels.
+#
+# **Where the kernel is worth it.** On the noised set, with every score in its defined direction, the best of
+# the network's own scores is {glue:text}`net-noised-score` at {glue:text}`net-noised`, below chance, and the
+# full kernel's variance reaches {glue:text}`full-noised`: pixel noise moves the gradients away from every
+# training gradient while the network grows more confident, so a score that asks "is this gradient in the
+# span of the training gradients" sees what the softmax does not. The network's scores are reversed there
+# rather than blind: GradNorm scores {glue:text}`gn-noised`, so its flipped sign would reach
+# {glue:text}`gn-noised-flip`. But the sign has to be chosen before any out-of-distribution input is seen,
+# and the flip that suits the noised images fails on the digits, where GradNorm in its own direction scores
+# {glue:text}`gn-digits`.
 #
 # **Calibration.** The network's softmax has an ECE of {glue:text}`ece-net` ({glue:text}`ece-net-ts` after
 # temperature scaling with $T$ = {glue:text}`t-net`). The softmax of the full kernel's predicted logits has
@@ -494,10 +562,15 @@ for name, value in {
 # coefficients can only increase the posterior variance ($S^\top S\preceq\tilde G^\top\tilde G$,
 # {ref}`maths-8`), and Algorithm 1's budgets are nested, so the variance does not increase with $m$; (2) the full
 # kernel leaves less of the in-distribution gradients unexplained than of any out-of-distribution set, and its
-# variance score beats the no-rows baseline on every set; (3) size alone separates the noised set better
-# than the other dataset; (4) on the noised set the full kernel's variance beats every network score;
-# (5) temperature scaling lowers the NLL on the half it was fitted on; (6) the DNTK at $m$ =
-# {glue:text}`m-cal` is less calibrated than the full kernel.
+# variance score beats the no-rows baseline on every set; (3) size alone separates the noised set (AUROC
+# above 0.5) and is reversed on the digits (below 0.5); (4) on the noised set the full kernel's variance
+# beats every network score; (5) temperature scaling lowers the NLL on the half it was fitted on; (6) the
+# DNTK at $m$ = {glue:text}`m-cal` is less calibrated than the full kernel; (7) every network score is
+# reversed on both noise sets, and GradNorm is not reversed on the digits; (8) on the rotated images the
+# variance score's AUROC rises from every DNTK to the distilled set to the full kernel, on the digits the
+# distilled set beats the full kernel; (9) dividing out the size raises the digits' AUROC of the full
+# kernel, the distilled set and the DNTK at $m$ = {glue:text}`m-cal`, and on the rotated images the DNTK's
+# relative score stays more than 0.05 below the full kernel's.
 
 # %% tags=["hide-input"]
 assert N > k, (N, k)                                                                 # (0)
@@ -512,10 +585,19 @@ for m in budgets:                                                               
 assert all(unexplained["full kernel"]["in-distribution"] < unexplained["full kernel"][o] for o in ood_X)  # (2)
 assert all(detect["full kernel: variance"][o]["auroc"] > detect["prior variance (no rows)"][o]["auroc"]
            for o in ood_X), detect["full kernel: variance"]
-assert detect["prior variance (no rows)"][noised]["auroc"] > detect["prior variance (no rows)"][other_set]["auroc"]  # (3)
+assert detect["prior variance (no rows)"][noised]["auroc"] > 0.5 > detect["prior variance (no rows)"][other_set]["auroc"]  # (3)
 assert detect["full kernel: variance"][noised]["auroc"] > max(detect[s_][noised]["auroc"] for s_ in NETWORK_SCORES)  # (4)
 for name, zz in (("network", z_test), ("KRR full kernel", krr_logits["full kernel"])):                  # (5)
     T = calib[f"{name}, temperature-scaled"]["T"]
     nll_1 = U.negative_log_likelihood(zz[fit_idx], y_test[fit_idx], 1.0)
     assert U.negative_log_likelihood(zz[fit_idx], y_test[fit_idx], T) <= nll_1 + 1e-6 * abs(nll_1), name
 assert calib[f"KRR DNTK m={m_cal}"]["ECE"] > calib["KRR full kernel"]["ECE"]                             # (6)
+assert all(detect[s_][o]["auroc"] < 0.5 for s_ in NETWORK_SCORES for o in NOISE_SETS)                  # (7)
+assert detect["network GradNorm"][other_set]["auroc"] > 0.5
+var_auroc = {n_: detect[f"{n_}: variance"] for n_ in order}                                          # (8)
+assert (max(var_auroc[f"DNTK m={m}"][rotated]["auroc"] for m in budgets) < var_auroc["distilled"][rotated]["auroc"]
+        < var_auroc["full kernel"][rotated]["auroc"])
+assert var_auroc["distilled"][other_set]["auroc"] > var_auroc["full kernel"][other_set]["auroc"]
+for n_ in ("full kernel", "distilled", f"DNTK m={m_cal}"):                                             # (9)
+    assert rel_auroc[n_][other_set] > var_auroc[n_][other_set]["auroc"], n_
+assert rel_auroc[f"DNTK m={m_cal}"][rotated] < rel_auroc["full kernel"][rotated] - 0.05
