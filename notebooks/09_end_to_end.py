@@ -141,7 +141,10 @@ for key, value in {"ch09_net_acc": t["network_accuracy"], "ch09_full_fid": t["fu
                    "ch09_dd_acc": t["distilled"]["accuracy"], "ch09_dd_fid": t["distilled"]["fidelity"],
                    "ch09_dntk_acc": t["dntk"]["accuracy"], "ch09_dntk_fid": t["dntk"]["fidelity"],
                    "ch09_full_r2": t["full"]["logit_r2"], "ch09_dd_r2": t["distilled"]["logit_r2"],
-                   "ch09_dntk_r2": t["dntk"]["logit_r2"]}.items():
+                   "ch09_dntk_r2": t["dntk"]["logit_r2"],
+                   "ch09_build_vs_full": headline.ledger.summary()["build_vs_full_ntk"],
+                   "ch09_build_vs_jl": headline.ledger.summary()["build_vs_jl"],
+                   "ch09_jacobian_ratio": headline.ledger.summary()["jacobians_vs_full"]}.items():
     chapter.glue_number(key, value)
 if s is not None:
     chapter.glue_number("ch09_student_net_acc", s["network_accuracy"])
