@@ -145,6 +145,7 @@ for side in resolutions:
             chapter.glue_math(f"ch12_s{side}_{kind}_{ipc}_full", sm["build_vs_full_ntk"])
             chapter.glue_math(f"ch12_s{side}_{kind}_{ipc}_once", sm["build+one_time_vs_full_ntk"])
             chapter.glue_number(f"ch12_s{side}_{kind}_{ipc}_jl", sm["build_vs_jl"])
+            chapter.glue_number(f"ch12_s{side}_{kind}_{ipc}_jac", sm["jacobians_vs_full"])
             print(f"{side:>5} {led.sizes.F / 1e9:>9.2f} {kind:>10} {ipc:>4} {sm['build_vs_full_ntk']:>12.3g} "
                   f"{sm['build_vs_jl']:>11.3g} {sm['build+one_time_vs_full_ntk']:>18.3g}")
 
