@@ -24,7 +24,7 @@ n_per_class = 6  # training digits per class (N = 10 * n_per_class)
 n_test_per_class = 10  # test digits per class
 ks = [32, 128, 512, 2048]  # projection dimensions for the error curves
 k_main = 512  # the projection dimension used for spectra and KRR
-n_seeds = 1  # independent projections per (kind, k)
+n_seeds = 3  # independent projections per (kind, k)
 n_unbiased_seeds = 40  # projections for the unbiasedness check
 k_unbiased = 16
 taus = [0.9, 0.95, 0.99]  # energy thresholds for Prop B.6
@@ -103,8 +103,11 @@ chapter.glue_number("ch07_s", projection.DEFAULT_SPARSE_S)
 # The `sparse` kind is the sparse JL transform of {cite:t}`kane2014sparser`: the position and sign of
 # each parameter's $s$ nonzeros come from a hash of the parameter's index, so any slice of $R$ can be
 # generated on its own. Its inner-product variance is the Gaussian one *minus*
-# $2\sum_j a_j^2 b_j^2/k$, for any $s$ — it can only be more accurate than a dense Gaussian, and most so
-# when a few coordinates dominate. Since that variance does not depend on $s$, the default is the
+# $2\sum_j a_j^2 b_j^2/k$, for any $s$. Summed over a kernel, its expected squared error is therefore
+# never larger than a dense Gaussian's: clearly smaller when a few coordinates dominate, and about the
+# same when the energy is spread out (the subtracted term is then negligible). This holds on average
+# over random draws; a single draw of either kind can land above or below the other (next section).
+# Since that variance does not depend on $s$, the default is the
 # cheapest, $s$ = {glue:text}`ch07_s` (a CountSketch); a larger $s$ (option `s=`) tightens the tail of the
 # worst-case distortion that the JL lemma bounds, at $s$ multiply–adds per parameter.
 #
@@ -115,7 +118,7 @@ chapter.glue_number("ch07_s", projection.DEFAULT_SPARSE_S)
 # {eq}`eq-kronecker-projection`, as in LoGra {cite}`choe2024logra`). Its factors here have orthonormal
 # columns (or rows, when a layer is narrower than the factor), scaled so that
 # $\mathbb{E}[R_\bullet R_\bullet^\top] = I$ — still unbiased, and with a much smaller variance than
-# Gaussian factors (`factors="gaussian"` gives those).
+# Gaussian factors (`factors="gaussian"` gives those; the next section measures both).
 
 # %%
 def make(kind, k, s):
@@ -177,7 +180,8 @@ for kind, m, se, z, spread in rows:
 
 # %%
 Kt_all = {}  # (kind, k, seed) -> projected class kernels (C, N, N); reused below
-err = {kind: {} for kind in kinds}
+err = {kind: {} for kind in kinds}  # mean over seeds
+err_seeds = {kind: {} for kind in kinds}  # one error per seed
 feats = {}
 for kind in kinds:
     for k in ks:
@@ -190,12 +194,57 @@ for kind in kinds:
             e.append(kernel.relative_error(Kt_all[kind, k, s], K))
             if k == k_main and s == 0:
                 feats[kind] = F
-        err[kind][k] = float(np.mean(e))
+        err[kind][k], err_seeds[kind][k] = float(np.mean(e)), e
 slopes = {kind: np.polyfit(np.log(sorted(err[kind])), np.log([err[kind][k] for k in sorted(err[kind])]), 1)[0]
           for kind in kinds}
+
+
+def expected_error(G, k):
+    """sqrt(E‖K̃ − K‖²_F) / ‖K‖_F over all class kernels, for a Gaussian R and for the sparse JL transform
+    (any s), from their inner-product variances (‖a‖²‖b‖² + ⟨a,b⟩² [− 2Σ_j a_j²b_j²]) / k."""
+    var_g = var_s = norm2 = 0.0
+    for c in range(G.shape[1]):
+        A = G[:, c].double()
+        Kc = A @ A.T
+        v = float(torch.trace(Kc) ** 2 + (Kc**2).sum()) / k
+        var_g, var_s = var_g + v, var_s + v - 2 * float(((A**2).sum(0) ** 2).sum()) / k
+        norm2 += float((Kc**2).sum())
+    return math.sqrt(var_g / norm2), math.sqrt(var_s / norm2)
+
+
+rms_gauss, rms_sparse = expected_error(Gtr, k_main)
+draw_dev = max(abs(e / rms - 1) for kind, rms in (("gaussian", rms_gauss), ("sparse", rms_sparse))
+               for e in err_seeds[kind][k_main])
+err_kron_gfactors = float(np.mean([kernel.relative_error(kernel.class_kernels(
+    project(Gtr, projection.make("kronecker", k_main, seed=s, factors="gaussian").bind(layout))), K)
+    for s in range(n_seeds)]))  # the Kronecker sketch with Gaussian instead of orthogonal factors
+kron_local = np.diff(np.log([err["kronecker"][k] for k in ks])) / np.diff(np.log(ks))  # slope between neighbours
 for kind in kinds:
     chapter.glue_number(f"ch07_err_{kind}", err[kind][k_main])
+chapter.glue_number("ch07_n_seeds", n_seeds)
+chapter.glue_number("ch07_rms_gaussian", rms_gauss)
+chapter.glue_number("ch07_rms_sparse", rms_sparse)
+chapter.glue_number("ch07_draw_dev", 100 * draw_dev)
 chapter.glue_number("ch07_kron_ratio", err["kronecker"][k_main] / err["gaussian"][k_main])
+chapter.glue_number("ch07_err_kron_gfactors", err_kron_gfactors)
+for kind in ("gaussian", "kronecker"):
+    chapter.glue_number(f"ch07_{kind}_lo", min(err_seeds[kind][k_main]))
+    chapter.glue_number(f"ch07_{kind}_hi", max(err_seeds[kind][k_main]))
+chapter.glue_number("ch07_slope_kron_curve", slopes["kronecker"])
+chapter.glue_number("ch07_kron_local_lo", kron_local.min())
+chapter.glue_number("ch07_kron_local_hi", kron_local.max())
+chapter.glue_number("ch07_k_max", max(ks))
+widths = [(p.shape[0], p[0].numel()) for p in model.parameters() if p.dim() >= 2]  # (d_out, d_in) per layer
+chapter.glue_number("ch07_dout_lo", min(w[0] for w in widths))
+chapter.glue_number("ch07_dout_hi", max(w[0] for w in widths))
+chapter.glue_number("ch07_din_lo", min(w[1] for w in widths))
+chapter.glue_number("ch07_din_hi", max(w[1] for w in widths))
+chapter.glue_number("ch07_err_kron_kmax", err["kronecker"][max(ks)])
+print(f"{'kind':12s} " + " ".join(f"{'k=' + str(k):>20s}" for k in ks) + "   (mean; min-max over seeds)")
+for kind in kinds:
+    print(f"{kind:12s} " + " ".join(f"{err[kind][k]:6.3f} ({min(err_seeds[kind][k]):.3f}-{max(err_seeds[kind][k]):.3f})"
+                                    if k in err[kind] else f"{'':>20s}" for k in ks))
+print(f"expected error at k = {k_main}: gaussian {rms_gauss:.4f}, sparse {rms_sparse:.4f}")
 
 # %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN * 0.7, 3.6))
@@ -212,22 +261,44 @@ chapter.glue_figure("ch07-error-vs-k", fig)
 # %% [markdown]
 # ```{glue:figure} ch07-error-vs-k
 # :name: fig-ch07-error-vs-k
-# :alt: Log-log plot of the relative kernel error against the projection dimension k for six projector kinds. Five lines fall together along a dashed one-over-square-root-of-k line; the Kronecker line runs parallel but higher.
+# :alt: Log-log plot of the relative kernel error against the projection dimension k for six projector kinds. Five lines fall together along a dashed one-over-square-root-of-k line; the Kronecker line lies higher and falls unevenly.
 #
-# Relative Frobenius error of the projected class kernels (all ten classes) against $k$, trained digits
-# convnet, $N$ = {glue:text}`ch07_N` digits. Dashed: the $1/\sqrt{k}$ rate through the Gaussian error
-# at the smallest $k$.
+# Relative Frobenius error of the projected class kernels (all ten classes) against $k$, mean over
+# {glue:text}`ch07_n_seeds` seeds, trained digits convnet, $N$ = {glue:text}`ch07_N` digits. Dashed:
+# the $1/\sqrt{k}$ rate through the Gaussian error at the smallest $k$.
 # ```
 #
 # The dense, sparse and SRHT projectors follow the $1/\sqrt{k}$ line and lie close together (at
-# $k$ = {glue:text}`ch07_k_main`: Gaussian {glue:text}`ch07_err_gaussian:.3f`, sparse
-# {glue:text}`ch07_err_sparse:.3f`, SRHT {glue:text}`ch07_err_srht:.3f`): at equal $k$ they are
-# interchangeable, so the cheapest one wins. The Kronecker sketch decays at about the same rate but with
-# a larger constant ({glue:text}`ch07_kron_ratio:.1f` times the Gaussian error at equal $k$, so it needs
-# several times more dimensions for the same error). The reason is structural: a layer's per-sample
-# gradient $\sum_t \delta_t a_t^\top$ has low rank (rank one for a linear layer), and on such a block the
-# Kronecker sketch is the product of two independent sketches with only $k_\mathrm{out} \approx
-# k_\mathrm{in} \approx \sqrt{k}$ columns each. It buys this with speed — it never forms a layer
+# $k$ = {glue:text}`ch07_k_main`, mean over {glue:text}`ch07_n_seeds` seeds: Gaussian
+# {glue:text}`ch07_err_gaussian:.3f`, sparse {glue:text}`ch07_err_sparse:.3f`, SRHT
+# {glue:text}`ch07_err_srht:.3f`): at equal $k$ they are interchangeable, so the cheapest one wins. For
+# the Gaussian and the sparse JL transform the variances above give the expected error exactly,
+# $\sqrt{\mathbb{E}\|\tilde K - K\|_F^2}/\|K\|_F$: {glue:text}`ch07_rms_gaussian:.4f` and
+# {glue:text}`ch07_rms_sparse:.4f` — the same, because on these trained gradients no few coordinates
+# dominate. Every one of their draws lands within {glue:text}`ch07_draw_dev:.0f`% of it; the gap
+# between their measured means is that scatter, not a difference between the two kinds.
+#
+# The Kronecker sketch differs in three ways. Its error is larger at equal $k$
+# ({glue:text}`ch07_kron_ratio:.1f` times the Gaussian's at $k$ = {glue:text}`ch07_k_main`); it varies
+# far more from draw to draw ({glue:text}`ch07_kronecker_lo:.3f`–{glue:text}`ch07_kronecker_hi:.3f` over
+# the seeds there, against {glue:text}`ch07_gaussian_lo:.3f`–{glue:text}`ch07_gaussian_hi:.3f` for the
+# Gaussian); and it does not fall along one power law: the slope between neighbouring $k$ in the figure
+# ranges from {glue:text}`ch07_kron_local_lo:.2f` to {glue:text}`ch07_kron_local_hi:.2f`, for an overall
+# fitted exponent of {glue:text}`ch07_slope_kron_curve:.2f`. (Its orthogonal factors already help: with
+# Gaussian factors, `factors="gaussian"`, its mean error at $k$ = {glue:text}`ch07_k_main` is
+# {glue:text}`ch07_err_kron_gfactors:.3f` instead of {glue:text}`ch07_err_kronecker:.3f`.) The reasons
+# are structural. A layer's
+# per-sample gradient $\sum_t \delta_t a_t^\top$ has low rank (rank one for a linear layer), and on such
+# a block the Kronecker sketch is the product of two independent sketches with only
+# $k_\mathrm{out} \approx k_\mathrm{in} \approx \sqrt{k}$ columns each; each contributes a relative
+# variance of order $1/\sqrt{k}$, so on a rank-one block the error falls only like $k^{-1/4}$. And once a
+# factor is at least as wide as the side of a layer it acts on, it is an exact isometry on that side:
+# that part of the error is gone, and more columns on that side add nothing. The layers here have
+# {glue:text}`ch07_din_lo`–{glue:text}`ch07_din_hi` inputs and {glue:text}`ch07_dout_lo`–{glue:text}`ch07_dout_hi`
+# outputs, so over the measured range the factors pass several of these widths, and the error changes
+# its rate as they do: a power law fitted through a few of its points depends on which $k$ and which seeds
+# were measured (the pilot below, at other $k$ and on other digits, finds an exponent of
+# {glue:text}`ch07_slope_kronecker:.2f`). It buys all this with speed — it never forms a layer
 # gradient — so it pays off where $P$ is large and a larger $k$ is affordable (the featurisation
 # benchmark states the $k$ at which it matches `gaussian` and what that costs).
 #
@@ -268,6 +339,9 @@ err_init = {kind: [kernel.relative_error(kernel.class_kernels(project(G_init, ma
 err_init["very sparse"] = [kernel.relative_error(kernel.class_kernels(very_sparse_features(G_init, k_main, s)), K_init)
                            for s in range(n_init_seeds)]
 share_init, share_trained = top_share(G_init), top_share(Gtr)
+rms_init_gauss, rms_init_sparse = expected_error(G_init, k_main)
+chapter.glue_number("ch07_rms_init_gaussian", rms_init_gauss)
+chapter.glue_number("ch07_rms_init_sparse", rms_init_sparse)
 chapter.glue_number("ch07_share_init", 100 * share_init)
 chapter.glue_number("ch07_share_trained", 100 * share_trained)
 chapter.glue_number("ch07_n_init_seeds", n_init_seeds)
@@ -278,6 +352,7 @@ print(f"energy share of the top 1% of coordinates: {share_init:.2f} at initialis
 print(f"{'kind':12s} kernel error at k = {k_main}, {n_init_seeds} seeds (untrained network)")
 for kind, e in err_init.items():
     print(f"{kind:12s} " + "  ".join(f"{v:.3f}" for v in e))
+print(f"expected error: gaussian {rms_init_gauss:.4f}, sparse {rms_init_sparse:.4f}")
 
 # %% [markdown]
 # Before training the top 1% of coordinates hold {glue:text}`ch07_share_init:.0f`% of each class
@@ -286,7 +361,10 @@ for kind, e in err_init.items():
 # over {glue:text}`ch07_n_init_seeds` seeds at $k$ = {glue:text}`ch07_k_main`, against
 # {glue:text}`ch07_init_gaussian_lo:.3f`–{glue:text}`ch07_init_gaussian_hi:.3f` for the Gaussian; the
 # sparse JL transform stays at {glue:text}`ch07_init_sparse_lo:.3f`–{glue:text}`ch07_init_sparse_hi:.3f` —
-# below the Gaussian, as its smaller variance predicts when a few coordinates dominate. The Rademacher
+# below the Gaussian, as its smaller variance predicts when a few coordinates dominate (expected errors
+# from the variances: sparse {glue:text}`ch07_rms_init_sparse:.3f`, Gaussian
+# {glue:text}`ch07_rms_init_gaussian:.3f`, where on the trained network both were
+# {glue:text}`ch07_rms_gaussian:.3f`). The Rademacher
 # and SRHT projectors share that advantage (their entries have constant magnitude, so the
 # $\sum_j a_j^2 b_j^2$ term cancels too); only the Gaussian and the Kronecker sketch pay for it.
 #
@@ -366,6 +444,7 @@ def b6_bracket(ev, tau, eps):
 ev_exact = torch.linalg.eigvalsh(K).flip(-1).clamp_min(0)  # (C, N)
 eps_table = {kind: {} for kind in kinds}
 checks, violations = 0, []
+rank_shift = {}  # kind -> largest |r̃(τ) − r(τ)| at k_main over seeds, classes and τ
 for kind in kinds:
     for k in sorted(err[kind]):
         e_k = []
@@ -380,10 +459,21 @@ for kind in kinds:
                     checks += 1
                     if not lo <= rt <= hi:
                         violations.append((kind, k, s, c, tau, lo, rt, hi))
+                    if k == k_main:
+                        shift = abs(rt - spectral.truncation_rank(ev_exact[c], tau))
+                        rank_shift[kind] = max(rank_shift.get(kind, 0), shift)
         eps_table[kind][k] = float(np.mean(e_k))
 chapter.glue_number("ch07_b6_checks", checks)
 chapter.glue_number("ch07_b6_violations", len(violations))
 chapter.glue_number("ch07_eps_gauss_main", eps_table["gaussian"][k_main])
+r_exact = [spectral.truncation_rank(ev_exact[c], tau) for c in range(C) for tau in taus]
+chapter.glue_number("ch07_r_lo", min(r_exact))
+chapter.glue_number("ch07_r_hi", max(r_exact))
+chapter.glue_number("ch07_shift_gauss", rank_shift["gaussian"])
+chapter.glue_number("ch07_shift_max", max(rank_shift[kd] for kd in kinds if kd != "kronecker"))
+chapter.glue_number("ch07_shift_kron", rank_shift["kronecker"])
+print(f"r(τ) over classes and τ = {taus}: {min(r_exact)}-{max(r_exact)} (of N = {N})")
+print(f"largest |r̃(τ) − r(τ)| at k = {k_main}: " + ", ".join(f"{kd} {v}" for kd, v in rank_shift.items()))
 
 # %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(chapter.PAGE_WIDTH_IN * 0.7, 3.6))
@@ -408,9 +498,12 @@ chapter.glue_figure("ch07-partial-sums", fig)
 # The bracket holds in all {glue:text}`ch07_b6_checks` checks ({glue:text}`ch07_b6_violations`
 # violations), as it must: it is a deterministic consequence of the definition of $\varepsilon$. What
 # JL adds is that $\varepsilon$ — and with it the width of the bracket — shrinks like $1/\sqrt{k}$; at
-# $k$ = {glue:text}`ch07_k_main` the Gaussian's is {glue:text}`ch07_eps_gauss_main:.3f`, so
-# $\tilde r(\tau)$ lands within a rank or two of $r(\tau)$ and redundancy can be measured on projected
-# features at a fraction of the cost.
+# $k$ = {glue:text}`ch07_k_main` the Gaussian's is {glue:text}`ch07_eps_gauss_main:.3f`. Measured
+# directly, $\tilde r(\tau)$ differs there from $r(\tau)$ by at most {glue:text}`ch07_shift_gauss` for the
+# Gaussian and at most {glue:text}`ch07_shift_max` for every kind but the Kronecker sketch
+# ({glue:text}`ch07_shift_kron` for it), over the ten classes, the three thresholds and the
+# {glue:text}`ch07_n_seeds` seeds, while $r(\tau)$ itself ranges from {glue:text}`ch07_r_lo` to
+# {glue:text}`ch07_r_hi`: redundancy can be measured on projected features at a fraction of the cost.
 #
 # ## Kernel ridge regression on projected features
 #
@@ -436,7 +529,8 @@ for kind in ("orthonormal", "gaussian", "sparse", "srht", "kronecker"):
 net_acc = metrics.accuracy(t_te, yte)
 chapter.glue_number("ch07_net_acc", net_acc)
 chapter.glue_number("ch07_krr_exact_acc", table[0][2])
-chapter.glue_number("ch07_krr_max_acc_gap", max(abs(r[2] - table[0][2]) for r in table[1:] if r[0] != "kronecker"))
+chapter.glue_number("ch07_krr_max_acc_gap", max(abs(r[2] - table[0][2]) for r in table[1:]))
+chapter.glue_number("ch07_krr_max_fid_gap", max(abs(r[3] - table[0][3]) for r in table[1:]))
 print(f"{'features':12s} {'width':>7s} {'accuracy':>9s} {'fidelity':>9s} {'logit err':>10s}")
 for name, w, acc, fid, lerr in table:
     print(f"{name:12s} {w:7d} {acc:9.3f} {fid:9.3f} {lerr:10.3f}")
@@ -444,9 +538,10 @@ for name, w, acc, fid, lerr in table:
 # %% [markdown]
 # The network itself gets {glue:text}`ch07_net_acc:.3f` of these test digits right, the exact-kernel
 # model {glue:text}`ch07_krr_exact_acc:.3f`. At $k$ = {glue:text}`ch07_k_main` the projected kernels
-# give essentially the exact-kernel model (accuracy within {glue:text}`ch07_krr_max_acc_gap:.3f` for
-# every projector but the Kronecker sketch). The logit error grows a little — projection noise adds
-# variance to the fit — and shrinks again as $k$ grows (next section).
+# give essentially the exact-kernel model: accuracy and fidelity within
+# {glue:text}`ch07_krr_max_acc_gap:.3f` and {glue:text}`ch07_krr_max_fid_gap:.3f` of it for every
+# projector, the Kronecker sketch included despite its larger kernel error. The logit error grows a
+# little — projection noise adds variance to the fit — and shrinks again as $k$ grows (next section).
 #
 # ### How far can projection move a KRR prediction? (App B.2)
 #
@@ -476,17 +571,30 @@ for k in ks:
         bound = float(torch.linalg.matrix_norm(K[c] - Kt[c], ord=2) / lam[c] * t_tr[:, c].norm())
         bound_rows.append((k, c, diff, bound))
 br = np.array(bound_rows)
-print(f"{'k':>6s} {'max measured/bound':>19s} {'median change':>14s}")
+print(f"{'k':>6s} {'max change/bound':>17s} {'median change':>14s} {'median bound':>13s}")
 for k in ks:
     sel = br[br[:, 0] == k]
-    print(f"{k:6d} {np.max(sel[:, 2] / sel[:, 3]):19.2e} {np.median(sel[:, 2]):14.3f}")
+    print(f"{k:6d} {np.max(sel[:, 2] / sel[:, 3]):17.2e} {np.median(sel[:, 2]):14.3f} {np.median(sel[:, 3]):13.3g}")
+med_change = [float(np.median(br[br[:, 0] == k, 2])) for k in ks]
+med_bound = [float(np.median(br[br[:, 0] == k, 3])) for k in ks]
 chapter.glue_number("ch07_b2_max_ratio", float(np.max(br[:, 2] / br[:, 3])))
+chapter.glue_number("ch07_t_norm", float(t_tr.norm(dim=0).median()))
+chapter.glue_number("ch07_b2_change_lo", med_change[-1])
+chapter.glue_number("ch07_b2_change_hi", med_change[0])
+chapter.glue_number("ch07_k_min", min(ks))
 
 # %% [markdown]
-# The bound holds with room to spare (the measured change is at most {glue:text}`ch07_b2_max_ratio:.1e`
-# of it): it is a worst case over all directions of $t_c$, and $\lambda_{\max}/\lambda$ is large (here
-# $\lambda$ is a thousandth of the mean eigenvalue). It still scales the right way — both sides shrink
-# as $k$ grows — which is the content of App B.2.
+# For each $k$ the table lists, over the ten classes, the largest ratio of the measured change
+# $\|\hat f_c - \tilde f_c\|$ to its bound, and the median of the change and of the bound (Euclidean norms
+# over the $N$ training points, in logit units; for scale, the median $\|t_c\|$ is
+# {glue:text}`ch07_t_norm:.1f`). The bound holds with room to spare (the measured change is at most
+# {glue:text}`ch07_b2_max_ratio:.1e` of it): it is a worst case over all directions of $t_c$, and
+# $\lambda_{\max}/\lambda$ is large (here $\lambda$ is a thousandth of the mean eigenvalue). It still
+# scales the right way — both medians shrink as $k$ grows — which is the content of App B.2. The change
+# itself is a small fraction of $\|t_c\|$ once $k$ exceeds $N$ (median {glue:text}`ch07_b2_change_lo:.3f`
+# at $k$ = {glue:text}`ch07_k_max`); at $k$ = {glue:text}`ch07_k_min`, below $N$ = {glue:text}`ch07_N`,
+# the projected kernel has rank at most $k$ and the fit moves a lot (median
+# {glue:text}`ch07_b2_change_hi:.1f`).
 #
 # ## Choosing $k$
 #
@@ -514,6 +622,12 @@ for kind in pilot_kinds:
     chapter.glue_number(f"ch07_krec_{kind}", k_rec[kind])
     chapter.glue_number(f"ch07_slope_{kind}", curve.fit(kind)[1])
 chapter.glue_number("ch07_err_rec", err_rec)
+chapter.glue_number("ch07_pilot_seeds", pilot_seeds)
+# the Kronecker sketch against the Gaussian at equal k, on the pilot and on the training digits
+kron_vs_gauss = np.concatenate([curve.mean("kronecker") / curve.mean("gaussian"),
+                                [err["kronecker"][k] / err["gaussian"][k] for k in ks]])
+chapter.glue_number("ch07_kron_vs_gauss_lo", kron_vs_gauss.min())
+chapter.glue_number("ch07_kron_vs_gauss_hi", kron_vs_gauss.max())
 print(f"{'kind':10s} " + " ".join(f"{'k=' + str(d):>9s}" for d in pilot_ks) + f" {'k for ' + str(target_error):>12s}")
 for kind in pilot_kinds:
     print(f"{kind:10s} " + " ".join(f"{v:9.4f}" for v in curve.mean(kind)) + f" {k_rec[kind]:12d}")
@@ -535,7 +649,7 @@ chapter.glue_figure("ch07-choosing-k", fig)
 # %% [markdown]
 # ```{glue:figure} ch07-choosing-k
 # :name: fig-ch07-choosing-k
-# :alt: Log-log plot of the pilot-batch kernel error against k for four projector kinds, with fitted one-over-square-root-of-k lines, a dotted horizontal line at the target error and a star where the recommended sparse projection lands on the training digits, close to the target.
+# :alt: Log-log plot of the pilot-batch kernel error against k for four projector kinds, with fitted power-law lines (near one over square root of k except for Kronecker), a dotted horizontal line at the target error and a star where the recommended sparse projection lands on the training digits, close to the target.
 #
 # Kernel error measured on a pilot batch of {glue:text}`ch07_n_pilot` digits (points) with the fitted
 # power laws $a\,k^b$ (lines), the target error (dotted), and the error of the recommended `sparse`
@@ -546,16 +660,23 @@ chapter.glue_figure("ch07-choosing-k", fig)
 # digits asks for $k$ = {glue:text}`ch07_krec_sparse` with `sparse` (fitted exponent
 # {glue:text}`ch07_slope_sparse:.2f`), {glue:text}`ch07_krec_gaussian` with `gaussian` and
 # {glue:text}`ch07_krec_srht` with `srht`; the recommended sparse projection gives
-# {glue:text}`ch07_err_rec:.3f` on the training digits, which the pilot never saw. The Kronecker
-# sketch's error falls much more slowly on this small network (exponent
-# {glue:text}`ch07_slope_kronecker:.2f`): it would need $k$ = {glue:text}`ch07_krec_kronecker:,`, more
-# than the $P$ = {glue:text}`ch07_P:,` parameters themselves, so here it is no way to reach the target.
+# {glue:text}`ch07_err_rec:.3f` on the training digits, which the pilot never saw. For the Kronecker
+# sketch the power law is a poor model (its error varies widely between draws and changes its rate with
+# $k$, as the previous sections showed), so a fit through {glue:text}`ch07_pilot_seeds` seeds at three
+# $k$ is unreliable: here it gives the exponent {glue:text}`ch07_slope_kronecker:.2f` and extrapolates to
+# $k$ = {glue:text}`ch07_krec_kronecker:,`, while on the training digits the mean of
+# {glue:text}`ch07_n_seeds` seeds fell faster (exponent {glue:text}`ch07_slope_kron_curve:.2f`, error
+# {glue:text}`ch07_err_kron_kmax:.3f` at $k$ = {glue:text}`ch07_k_max`). What both measurements agree on
+# is that at every measured $k$ its error is {glue:text}`ch07_kron_vs_gauss_lo:.1f`–{glue:text}`ch07_kron_vs_gauss_hi:.1f`
+# times the Gaussian's, so it needs a much larger $k$ for this target; its recommended $k$ is a rough
+# guide, to be checked by measuring at it.
 #
 # **Recommendation.** Measure, do not guess: run `error_curve` on 30–100 inputs of your own data with
 # your own network at three values of $k$ a factor of four apart, drop the kinds whose fitted exponent is
 # far from $-1/2$ or whose recommended $k$ is out of reach, and among the rest take the one that is
 # cheapest on your hardware at `recommend_dim`'s $k$. On a CPU that is usually `sparse` ($s$
-# multiply–adds per parameter, and never worse than a dense Gaussian at equal $k$). The Kronecker
+# multiply–adds per parameter, and in expectation at least as accurate as a dense Gaussian at equal $k$).
+# The Kronecker
 # sketch pays off only on large layers, where its speed buys the larger $k$ (the featurisation benchmark
 # shows the trade-off on a ResNet-18). Because JL errors fall only like $1/\sqrt{k}$, halving the error
 # costs four times the dimensions — and four times the storage of the features and the cost of every
@@ -565,8 +686,10 @@ chapter.glue_figure("ch07-choosing-k", fig)
 #
 # The claims of this chapter, asserted: streaming equals projecting, every projector is unbiased, the
 # error falls like $1/\sqrt{k}$ and is comparable across the unstructured kinds, the sparse JL transform
-# holds on concentrated gradients where the very sparse projection does not, the Prop B.6 bracket and the
-# App B.2 bound hold, projected KRR matches exact KRR, and the recommended $k$ meets its target.
+# has the Gaussian's expected error on trained gradients and a smaller one on concentrated gradients,
+# where the very sparse projection fails, the Kronecker sketch is less accurate, more variable and
+# uneven in $k$, the Prop B.6 bracket and the App B.2 bound hold, projected KRR matches exact KRR, and
+# the recommended $k$ meets its target.
 
 # %% tags=["hide-input"]
 assert stream_gap < 1e-5, stream_gap
@@ -575,18 +698,36 @@ for kind, m, se, z, spread in rows:
 for kind in ("gaussian", "rademacher", "srht", "sparse", "orthonormal"):
     assert -0.7 < slopes[kind] < -0.35, (kind, slopes[kind])  # ~ 1/sqrt(k)
     assert err[kind][k_main] < 2 * err["gaussian"][k_main], kind  # within 2x of gaussian at equal k
+assert abs(rms_sparse / rms_gauss - 1) < 0.02, (rms_sparse, rms_gauss)  # same expected error when spread out
+assert draw_dev < 0.3, draw_dev  # single draws scatter moderately around the expected error
 assert slopes["kronecker"] < -0.2 and err["kronecker"][max(ks)] < err["kronecker"][min(ks)] / 2
+assert err["kronecker"][k_main] > 1.5 * err["gaussian"][k_main]  # less accurate at equal k
+assert err_kron_gfactors > 1.5 * err["kronecker"][k_main], err_kron_gfactors  # orthogonal factors help
+draw_spread = {kd: np.ptp(err_seeds[kd][k_main]) / err[kd][k_main] for kd in ("gaussian", "kronecker")}
+assert draw_spread["kronecker"] > 2 * draw_spread["gaussian"], draw_spread  # more variable from draw to draw
+assert kron_local.max() - kron_local.min() > 0.2, kron_local  # no single power law
+factor_sizes = [(projection.make("kronecker", k).k_out, projection.make("kronecker", k).k_in) for k in ks]
+passed = {w[0] for w in widths if min(f[0] for f in factor_sizes) < w[0] <= max(f[0] for f in factor_sizes)} | \
+         {w[1] for w in widths if min(f[1] for f in factor_sizes) < w[1] <= max(f[1] for f in factor_sizes)}
+assert len(passed) >= 2, (passed, factor_sizes)  # the factors pass several layer widths over ks
 assert share_init > 0.5 > share_trained, (share_init, share_trained)  # concentrated only before training
+assert rms_init_sparse < 0.8 * rms_init_gauss, (rms_init_sparse, rms_init_gauss)  # smaller when concentrated
 assert np.mean(err_init["sparse"]) <= 1.5 * np.mean(err_init["gaussian"]), err_init
 assert min(err_init["very sparse"]) > 2 * max(err_init["sparse"]), err_init
 assert not violations, violations[:5]
+assert max(rank_shift[kd] for kd in kinds if kd != "kronecker") < 0.1 * N, rank_shift  # r̃(τ) close to r(τ)
 assert eps_table["gaussian"][max(ks)] < eps_table["gaussian"][min(ks)] / 3
 exact_acc, exact_fid = table[0][2], table[0][3]
-for name, w, acc, fid, lerr in table[1:]:
-    if name != "kronecker":
-        assert abs(acc - exact_acc) <= 0.05 and abs(fid - exact_fid) <= 0.05, (name, acc, fid)
+for name, w, acc, fid, lerr in table[1:]:  # every projector, the Kronecker sketch included
+    assert abs(acc - exact_acc) <= 0.05 and abs(fid - exact_fid) <= 0.05, (name, acc, fid)
 assert (br[:, 2] <= br[:, 3] * (1 + 1e-9)).all()  # App B.2 bound
+assert all(np.diff(med_change) < 0) and all(np.diff(med_bound) < 0), (med_change, med_bound)  # both shrink
+t_norm = float(t_tr.norm(dim=0).median())
+assert all(m < 0.01 * t_norm for k, m in zip(ks, med_change) if k > N), med_change  # small once k > N
+assert min(ks) < N and med_change[0] > 0.1 * t_norm, med_change  # a rank-k kernel below N moves the fit
 assert err_rec < 1.5 * target_error, (err_rec, k_rec)  # the pilot's recommendation carries over
 for kind in ("gaussian", "sparse", "srht"):
     assert -0.7 < curve.fit(kind)[1] < -0.3, (kind, curve.fit(kind))
-assert k_rec["kronecker"] > P > k_rec["sparse"], k_rec
+assert P > k_rec["sparse"] and k_rec["kronecker"] > 4 * k_rec["sparse"], k_rec
+assert kron_vs_gauss.min() > 1.2, kron_vs_gauss  # less accurate than the Gaussian at every measured k
+assert slopes["kronecker"] < curve.fit("kronecker")[1], (slopes["kronecker"], curve.fit("kronecker"))  # fits differ
