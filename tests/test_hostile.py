@@ -1,6 +1,6 @@
-"""Hostile inputs (issue 14) to dntk.models, dntk.wmdd, dntk.store, dntk.data, the model readers and the
+"""Hostile inputs to dntk.models, dntk.wmdd, dntk.store, dntk.data, the model readers and the
 config: each is a clear error (type AND a message naming the problem) or a clean recompute, never a silent
-wrong result. The issue's other cases are tested beside their modules: non-finite features and
+wrong result. Other hostile cases are tested beside their modules: non-finite features and
 ``relative_error`` against zeros in test_kernel.py, NaN weights through ``tangent`` in test_tangent.py, NaN
 rows in ``Projector.project`` in test_projection.py, another model's or other inputs' distributed store in
 test_distributed.py, preflight settings, damaged pipeline caches and concurrent runs in test_pipeline.py,
