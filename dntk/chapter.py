@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ProjectedSetup", "projected_setup", "use_book_style", "glue_figure", "glue_number", "glue_math",
-           "repo_root", "PAGE_WIDTH_IN"]
+           "glue_power", "repo_root", "PAGE_WIDTH_IN"]
 
 #: Width in inches of a full-width figure: at the book's text width (about 690 px) a 10 pt label on a
 #: 7-inch figure is shown at about 10 pt.
@@ -105,26 +105,41 @@ def glue_number(name: str, value) -> None:
     glue(name, int(value) if isinstance(value, numbers.Integral) else v, display=False)
 
 
-def glue_math(name: str, value: float, digits: int = 1) -> None:
-    """Store ``value`` as inline maths in powers-of-ten notation (``6.0\\times10^{12}``) for
-    ``{glue:md}`name:myst```."""
+def _power_of_ten(name: str, value: float, digits: int) -> tuple[str, int | None]:
+    """``(mantissa, exponent)`` of a finite ``value`` rounded to `digits` decimals; exponent ``None`` when
+    the number is written plainly (``|value|`` from 1 to 999, or 0)."""
     import math
-
-    from IPython.display import Markdown
-    from myst_nb import glue
 
     v = float(value)
     if not math.isfinite(v):
-        raise ValueError(f"glue_math({name!r}): the value {value!r} is not finite")
+        raise ValueError(f"glue of {name!r}: the value {value!r} is not finite; fix the computation")
     if v == 0:
-        text = "0"
-    else:
-        e = int(math.floor(math.log10(abs(v))))
-        m = v / 10**e
-        if round(m, digits) >= 10:
-            m, e = m / 10, e + 1
-        text = f"{m:.{digits}f}\\times10^{{{e}}}" if e not in (0, 1, 2) else f"{v:.{digits}f}"
-    glue(name, Markdown(f"${text}$"), display=False)
+        return "0", None
+    e = int(math.floor(math.log10(abs(v))))
+    m = v / 10**e
+    if round(m, digits) >= 10:
+        m, e = m / 10, e + 1
+    return (f"{v:.{digits}f}", None) if e in (0, 1, 2) else (f"{m:.{digits}f}", e)
+
+
+def glue_math(name: str, value: float, digits: int = 1) -> None:
+    """Store ``value`` as inline maths in powers-of-ten notation (``6.0\\times10^{12}``) for
+    ``{glue:md}`name:myst``` on the same page."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    m, e = _power_of_ten(name, value, digits)
+    glue(name, Markdown(f"${m}\\times10^{{{e}}}$" if e is not None else f"${m}$"), display=False)
+
+
+def glue_power(name: str, value: float, digits: int = 1) -> None:
+    """Store ``value`` as plain text in powers-of-ten notation with Unicode superscripts (``6.0×10¹²``) for
+    ``{glue:text}`name:s```, which, unlike maths, other pages can also quote (``{glue:text}`path::name:s```)."""
+    from myst_nb import glue
+
+    m, e = _power_of_ten(name, value, digits)
+    sup = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+    glue(name, m if e is None else f"{m}×10{str(e).translate(sup)}", display=False)
 
 
 @dataclass(frozen=True)

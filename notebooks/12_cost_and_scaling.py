@@ -99,7 +99,8 @@ for key, value in {"ch12_paper_N": ps.N, "ch12_paper_Ntest": ps.N_test, "ch12_pa
     chapter.glue_number(key, value)
 chapter.glue_math("ch12_paper_full", psm["build_vs_full_ntk"])
 chapter.glue_math("ch12_paper_kernel_only", psm["kernel_only_vs_full_ntk"])
-chapter.glue_math("ch12_paper_memory_full", psm["memory_vs_full_ntk"])
+chapter.glue_power("ch12_paper_memory_full", psm["memory_vs_full_ntk"])
+chapter.glue_power("ch12_paper_kernel_only_text", psm["kernel_only_vs_full_ntk"])
 chapter.glue_number("ch12_paper_memory_jl", psm["memory_vs_jl"])
 build_memory = {pl: paper.total(pl, ("build",))["memory"] for pl in ("full_ntk", "jl", "dntk")}
 chapter.glue_number("ch12_paper_mem_full_tb", build_memory["full_ntk"] / 1e12)
@@ -142,8 +143,8 @@ for side in resolutions:
             led = ledger.from_config(c)
             sm = led.summary()
             sens.append({"side": side, "kind": kind, "ipc": ipc, "F": led.sizes.F, **sm})
-            chapter.glue_math(f"ch12_s{side}_{kind}_{ipc}_full", sm["build_vs_full_ntk"])
-            chapter.glue_math(f"ch12_s{side}_{kind}_{ipc}_once", sm["build+one_time_vs_full_ntk"])
+            chapter.glue_power(f"ch12_s{side}_{kind}_{ipc}_full", sm["build_vs_full_ntk"])
+            chapter.glue_power(f"ch12_s{side}_{kind}_{ipc}_once", sm["build+one_time_vs_full_ntk"])
             chapter.glue_number(f"ch12_s{side}_{kind}_{ipc}_jl", sm["build_vs_jl"])
             chapter.glue_number(f"ch12_s{side}_{kind}_{ipc}_jac", sm["jacobians_vs_full"])
             print(f"{side:>5} {led.sizes.F / 1e9:>9.2f} {kind:>10} {ipc:>4} {sm['build_vs_full_ntk']:>12.3g} "

@@ -36,6 +36,16 @@ def test_glue_math_powers_of_ten(monkeypatch, value, text):
     assert md.data == text and display is False
 
 
+@pytest.mark.parametrize("value, text", [(6.04e12, "6.0×10¹²"), (9.96e3, "1.0×10⁴"), (1.96e11, "2.0×10¹¹"),
+                                         (836.4, "836.4"), (-3.2e-4, "-3.2×10⁻⁴")])
+def test_glue_power_is_plain_text_with_superscripts(monkeypatch, value, text):
+    store = _glued(monkeypatch)
+    chapter.glue_power("x", value)
+    assert store["x"] == (text, False)
+    with pytest.raises(ValueError, match="not finite"):
+        chapter.glue_power("bad", math.nan)
+
+
 def test_glue_number_keeps_ints_and_rejects_non_finite(monkeypatch):
     store = _glued(monkeypatch)
     chapter.glue_number("n", 1437)
