@@ -421,7 +421,7 @@ def _load_folder(path: Path, split: str, resize, grayscale, name: str) -> Folder
 # --------------------------------------------------------------------------- stacking
 def labels_of(dataset) -> torch.Tensor:
     """Labels ``(N,)`` int64 of a map-style dataset of ``(input, label)`` items, without reading its inputs
-    when it can: from its ``targets`` (this package's datasets, torchvision's), through ``Subset``\ s;
+    when it can: from its ``targets`` (this package's datasets, torchvision's), through ``Subset`` objects;
     otherwise by reading every item."""
     if isinstance(dataset, torch.utils.data.Subset):
         return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.int64)]

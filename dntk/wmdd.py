@@ -729,7 +729,7 @@ class RealData:
     """The real data WMDD reads: every label at once, images only where they are needed.
 
     Built from a pair ``(X (N, ...), y (N,))`` in memory, or from a map-style Dataset of ``(input, label)``
-    items, which is read lazily: the labels come from its ``targets`` (through ``Subset``\ s) when it has
+    items, which is read lazily: the labels come from its ``targets`` (through ``Subset`` objects) when it has
     them, a class's images are read when that class is synthesised (:meth:`images`), and the pixel range
     and per-channel moments (:meth:`moments`) come from one streamed pass, made at most once and only when
     asked for. So ``distill(teacher, RealData(dataset), ipc, classes=[c], pixel_range=...)`` holds class
