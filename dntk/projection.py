@@ -14,9 +14,11 @@ Kinds (``make(kind, dim, seed, **options)``), one :class:`Projector` subclass ea
 ``sparse``       the sparse JL transform of Kane and Nelson (block construction): every input coordinate
                  has exactly ``s`` nonzeros ``±1/√s``, one in each of ``s`` equal slices of the ``k`` outputs,
                  placed and signed by a counter-based hash of ``(seed, tensor, coordinate, slice)``. No
-                 coordinate is ever dropped, so gradients concentrated on a few parameters are projected as
-                 well as by a dense Gaussian (better: its inner-product variance is the Gaussian's minus
-                 ``2 Σ_j a_j² b_j² / k``). Cost ``s`` multiply–adds per coordinate.
+                 coordinate is ever dropped, so gradients concentrated on a few parameters are projected at
+                 least as well as by a dense Gaussian in expectation (its inner-product variance is the
+                 Gaussian's minus ``2 Σ_j a_j² b_j² / k``: clearly smaller when a few coordinates dominate,
+                 about equal when the energy is spread; single draws scatter either way). Cost ``s``
+                 multiply–adds per coordinate.
 ``srht``         ``√(P'/k)·S H D`` on the zero-padded length ``P' = 2^⌈log₂P⌉``: random signs ``D``, the
                  normalised Walsh–Hadamard transform ``H`` (``O(P' log P')``), ``k`` sampled coordinates ``S``.
 ``kronecker``    per weight tensor ``W`` (``d_out × d_in``, conv kernels flattened) the factored sketch
