@@ -98,7 +98,8 @@ def main(argv=None) -> dict:
         res["throughput"] = []
         throughput(device, S, sync, res["throughput"], save)
     res["total_seconds"] = sum(sec.values())
-    print("\nstage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()))
+    if sec:
+        print("\nstage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()))
     save()
     if args.json:
         print(f"wrote {args.json}")
