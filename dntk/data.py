@@ -426,9 +426,15 @@ def labels_of(dataset) -> torch.Tensor:
     if isinstance(dataset, torch.utils.data.Subset):
         return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.int64)]
     t = getattr(dataset, "targets", None)
-    if t is not None and len(t) == len(dataset):
-        return torch.as_tensor(np.asarray(t), dtype=torch.int64)
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
+    if t is None or len(t) != len(dataset):
+        t = [dataset[i][1] for i in range(len(dataset))]
+    if torch.is_tensor(t):
+        t = t.cpu().numpy()
+    elif not isinstance(t, np.ndarray):  # a list of ints, NumPy scalars or one-element tensors
+        t = np.asarray([v.item() if hasattr(v, "item") else v for v in t])
+    if t.ndim != 1 or (t.size and t.dtype.kind not in "iu"):
+        raise TypeError(f"labels must be integer class indices, one per item; got {t.dtype} of shape {t.shape}.")
+    return torch.as_tensor(t, dtype=torch.int64)
 
 
 def stratified_indices(targets, per_class: int, seed: int = 0, strict: bool = False) -> torch.Tensor:

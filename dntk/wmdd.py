@@ -565,7 +565,7 @@ def class_statistics(teacher: nn.Module, dataset, num_classes: int | None = None
     bn = _bn_layers(teacher)
     if device is not None:
         teacher.to(_common.resolve_device(device))
-    _check_teacher_accepts(teacher, real.images(idx=torch.zeros(1, dtype=torch.int64)))
+    _check_teacher_accepts(teacher, real.first)
     was_training = teacher.training
     teacher.eval()
     wanted = _check_classes(classes, C)
@@ -708,23 +708,6 @@ def _check_xy(X, y) -> tuple[torch.Tensor, torch.Tensor]:
     return X.float(), y.long()
 
 
-def _dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(X, y)`` from a ``(X, y)`` pair or a map-style Dataset of ``(input, label)`` items."""
-    if isinstance(dataset, (tuple, list)) and len(dataset) == 2 and not isinstance(dataset[1], (int, np.integer)):
-        return _check_xy(*dataset)
-    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-        raise TypeError("dataset must be a map-style Dataset of (input, label) items or a pair (X, y).")
-    n = len(dataset)
-    if n == 0:
-        raise ValueError("the dataset is empty.")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=512, shuffle=False)
-    xs, ys = [], []
-    for xb, yb in loader:
-        xs.append(torch.as_tensor(xb))
-        ys.append(torch.as_tensor(yb))
-    return _check_xy(torch.cat(xs), torch.cat(ys))
-
-
 class RealData:
     """The real data WMDD reads: every label at once, images only where they are needed.
 
@@ -745,6 +728,8 @@ class RealData:
     ----------
     labels : torch.Tensor
         ``(N,)`` int64.
+    first : torch.Tensor
+        ``(1, *sample_shape)``: the first input (for shape checks against a network).
     sample_shape : tuple of int
         Shape of one input, e.g. ``(c, h, w)``.
     """
@@ -762,7 +747,8 @@ class RealData:
             if len(dataset) == 0:
                 raise ValueError("the dataset is empty.")
             self._dataset, self.labels = dataset, labels_of(dataset)
-        self.sample_shape = tuple(self.images(torch.zeros(1, dtype=torch.int64)).shape[1:])
+        self.first = self.images(torch.zeros(1, dtype=torch.int64))
+        self.sample_shape = tuple(self.first.shape[1:])
         if len(self.sample_shape) < 1:
             raise ValueError(f"inputs must be a batch (N, ...) of arrays; got items of shape {self.sample_shape}.")
 
@@ -773,7 +759,11 @@ class RealData:
         """Inputs ``(len(idx), *sample_shape)`` float32 at the indices ``idx`` (int64), checked finite."""
         if self._X is not None:
             return self._X[idx]
-        X = torch.stack([torch.as_tensor(self._dataset[int(i)][0], dtype=torch.float32) for i in idx.tolist()])
+        X = torch.stack([torch.as_tensor(self._dataset[int(i)][0]) for i in idx.tolist()])
+        if not X.is_floating_point():
+            raise TypeError(f"inputs must be floating point; dataset items hold {X.dtype} (convert them, e.g. "
+                            "pixels / 255, in the dataset's transform).")
+        X = X.float()
         if not torch.isfinite(X).all():
             raise ValueError(f"inputs contain NaN or inf (among dataset items {idx[:5].tolist()}…).")
         return X
@@ -935,10 +925,9 @@ def distill(teacher: nn.Module, dataset, ipc: int, *, iterations: int = WMDD_DEF
                          f"got shape {(len(real), *sample_shape)}; pass augment_images=False.")
     dev = _common.resolve_device(device)
     teacher.to(dev)
-    first = real.images(torch.zeros(1, dtype=torch.int64))
-    _check_teacher_accepts(teacher, first)
+    _check_teacher_accepts(teacher, real.first)
     with torch.no_grad(), _common.eval_mode(teacher):
-        C = int(teacher(first.to(dev)).shape[1])
+        C = int(teacher(real.first.to(dev)).shape[1])
     if int(y.min()) < 0 or int(y.max()) >= C:
         raise ValueError(f"labels must lie in 0..{C - 1} (the teacher has {C} outputs); "
                          f"got range {int(y.min())}..{int(y.max())}.")
@@ -1237,18 +1226,19 @@ def real_subset(teacher: nn.Module, dataset, indices, *, batch_size: int = 256,
     """
     _common.check_model(teacher)
     _common.check_model_finite(teacher)
-    X, y = _dataset_tensors(dataset)
+    real = RealData(dataset)
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long).flatten()
-    if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= X.shape[0]:
-        raise ValueError(f"indices must be non-empty and lie in 0..{X.shape[0] - 1}.")
+    if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= len(real):
+        raise ValueError(f"indices must be non-empty and lie in 0..{len(real) - 1}.")
+    X, y = real.images(idx), real.labels[idx]  # only the chosen inputs are read
     dev = torch.device(device)
     teacher.to(dev)
     was_training = teacher.training
     teacher.eval()
     try:
         with torch.no_grad():
-            soft = torch.cat([teacher(xb.to(dev)).float().cpu() for xb in _batches(X[idx], batch_size)])
-        feats = penultimate_features(teacher, X[idx], batch_size, feature_module)
+            soft = torch.cat([teacher(xb.to(dev)).float().cpu() for xb in _batches(X, batch_size)])
+        feats = penultimate_features(teacher, X, batch_size, feature_module)
     finally:
         teacher.train(was_training)
     C = soft.shape[1]
@@ -1256,12 +1246,12 @@ def real_subset(teacher: nn.Module, dataset, indices, *, batch_size: int = 256,
         raise ValueError(f"{idx.numel()} indices cannot be split into {C} classes of equal size.")
     ipc = idx.numel() // C
     labels = torch.arange(C).repeat_interleave(ipc)
-    if not torch.equal(y[idx], labels):
+    if not torch.equal(y, labels):
         raise ValueError(f"indices must be class-major with {ipc} samples of each class 0..{C - 1} in order.")
     settings = dict(method=method, ipc=ipc, num_classes=C, input_shape=list(X.shape[1:]), augment=False,
                     init_indices=idx.reshape(C, ipc).tolist(),
                     teacher_accuracy=float((soft.argmax(1) == labels).float().mean()))
-    return DistilledSet(images=X[idx].clone(), labels=labels, soft_labels=soft,
+    return DistilledSet(images=X.clone(), labels=labels, soft_labels=soft,
                         weights=torch.full((C, ipc), 1.0 / ipc, dtype=torch.float64),
                         atoms=feats.reshape(C, ipc, -1), settings=settings, history={})
 

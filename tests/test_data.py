@@ -393,3 +393,6 @@ def test_labels_of_reads_targets_through_subsets_without_reading_images():
     # without `targets`, the labels come from the items
     pairs = torch.utils.data.TensorDataset(torch.zeros(3, 2), torch.tensor([2, 0, 1]))
     assert data.labels_of(torch.utils.data.Subset(pairs, [2, 1])).tolist() == [1, 0]
+    # float labels are refused, not truncated
+    with pytest.raises(TypeError, match="integer class indices"):
+        data.labels_of(torch.utils.data.TensorDataset(torch.zeros(2, 2), torch.tensor([0.0, 1.5])))

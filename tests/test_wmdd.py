@@ -459,6 +459,15 @@ def test_a_dataset_is_read_by_class_and_gives_the_pairs_set(teacher_data):
                        wmdd.distill(model, (X, y), 2, iterations=5, classes=[1]).images)
 
 
+def test_a_dataset_of_integer_pixels_is_refused_as_the_pair_is(teacher_data):
+    _, X, y = teacher_data
+    raw = (X * 255).to(torch.uint8)
+    with pytest.raises(TypeError, match="floating point"):
+        wmdd.RealData((raw, y))
+    with pytest.raises(TypeError, match="floating point"):
+        wmdd.RealData(CountingDataset(raw, y))
+
+
 def test_streamed_moments_equal_whole_tensor_reductions(teacher_data):
     _, X, y = teacher_data
     lo, hi, mu, sd = wmdd.RealData(CountingDataset(X, y)).moments()
